@@ -1,0 +1,36 @@
+# Two commands: `make demo` and `make test`. Both build .venv on first use.
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+# The collection is seen by ansible through a symlink: .venv/collections/ansible_collections/fne/offline_sync -> repo
+COLLECTIONS := $(VENV)/collections
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export PATH := $(VENV)/bin:$(PATH)
+PYTEST_ARGS ?= -n 2
+
+.PHONY: venv test demo lint clean system-deps
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-dev.txt tests/lab/pyproject.toml
+	@python=$$(tools/find-python) && echo "using $$python" && $$python -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements-dev.txt -e tests/lab
+	mkdir -p $(COLLECTIONS)/ansible_collections/fne
+	ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/fne/offline_sync
+	touch $@
+
+# sshd for the remote-topology tests (real SSH to this machine). Needs root or an sshd already installed.
+system-deps:
+	@command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || { \
+	  [ "$$(id -u)" = 0 ] || { echo "install openssh-server (sshd) for the remote-topology tests" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; }
+
+test: venv system-deps
+	$(VENV)/bin/ruff check plugins tests benchmarks tools
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: venv
+	$(PY) tools/demo.py
+
+clean:
+	rm -rf $(VENV) build demo-lab
