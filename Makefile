@@ -29,6 +29,12 @@ test: venv system-deps
 	$(VENV)/bin/ruff check plugins tests benchmarks tools
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# ruff, ansible-lint (production profile, .ansible-lint) and the changelog fragments.
+lint: venv
+	$(VENV)/bin/ruff check plugins tests benchmarks tools
+	$(VENV)/bin/ansible-lint
+	$(VENV)/bin/antsibull-changelog lint
+
 demo: venv
 	$(PY) tools/demo.py
 

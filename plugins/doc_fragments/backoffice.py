@@ -1,0 +1,24 @@
+# Copyright: fne.offline_sync contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Shared option docs: the back office connection."""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = r"""
+options:
+  url:
+    description:
+      - The back office's device services URL as the vendor tool takes it,
+        for example C(https://SITEID.compliance.flexnetoperations.com/deviceservices).
+      - If not set, the value of the E(FNE_BACKOFFICE_URL) environment variable is used.
+    type: str
+    required: true
+  ca_path:
+    description:
+      - PEM file of the CA that signed the back office's HTTPS certificate, for a private CA or a TLS-inspecting
+        proxy.
+      - If not set, the value of the E(FNE_BACKOFFICE_CA_PATH) environment variable is used.
+    type: path
+"""

@@ -1,0 +1,91 @@
+# Copyright: fne.offline_sync contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Shared option docs: the client settings of every module, and the license-server connection."""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    # Settings every module takes (fne.offline_sync.connection).
+    DOCUMENTATION = r"""
+options:
+  validate_certs:
+    description:
+      - Verify the server's TLS certificate. Keep it on; use O(ca_path) for a private CA instead.
+    type: bool
+    default: true
+  timeout:
+    description:
+      - Seconds to wait to connect and between bytes of an answer.
+    type: float
+    default: 30
+  retries:
+    description:
+      - How many times to retry a request that failed transiently; 0 disables retries.
+      - Only these are retried, each with a warning; a connection that could not be established, and the answers
+        408, 429, 502, 503 and 504. A C(Retry-After) header is honoured (capped by O(max_retry_wait)); otherwise
+        the wait doubles from 1 second.
+      - A request whose answer was lost after it reached the server is not repeated where repeating could lose or
+        duplicate data (the download of sync messages, the upload of a message), and neither is a 502 or 504 gateway
+        answer to those; see the C(LostResponseError) notes of the module.
+    type: int
+    default: 3
+  max_retry_wait:
+    description:
+      - The longest wait between two attempts, in seconds, whatever C(Retry-After) asks for.
+    type: float
+    default: 60
+  backend:
+    description:
+      - V(http) talks to the REST API with the Python C(requests) library (proxies come from the standard
+        C(HTTPS_PROXY)/C(HTTP_PROXY)/C(NO_PROXY) environment variables).
+      - V(tool) runs the vendor's command line tools (C(serverofflinesynctool.sh), C(backofficeofflinesynctool.sh))
+        found in O(tool_path) and parses their documented output into the same return values.
+      - With V(tool) and administrative security, the password is passed on the tool's command line
+        (C(-authorize NAME PASSWORD)), as the vendor tool requires; while the tool runs, other users of the host can
+        see it in the process list. It is kept out of every result, log line and error message. Prefer V(http) where
+        that exposure matters.
+    type: str
+    choices: [http, tool]
+    default: http
+  tool_path:
+    description:
+      - The folder holding the vendor tools, for O(backend=tool). Without it the tools are looked up on C(PATH).
+      - If not set, the value of the E(FNE_TOOL_PATH) environment variable is used.
+    type: path
+notes:
+  - Every error message names the URL and the cause (unreachable, TLS failure, refused credentials, wrong URL, the
+    server's own error text); none carries a password or token.
+requirements:
+  - requests >= 2.25 (on the host that runs the module; the controller when the task runs there)
+"""
+
+    # The license server (fne.offline_sync.connection.lls).
+    LLS = r"""
+options:
+  url:
+    description:
+      - The license server's base URL, C(http://HOST:7070) (HTTPS usually C(https://HOST:1443)).
+      - The full endpoint URL the vendor tool takes (C(.../api/1.0/sync_message/offline) or
+        C(.../api/1.0/sync_ack/offline)) is accepted too and reduced to the base URL.
+      - If not set, the value of the E(FNE_LLS_URL) environment variable is used, else V(http://localhost:7070).
+    type: str
+    default: http://localhost:7070
+  username:
+    description:
+      - The administrative user, when administrative security is enabled on the license server. The module
+        authorizes once per URL and user (C(POST /api/1.0/instances/~/authorize)) and authorizes again once when a
+        token has expired.
+      - If not set, the value of the E(FNE_LLS_USERNAME) environment variable is used.
+    type: str
+  password:
+    description:
+      - The administrative user's password. Never returned or logged.
+      - If not set, the value of the E(FNE_LLS_PASSWORD) environment variable is used.
+    type: str
+  ca_path:
+    description:
+      - PEM file of the CA that signed the license server's HTTPS certificate, for a private CA.
+      - If not set, the value of the E(FNE_LLS_CA_PATH) environment variable is used.
+    type: path
+"""

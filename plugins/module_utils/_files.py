@@ -1,0 +1,134 @@
+# Copyright: fne.offline_sync contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Sync-file names and ordering, sha256, atomic writes. Private to the collection."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from typing import Iterable, Optional
+
+SYNC_SUFFIX = ".fnesync"
+SYNC_NAME_RE = re.compile(r"^(\d{8}T\d{6})\.fnesync$")
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+CHUNK = 1024 * 1024
+
+
+def sync_time_of(name: str) -> Optional[datetime]:
+    """The UTC sync time a `yyyyMMddTHHmmss.fnesync` name carries, or None for any other name."""
+    match = SYNC_NAME_RE.match(os.path.basename(name))
+    if not match:
+        return None
+    try:
+        return datetime.strptime(match.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def list_sync_files(folder: str) -> list[str]:
+    """Paths of the sync files in folder, oldest first (the name is the sync time and the upload order)."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    found = [n for n in names if sync_time_of(n) is not None and os.path.isfile(os.path.join(folder, n))]
+    return [os.path.join(folder, n) for n in sorted(found)]
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ensure_dir(path: str) -> None:
+    """Create folder (and parents) with mode 0700 when missing; an existing folder keeps its mode."""
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+        os.chmod(path, DIR_MODE)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AtomicWriter:
+    """Write a file under a temporary name in the target folder; `commit()` renames it into place.
+
+    Whatever goes wrong before `commit()` (a short body, a full disk, an exception), `abort()` removes the
+    temporary file, so no partial file ever sits under the final name.
+    """
+
+    def __init__(self, final_path: str):
+        self.final_path = os.path.abspath(final_path)
+        self.folder = os.path.dirname(self.final_path)
+        fd, self.tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(self.final_path)}.", suffix=".tmp",
+                                             dir=self.folder)
+        os.fchmod(fd, FILE_MODE)
+        self._file = os.fdopen(fd, "wb")
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self._done = False
+
+    def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self._digest.update(chunk)
+        self.size += len(chunk)
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def commit(self) -> dict:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp_path, self.final_path)
+        self._done = True
+        fsync_dir(self.folder)
+        return {"path": self.final_path, "name": os.path.basename(self.final_path), "size": self.size,
+                "sha256": self.sha256}
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp_path)
+
+    def __enter__(self) -> AtomicWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def write_atomic(final_path: str, chunks: Iterable[bytes]) -> dict:
+    """Write chunks to final_path atomically; returns {path, name, size, sha256}."""
+    with AtomicWriter(final_path) as writer:
+        for chunk in chunks:
+            writer.write(chunk)
+        return writer.commit()
+
+
+def move_atomic(src: str, final_path: str) -> None:
+    """Rename src (same file system) to final_path with mode 0600 and make the rename durable."""
+    os.chmod(src, FILE_MODE)
+    with open(src, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(src, final_path)
+    fsync_dir(os.path.dirname(os.path.abspath(final_path)))

@@ -1,0 +1,211 @@
+# Copyright: fne.offline_sync contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Shared argument specs (connection, TLS, auth) with environment fallbacks, and the one place that turns module
+parameters into a client call and a client exception into a failure. Used by the modules (on any host) and by the
+action plugins (in the controller process). Private to the collection."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Callable
+
+from ansible.module_utils.basic import env_fallback
+
+from ._client import (
+    DEFAULT_LLS_URL,
+    HAS_REQUESTS,
+    REQUESTS_IMPORT_ERROR,
+    BackOffice,
+    Connection,
+    FneError,
+    LicenseServer,
+    LostResponseError,
+    MismatchError,
+    lls_base_url,
+    resolve_upload,
+)
+from ._files import list_sync_files, sync_time_of
+from ._tool import ToolBackOffice, ToolLicenseServer
+
+COMMON_SPEC: dict = dict(
+    validate_certs=dict(type="bool", default=True),
+    timeout=dict(type="float", default=30),
+    retries=dict(type="int", default=3),
+    max_retry_wait=dict(type="float", default=60),
+    backend=dict(type="str", default="http", choices=["http", "tool"]),
+    tool_path=dict(type="path", fallback=(env_fallback, ["FNE_TOOL_PATH"])),
+)
+
+LLS_SPEC: dict = dict(
+    url=dict(type="str", default=DEFAULT_LLS_URL, fallback=(env_fallback, ["FNE_LLS_URL"])),
+    username=dict(type="str", fallback=(env_fallback, ["FNE_LLS_USERNAME"])),
+    password=dict(type="str", no_log=True, fallback=(env_fallback, ["FNE_LLS_PASSWORD"])),
+    ca_path=dict(type="path", fallback=(env_fallback, ["FNE_LLS_CA_PATH"])),
+)
+
+BACKOFFICE_SPEC: dict = dict(
+    url=dict(type="str", required=True, fallback=(env_fallback, ["FNE_BACKOFFICE_URL"])),
+    ca_path=dict(type="path", fallback=(env_fallback, ["FNE_BACKOFFICE_CA_PATH"])),
+)
+
+MODULE_SPECS: dict = {
+    "generate": dict(LLS_SPEC, path=dict(type="path", required=True), force=dict(type="bool", default=False)),
+    "upload": dict(BACKOFFICE_SPEC, src=dict(type="path", required=True),
+                   dest=dict(type="path", default="syncack.bin")),
+    "process": dict(LLS_SPEC, src=dict(type="path", required=True), path=dict(type="path")),
+    "server_info": dict(LLS_SPEC, path=dict(type="path")),
+}
+
+MODULE_OPTIONS: dict = {
+    name: dict(required_together=[["username", "password"]] if "username" in spec else [])
+    for name, spec in MODULE_SPECS.items()
+}
+
+
+def argument_spec(name: str) -> dict:
+    """The full argument spec of one module (a deep copy: AnsibleModule mutates what it gets)."""
+    return copy.deepcopy(dict(COMMON_SPEC, **MODULE_SPECS[name]))
+
+
+def connection_from_params(params: dict) -> Connection:
+    return Connection(
+        url=params["url"],
+        username=params.get("username"),
+        password=params.get("password"),
+        validate_certs=params["validate_certs"],
+        ca_path=params.get("ca_path"),
+        timeout=params["timeout"],
+        retries=params["retries"],
+        max_retry_wait=params["max_retry_wait"],
+    )
+
+
+def _license_server(params: dict, warn: Callable[[str], None]) -> Any:
+    conn = connection_from_params(params)
+    if params["backend"] == "tool":
+        return ToolLicenseServer(conn, params.get("tool_path"), warn)
+    return LicenseServer(conn, warn)
+
+
+def _back_office(params: dict, warn: Callable[[str], None]) -> Any:
+    conn = connection_from_params(params)
+    if params["backend"] == "tool":
+        return ToolBackOffice(conn, params.get("tool_path"), warn)
+    return BackOffice(conn, warn)
+
+
+def _check_folder(path: str) -> None:
+    """In check mode: fail as the real run would when the folder cannot be created or written; create nothing."""
+    path = os.path.abspath(path)
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise FneError(f"Cannot write to the folder {path} ({probe} is not a writable folder).")
+
+
+def _generate(params: dict, check_mode: bool, warn: Callable[[str], None]) -> dict:
+    if check_mode:
+        # Asking for records hands them out (the server advances its cursor), so check mode cannot know whether
+        # any are pending: it checks the server answers (and the credentials) and that the folder is usable.
+        lls = LicenseServer(connection_from_params(params), warn)
+        lls.health()
+        lls.check_authorization()
+        _check_folder(params["path"])
+        return {"changed": False, "records": 0, "files": [], "folder": os.path.abspath(params["path"]),
+                "message": f"Check mode: the license server at {lls.base} answers; no records were requested "
+                           "(a request hands them out), so whether new data is pending is unknown."}
+    return _license_server(params, warn).generate(params["path"], force=params["force"])
+
+
+def _upload(params: dict, check_mode: bool, warn: Callable[[str], None]) -> dict:
+    if check_mode:
+        files, dest = resolve_upload(params["src"], params["dest"])
+        return {"changed": bool(files), "ack": None, "accepted": [], "files": files, "ack_dest": dest,
+                "message": f"Check mode: would send {len(files)} file(s) to {params['url']} and write the "
+                           f"acknowledgment to {dest}."}
+    result = _back_office(params, warn).upload(params["src"], params["dest"])
+    result.setdefault("mismatch", False)
+    return result
+
+
+def _process(params: dict, check_mode: bool, warn: Callable[[str], None]) -> dict:
+    src = os.path.abspath(params["src"])
+    if check_mode:
+        if not os.path.isfile(src) or not os.access(src, os.R_OK):
+            raise FneError(f"Cannot read the acknowledgment file {src}.")
+        return {"changed": True, "last_sync_time": None, "purged": [], "lines": [],
+                "candidates": list_sync_files(params["path"]) if params.get("path") else [],
+                "message": "Check mode: the acknowledgment was not sent; which files it covers is known only from "
+                           "the server's answer, so nothing is reported as purged (candidates lists the sync files "
+                           "it could cover)."}
+    return _license_server(params, warn).process(src, params.get("path"))
+
+
+def _server_info(params: dict, check_mode: bool, warn: Callable[[str], None]) -> dict:
+    # Always over HTTP: the vendor tool has no health command.
+    lls = LicenseServer(connection_from_params(params), warn)
+    result: dict = {"changed": False}
+    try:
+        result.update(lls.health())
+        result["error"] = None
+    except FneError as exc:
+        result.update(reachable=False, url=lls_base_url(params["url"]), status=None, version=None,
+                      instance_id=None, host_id=None, host_id_type=None, database=None, security=None,
+                      https=None, health=None, error=exc.msg)
+    result["authorized"] = None
+    if result["reachable"] and params.get("username"):
+        try:
+            result["authorized"] = lls.check_authorization()
+        except FneError as exc:
+            result["authorized"] = False
+            result["error"] = exc.msg
+    pending: list = []
+    if params.get("path"):
+        for file in list_sync_files(params["path"]):
+            when = sync_time_of(file)
+            pending.append({"path": file, "name": os.path.basename(file), "size": os.path.getsize(file),
+                            "sync_time": when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None})
+    result["pending"] = pending
+    result["pending_count"] = len(pending)
+    return result
+
+
+RUNNERS: dict = {"generate": _generate, "upload": _upload, "process": _process, "server_info": _server_info}
+
+
+def execute(name: str, params: dict, check_mode: bool, warn: Callable[[str], None]) -> dict:
+    """Run one module's work; raises FneError (with .result holding what to report alongside the failure)."""
+    if not HAS_REQUESTS:
+        raise FneError("The Python library requests is required on the host that runs this module (pip install "
+                       "requests).")
+    return RUNNERS[name](params, check_mode, warn)
+
+
+def failure_result(exc: FneError) -> dict:
+    """What a failure returns besides msg: the partial result and the error's facts."""
+    result = dict(exc.result)
+    result.setdefault("changed", bool(result.get("files") if "records" in result else result.get("accepted")))
+    result["error"] = {"type": type(exc).__name__, "url": exc.url, "status": exc.status, "key": exc.key}
+    if isinstance(exc, LostResponseError):
+        result["lost_response"] = True
+    if isinstance(exc, MismatchError):
+        result.update(mismatch=True, expected=exc.expected, received=exc.received)
+    return result
+
+
+def run_module(name: str, module: Any) -> None:
+    """main() of every module: the spec is already validated by AnsibleModule."""
+    if not HAS_REQUESTS:
+        from ansible.module_utils.basic import missing_required_lib
+
+        module.fail_json(msg=missing_required_lib("requests"), exception=REQUESTS_IMPORT_ERROR)
+    try:
+        result = execute(name, module.params, module.check_mode, module.warn)
+    except FneError as exc:
+        module.fail_json(msg=exc.msg, exception=None, **failure_result(exc))
+    module.exit_json(**result)
+
+
+__all__ = ["argument_spec", "connection_from_params", "execute", "failure_result", "run_module", "MODULE_OPTIONS"]

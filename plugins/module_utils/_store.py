@@ -1,0 +1,352 @@
+# Copyright: fne.offline_sync contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The control-node store: one folder per license server, nothing ever deleted.
+
+``STORE/<inventory_hostname>/`` holds ``outbox/`` (downloaded, not yet accepted by the back office), ``acks/``
+(acknowledgments not yet processed on the server), ``sent/`` (done, kept for audit), ``superseded/`` (outbox files
+replaced by a forced download), ``ledger.jsonl`` (one event a line), ``needs_force`` (marker) and ``.lock``.
+
+Crash-safe ordering: an acknowledgment is written atomically before its file leaves ``outbox/``; a file whose
+acknowledgment exists counts as accepted; acknowledgments move to ``sent/`` only after the server processed them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from typing import Any, Iterator, List, Optional
+
+SYNC_SUFFIX = ".fnesync"
+ACK_SUFFIX = ".ack"
+_STAMP_RE = re.compile(r"^(\d{8}T\d{6})")
+_STAMP_FORMAT = "%Y%m%dT%H%M%S"
+EVENTS = ("generated", "fetched", "uploaded", "acknowledged", "processed", "purged", "mismatch", "lost_response",
+          "recovered", "superseded", "error")
+
+
+class StoreError(Exception):
+    """A store operation failed; ``msg`` says what and where."""
+
+    def __init__(self, msg: str):
+        super().__init__(msg)
+        self.msg = msg
+
+
+class LockedError(StoreError):
+    """Another run holds this server's lock."""
+
+
+def utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def stamp_of(name: str) -> Optional[str]:
+    """``20140613T105312`` from ``20140613T105312.fnesync`` (or ``.ack``); None for other names."""
+    match = _STAMP_RE.match(os.path.basename(name))
+    return match.group(1) if match else None
+
+
+def stamp_time(stamp: str) -> _dt.datetime:
+    return _dt.datetime.strptime(stamp, _STAMP_FORMAT).replace(tzinfo=_dt.timezone.utc)
+
+
+def parse_time(text: str) -> Optional[_dt.datetime]:
+    """Parse the times the protocol prints: ISO 8601 (``2026-11-25T14:03:05Z``), file stamps, and the back
+    office's mismatch text (``Jan 24, 2019 11:04:09 AM``, UTC). None when the text is none of these."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    for fmt in ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%fZ", _STAMP_FORMAT,
+                "%b %d, %Y %I:%M:%S %p", "%b %d, %Y, %I:%M:%S %p", "%b %d, %Y %H:%M:%S"):
+        try:
+            parsed = _dt.datetime.strptime(text.replace("\u202f", " "), fmt)
+        except ValueError:
+            continue
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.timezone.utc)
+    with contextlib.suppress(ValueError):
+        parsed = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.timezone.utc)
+    return None
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Temporary file in the same folder, fsync, rename, fsync the folder."""
+    folder = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+class ServerStore:
+    """The store of one license server. Every method that changes something needs :meth:`ensure` first."""
+
+    def __init__(self, root: str, name: str):
+        if not name or "/" in name or name in (".", ".."):
+            raise StoreError(f"invalid server name for the store: {name!r}")
+        self.root = os.path.abspath(os.path.expanduser(root))
+        self.name = name
+        self.dir = os.path.join(self.root, name)
+        self.outbox = os.path.join(self.dir, "outbox")
+        self.acks = os.path.join(self.dir, "acks")
+        self.sent = os.path.join(self.dir, "sent")
+        self.superseded = os.path.join(self.dir, "superseded")
+        self.ledger_path = os.path.join(self.dir, "ledger.jsonl")
+        self.needs_force_path = os.path.join(self.dir, "needs_force")
+        self.lock_path = os.path.join(self.dir, ".lock")
+
+    # ---- layout -------------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return os.path.isdir(self.dir)
+
+    def ensure(self) -> ServerStore:
+        for folder in (self.root, self.dir, self.outbox, self.acks, self.sent, self.superseded):
+            try:
+                os.makedirs(folder, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create store folder {folder}: {exc.strerror}") from exc
+        return self
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float = 0) -> Iterator[None]:
+        """Hold this server's fcntl lock; wait up to ``timeout`` seconds, then raise :class:`LockedError`."""
+        self.ensure()
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + max(0.0, timeout)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise LockedError(f"{self.name}: store {self.dir} is locked by another run; "
+                                          "try again when it has finished") from None
+                    time.sleep(0.2)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    # ---- listings (read-only, safe when the store does not exist) -----------------------------------------
+    @staticmethod
+    def _list(folder: str, suffix: str) -> List[str]:
+        try:
+            names = [n for n in os.listdir(folder) if n.endswith(suffix) and not n.startswith(".")]
+        except FileNotFoundError:
+            return []
+        return [os.path.join(folder, n) for n in sorted(names)]
+
+    def outbox_files(self) -> List[str]:
+        """Files waiting for the back office, oldest first (the name is the sync time and the upload order)."""
+        return self._list(self.outbox, SYNC_SUFFIX)
+
+    def pending_acks(self) -> List[str]:
+        """Acknowledgments not yet processed on the server, oldest first."""
+        return self._list(self.acks, ACK_SUFFIX)
+
+    def sent_files(self) -> List[str]:
+        return self._list(self.sent, SYNC_SUFFIX)
+
+    def ack_for(self, sync_file: str) -> str:
+        return os.path.join(self.acks, os.path.basename(sync_file)[: -len(SYNC_SUFFIX)] + ACK_SUFFIX)
+
+    def needs_force(self) -> Optional[str]:
+        """The reason text when the next run must run the documented recovery, else None."""
+        try:
+            with open(self.needs_force_path, encoding="utf-8") as handle:
+                return handle.read().strip() or "recovery requested"
+        except FileNotFoundError:
+            return None
+
+    def ledger(self) -> List[dict]:
+        entries = []
+        try:
+            with open(self.ledger_path, encoding="utf-8") as handle:
+                for line in handle:
+                    line = line.strip()
+                    if line:
+                        with contextlib.suppress(ValueError):
+                            entries.append(json.loads(line))
+        except FileNotFoundError:
+            pass
+        return entries
+
+    # ---- changes ------------------------------------------------------------------------------------------
+    def log(self, event: str, **fields: Any) -> dict:
+        """Append one event to the ledger (flushed and fsynced: it is the audit trail)."""
+        entry = {"time": utcnow(), "event": event}
+        entry.update({k: v for k, v in fields.items() if v is not None})
+        line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
+        fd = os.open(self.ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return entry
+
+    def _move(self, src: str, folder: str) -> str:
+        """Rename into ``folder`` (same file system), never overwriting: a clash gets a numbered name."""
+        base = os.path.basename(src)
+        dest = os.path.join(folder, base)
+        counter = 1
+        while os.path.exists(dest):
+            stem, dot, suffix = base.partition(".")
+            dest = os.path.join(folder, f"{stem}.{counter}{dot}{suffix}")
+            counter += 1
+        os.rename(src, dest)
+        _fsync_dir(folder)
+        _fsync_dir(os.path.dirname(src))
+        return dest
+
+    def admit(self, path: str, *, sha256: Optional[str] = None, records: Optional[int] = None,
+              event: str = "fetched", forced: bool = False) -> str:
+        """Take a downloaded file into ``outbox/`` (moving it when it is elsewhere), after checking its sha256
+        when one is given; log ``event``. Returns the outbox path."""
+        actual = sha256_file(path)
+        if sha256 and actual != sha256.lower():
+            raise StoreError(f"{self.name}: checksum mismatch for {os.path.basename(path)}: "
+                             f"expected sha256 {sha256}, got {actual}")
+        dest = path
+        if os.path.dirname(os.path.abspath(path)) != self.outbox:
+            target = os.path.join(self.outbox, os.path.basename(path))
+            if os.path.exists(target):
+                if sha256_file(target) != actual:
+                    raise StoreError(f"{self.name}: {target} already exists with other content")
+                os.unlink(path)  # the same bytes are already in the outbox: a re-fetch after a crash
+                return target
+            dest = self._move(path, self.outbox)
+        self.log(event, file=os.path.basename(dest), sha256=actual, records=records, forced=forced or None)
+        return dest
+
+    def record_ack(self, sync_file: str, ack: bytes, *, sha256: Optional[str] = None,
+                   detail: Optional[str] = None) -> str:
+        """The back office accepted ``sync_file``: write its acknowledgment atomically, then move the file from
+        ``outbox/`` to ``sent/``. Returns the acknowledgment path."""
+        ack_path = self.ack_for(sync_file)
+        atomic_write(ack_path, ack)
+        self.log("uploaded", file=os.path.basename(sync_file), sha256=sha256, detail=detail)
+        self.log("acknowledged", file=os.path.basename(ack_path), sha256=hashlib.sha256(ack).hexdigest())
+        if os.path.exists(sync_file):
+            self._move(sync_file, self.sent)
+        return ack_path
+
+    def mark_accepted(self, sync_file: str, detail: str) -> str:
+        """The back office holds ``sync_file`` but its acknowledgment is lost (see docs/design.md, "Re-upload
+        rule"): move it to ``sent/``; the acknowledgment of a later message covers its records."""
+        self.log("uploaded", file=os.path.basename(sync_file), detail=detail)
+        return self._move(sync_file, self.sent)
+
+    def resume(self) -> List[str]:
+        """Finish a run that died between writing an acknowledgment and moving its file: files in ``outbox/``
+        whose acknowledgment exists go to ``sent/``. Returns the moved names."""
+        moved = []
+        for path in self.outbox_files():
+            if os.path.exists(self.ack_for(path)):
+                self._move(path, self.sent)
+                moved.append(os.path.basename(path))
+        return moved
+
+    def complete_acks(self, processed_ack: str, last_sync_time: Optional[str] = None) -> List[str]:
+        """The server processed ``processed_ack``: it and every older acknowledgment move to ``sent/``.
+        Returns the names moved."""
+        limit = os.path.basename(processed_ack)
+        moved = []
+        for path in self.pending_acks():
+            if os.path.basename(path) <= limit:
+                self._move(path, self.sent)
+                moved.append(os.path.basename(path))
+        self.log("processed", file=limit, detail=f"lastSyncTime {last_sync_time}" if last_sync_time else None)
+        return moved
+
+    def supersede(self, reason: str) -> List[str]:
+        """Move every outbox file to ``superseded/`` (a forced download replaces them)."""
+        moved = []
+        for path in self.outbox_files():
+            self._move(path, self.superseded)
+            moved.append(os.path.basename(path))
+            self.log("superseded", file=os.path.basename(path), detail=reason)
+        return moved
+
+    def set_needs_force(self, reason: str) -> None:
+        atomic_write(self.needs_force_path, (reason.strip() + "\n").encode("utf-8"))
+
+    def clear_needs_force(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.needs_force_path)
+            _fsync_dir(self.dir)
+
+
+def summarize(store: ServerStore, now: Optional[_dt.datetime] = None) -> dict:
+    """Per-server figures for the report, from the ledger and the folders (read-only)."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    records_by_file: dict = {}
+    records = files = recoveries = errors = 0
+    last_sync: Optional[str] = None
+    last_error: Optional[str] = None
+    for entry in store.ledger():
+        event = entry.get("event")
+        if event == "fetched":
+            records_by_file[entry.get("file")] = int(entry.get("records") or 0)
+        elif event == "uploaded":
+            files += 1
+            records += records_by_file.get(entry.get("file"), 0)
+        elif event == "processed":
+            last_sync = entry.get("time")
+        elif event == "recovered":
+            recoveries += 1
+        elif event == "error":
+            errors += 1
+            last_error = entry.get("detail")
+    age_days = None
+    if last_sync:
+        parsed = parse_time(last_sync)
+        if parsed:
+            age_days = round((now - parsed).total_seconds() / 86400, 3)
+    return {
+        "records_synchronized": records,
+        "files_uploaded": files,
+        "last_sync": last_sync,
+        "age_days": age_days,
+        "recoveries": recoveries,
+        "errors": errors,
+        "last_error": last_error,
+        "outbox": len(store.outbox_files()),
+        "pending_acks": len(store.pending_acks()),
+        "needs_force": store.needs_force(),
+    }

@@ -1,0 +1,191 @@
+# Copyright: fne.offline_sync contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Vendor-tool backend: runs serverofflinesynctool.sh / backofficeofflinesynctool.sh and parses their documented
+output into the same return values as the HTTP client. Private to the collection.
+
+The vendor tool takes the administrative password on its command line (`-authorize NAME PASSWORD`): while it runs,
+other users of the host can read it in the process list. It never appears in a result, a log line or an error
+message of this collection (every text taken from the tool is scrubbed of it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from typing import Callable, Optional
+
+from ._client import (
+    FORCE_HINT,
+    GENERATE_NOTHING,
+    GENERATE_SUCCESS,
+    MISMATCH_KEY,
+    MISMATCH_RE,
+    SYNC_ACK,
+    SYNC_MESSAGE,
+    UPLOAD_SUCCESS,
+    Connection,
+    FneError,
+    MismatchError,
+    _noop_warn,
+    _prepare_folder,
+    lls_base_url,
+    scrub,
+    upload_files,
+)
+from ._files import list_sync_files, move_atomic, sha256_file
+
+SERVER_TOOL = "serverofflinesynctool.sh"
+BACKOFFICE_TOOL = "backofficeofflinesynctool.sh"
+COMPLETED_RE = re.compile(r"Sync completed for (\d+) device records\.")
+PURGING_RE = re.compile(r"Purging file (\S+)")
+LAST_SYNC_RE = re.compile(r"[Ll]ast ?[Ss]ync ?[Tt]ime\W+(\S+)")
+
+
+class _Tool:
+    def __init__(self, conn: Connection, tool_path: Optional[str], script: str, warn: Callable[[str], None]):
+        self.conn = conn
+        self.warn = warn
+        folder = os.path.expanduser(tool_path) if tool_path else None
+        candidate = os.path.join(folder, script) if folder else shutil.which(script)
+        if not candidate or not os.path.isfile(candidate):
+            where = f" in {folder}" if folder else " on PATH"
+            raise FneError(f"The vendor tool {script} was not found{where}: set tool_path to the folder that holds it.")
+        self.command = candidate
+
+    def run(self, args: list[str], what: str) -> str:
+        """Run the tool; return its output (stdout and stderr), scrubbed. A failure raises FneError."""
+        argv = ["/bin/sh", self.command] if not os.access(self.command, os.X_OK) else [self.command]
+        argv += args
+        if self.conn.username:
+            argv += ["-authorize", self.conn.username, self.conn.password or ""]
+        env = dict(os.environ)
+        if self.conn.ca_path:
+            # The stand-in and curl/python-based wrappers honour these; the vendor's Java tool uses its truststore.
+            env.update(SSL_CERT_FILE=self.conn.ca_path, REQUESTS_CA_BUNDLE=self.conn.ca_path,
+                       FNE_CA_PATH=self.conn.ca_path, FNE_TOOL_CA_PATH=self.conn.ca_path)
+        if not self.conn.validate_certs:
+            env["FNE_INSECURE"] = "1"
+        try:
+            proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                  stdin=subprocess.DEVNULL, check=False)
+        except OSError as exc:
+            raise FneError(f"Cannot run {self.command}: {exc.strerror or exc}") from None
+        output = scrub(proc.stdout.decode("utf-8", "replace"), self.conn.secrets())
+        if proc.returncode != 0:
+            raise tool_error(output, what, self.command, proc.returncode)
+        return output
+
+
+def tool_error(output: str, what: str, command: str, rc: int) -> FneError:
+    if MISMATCH_KEY in output:
+        line = next((item for item in output.splitlines() if "Expected sync time" in item), "")
+        match = MISMATCH_RE.search(line.strip().rstrip('"}').rstrip())
+        expected = match.group("expected") if match else ""
+        received = match.group("received") if match else ""
+        text = f'"{MISMATCH_KEY}": "Expected sync time {expected}, got {received}"'
+        return MismatchError(f"{what} failed: {text}", expected, received)
+    tail = "\n".join(line for line in output.strip().splitlines()[-8:])
+    return FneError(f"{what} failed: {os.path.basename(command)} exited {rc}: {tail or '(no output)'}")
+
+
+class ToolLicenseServer:
+    """Same interface as _client.LicenseServer, through serverofflinesynctool.sh."""
+
+    def __init__(self, conn: Connection, tool_path: Optional[str] = None, warn: Callable[[str], None] = _noop_warn):
+        self.conn = conn
+        self.base = lls_base_url(conn.url)
+        self.tool = _Tool(conn, tool_path, SERVER_TOOL, warn)
+
+    def generate(self, path: str, force: bool = False) -> dict:
+        path = os.path.abspath(os.path.expanduser(path))
+        _prepare_folder(path)
+        superseded = list_sync_files(path)
+        # The tool writes straight into its folder; give it a private one and move finished files atomically.
+        staging = tempfile.mkdtemp(prefix=".fne-tool-", dir=path)
+        files: list[dict] = []
+        result: dict = {"changed": False, "records": 0, "files": files, "folder": path}
+        if force:
+            result["superseded"] = superseded
+        try:
+            args = ["-url", self.base + SYNC_MESSAGE, "-generate", staging] + (["-force"] if force else [])
+            try:
+                output = self.tool.run(args, f"Generating sync data from {self.base}")
+            except FneError as exc:
+                self._collect(staging, path, files)
+                exc.msg += " " + FORCE_HINT
+                exc.args = (exc.msg,)
+                result["changed"] = bool(files)
+                exc.result = result
+                raise
+            self._collect(staging, path, files)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        match = COMPLETED_RE.search(output)
+        result["records"] = int(match.group(1)) if match else 0
+        if len(files) == 1:
+            files[0]["records"] = result["records"]
+        result["changed"] = bool(files)
+        result["message"] = GENERATE_SUCCESS.format(result["records"]) if files else GENERATE_NOTHING
+        result["lines"] = [line for line in output.splitlines() if line.strip()]
+        return result
+
+    @staticmethod
+    def _collect(staging: str, path: str, files: list[dict]) -> None:
+        for tmp in list_sync_files(staging):
+            final = os.path.join(path, os.path.basename(tmp))
+            move_atomic(tmp, final)
+            files.append({"path": final, "name": os.path.basename(final), "size": os.path.getsize(final),
+                          "sha256": sha256_file(final), "records": None})
+
+    def process(self, ack_file: str, path: Optional[str] = None) -> dict:
+        ack_file = os.path.abspath(os.path.expanduser(ack_file))
+        if not os.path.isfile(ack_file):
+            raise FneError(f"Cannot read the acknowledgment file {ack_file}: no such file")
+        empty = None
+        folder = os.path.abspath(os.path.expanduser(path)) if path else None
+        if folder is None:
+            empty = tempfile.mkdtemp(prefix="fne-tool-")
+        try:
+            output = self.tool.run(["-url", self.base + SYNC_ACK, "-process", ack_file, folder or empty],
+                                   f"Processing the acknowledgment on {self.base}")
+        finally:
+            if empty:
+                shutil.rmtree(empty, ignore_errors=True)
+        lines = [line.strip() for line in output.splitlines() if PURGING_RE.search(line)]
+        purged = [os.path.join(folder, PURGING_RE.search(line).group(1)) for line in lines] if folder else []
+        match = LAST_SYNC_RE.search(output)
+        last = match.group(1).rstrip(".") if match else None
+        msg = f"Processed the sync acknowledgment: last sync time {last or 'unknown (not printed by the tool)'}"
+        msg += f"; purged {len(purged)} file(s)." if folder else "."
+        return {"changed": True, "last_sync_time": last, "processed": True, "purged": purged if folder else [],
+                "lines": lines if folder else [], "message": msg}
+
+
+class ToolBackOffice:
+    """Same interface as _client.BackOffice, through backofficeofflinesynctool.sh (one file per call, so that the
+    acknowledgment of everything accepted is kept when a later file fails)."""
+
+    def __init__(self, conn: Connection, tool_path: Optional[str] = None, warn: Callable[[str], None] = _noop_warn):
+        self.conn = Connection(**{**conn.__dict__, "username": None, "password": None})
+        self.url = conn.url.strip()
+        self.tool = _Tool(self.conn, tool_path, BACKOFFICE_TOOL, warn)
+
+    def upload_file(self, file: str) -> bytes:
+        staging = tempfile.mkdtemp(prefix=".fne-ack-", dir=os.path.dirname(os.path.abspath(file)))
+        try:
+            out = os.path.join(staging, "syncack.bin")
+            output = self.tool.run(["-url", self.url, "-out", out, file],
+                                   f"Upload of {file} to {self.url}")
+            if UPLOAD_SUCCESS not in output or not os.path.isfile(out):
+                raise FneError(f"Upload of {file} to {self.url}: the tool did not report an acknowledgment: "
+                               f"{output.strip()[-500:]}")
+            with open(out, "rb") as handle:
+                return handle.read()
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def upload(self, src: str, dest: str = "syncack.bin") -> dict:
+        return upload_files(self.upload_file, src, dest, self.url)

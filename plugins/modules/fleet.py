@@ -1,0 +1,147 @@
+#!/usr/bin/python
+# Copyright: fne.offline_sync contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Documentation stub: the fne.offline_sync.fleet action plugin does the work on the controller."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: fleet
+short_description: Run one offline synchronization step for many license servers from the controller
+version_added: 0.1.0
+description:
+  - Works every license server of the play whose topology matches I(topology) in a bounded thread pool on the
+    controller, with the collection's client, against the control-node store C(STORE/<inventory_hostname>/).
+  - Meant to run once per play (C(run_once: true), C(delegate_to: localhost)); a cheap per-host task then turns each
+    host's entry of RV(hosts) into ok, changed or failed for that host. One server's failure is recorded in its own
+    entry and never stops the others.
+  - Per-host settings come from each host's variables C(fne_lls_url), C(fne_lls_username), C(fne_lls_password),
+    C(fne_lls_ca_path), C(fne_lls_validate_certs), C(fne_backoffice_url), C(fne_backoffice_ca_path),
+    C(fne_backoffice_validate_certs), C(fne_sync_topology), C(fne_sync_timeout), C(fne_sync_retries); unset
+    connection settings fall back to the environment variables C(FNE_LLS_URL), C(FNE_LLS_USERNAME),
+    C(FNE_LLS_PASSWORD), C(FNE_LLS_CA_PATH), C(FNE_BACKOFFICE_URL), C(FNE_BACKOFFICE_CA_PATH).
+  - Used by the roles of this collection; see docs/design.md for the store and the recovery rules.
+author:
+  - fne.offline_sync developers
+options:
+  step:
+    description:
+      - C(collect) finishes a run that died, processes pending acknowledgments, downloads new messages.
+      - C(upload) sends outbox files to the back office, oldest first; runs the documented recovery on a mismatch
+        or a recorded gap when I(auto_recover).
+      - C(acknowledge) processes the newest pending acknowledgment on the server.
+      - C(recover) runs the documented forced re-download unconditionally.
+      - C(status) reads the store only. C(report) builds (and writes) the fleet report.
+      - C(admit), C(prepare_ack), C(complete_ack), C(supersede) are the store operations of the remote topology.
+    type: str
+    required: true
+    choices: [collect, upload, acknowledge, recover, status, admit, prepare_ack, complete_ack, supersede, report]
+  hosts:
+    description: Inventory names to work. Defaults to C(ansible_play_hosts).
+    type: list
+    elements: str
+  topology:
+    description: Work only the hosts whose C(fne_sync_topology) is this (C(all) for every host).
+    type: str
+    default: api
+    choices: [api, remote, all]
+  store:
+    description: The control-node store root.
+    type: path
+    required: true
+  workers:
+    description: Servers worked at the same time.
+    type: int
+    default: 16
+  auto_recover:
+    description: Run the documented recovery automatically on a mismatch or a recorded gap.
+    type: bool
+    default: true
+  lock_timeout:
+    description: Seconds to wait for a server's store lock held by another run before failing that host.
+    type: float
+    default: 5
+  files:
+    description: For C(admit), the fetched files, each C({src, name, sha256, records}).
+    type: list
+    elements: dict
+    default: []
+  forced:
+    description: For C(admit), the files come from a forced download.
+    type: bool
+    default: false
+  last_sync_time:
+    description: For C(complete_ack), the last sync time the server answered.
+    type: str
+  results:
+    description: For C(report), the registered results of this run's fleet steps.
+    type: list
+    elements: raw
+    default: []
+  stale_days:
+    description: For C(report), servers without a successful sync for longer than this stand out.
+    type: float
+    default: 7
+  write_report:
+    description: For C(report), write C(report.json) and C(report.html) into the store (never in check mode).
+    type: bool
+    default: true
+attributes:
+  check_mode:
+    support: full
+    details: Nothing is changed on any server or in the store; each host's entry lists what a real run would do.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+    details: Runs on the controller only.
+"""
+
+EXAMPLES = r"""
+- name: Download new records from every api-topology server of the play
+  fne.offline_sync.fleet:
+    step: collect
+    store: /var/lib/fne_sync
+  run_once: true
+  delegate_to: localhost
+  register: __fne_collect
+
+- name: Show each server's outcome
+  ansible.builtin.debug:
+    msg: "{{ __fne_collect.hosts[inventory_hostname].msg }}"
+  changed_when: __fne_collect.hosts[inventory_hostname].changed
+  failed_when: __fne_collect.hosts[inventory_hostname].failed
+  when: inventory_hostname in __fne_collect.hosts
+"""
+
+RETURN = r"""
+hosts:
+  description: One entry per server worked, keyed by inventory name.
+  returned: always
+  type: dict
+  sample:
+    lls001:
+      changed: true
+      failed: false
+      msg: "lls001: collect: downloaded 1 file(s), 25 record(s)"
+      records: 25
+      fetched: [20261125T140305.fnesync]
+      uploaded: []
+      processed: []
+      recovered: false
+      needs_force: false
+failed_hosts:
+  description: Names of the servers whose step failed.
+  returned: always except for I(step=report)
+  type: list
+  elements: str
+report:
+  description: For I(step=report), the fleet summary (also written to C(STORE/report.json)).
+  returned: when I(step=report)
+  type: dict
+paths:
+  description: For I(step=report), the report files written (empty in check mode).
+  returned: when I(step=report)
+  type: dict
+"""

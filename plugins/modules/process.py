@@ -1,0 +1,127 @@
+#!/usr/bin/python
+# Copyright: fne.offline_sync contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: process
+short_description: Process a back office acknowledgment on a FlexNet Embedded license server
+version_added: 0.1.0
+description:
+  - Step 3 of the offline synchronization cycle, as
+    C(serverofflinesynctool.sh -url http://HOST:7070/api/1.0/sync_ack/offline -process FILE PATH).
+  - Sends the acknowledgment O(src) to the license server, which updates its last synchronization time, then
+    deletes from O(path) exactly the sync files the acknowledgment covers (their name time is at or before the
+    last sync time in the server's answer), never a file generated after it. Each deletion is reported as the
+    vendor tool prints it, C(Purging file yyyyMMddTHHmmss.fnesync).
+  - Processing an acknowledgment older than one already processed is a no-op on the server.
+  - When the task runs on the controller (connection local, or delegated to localhost), the action plugin runs the
+    client in the controller process instead of shipping the module; results are the same.
+extends_documentation_fragment:
+  - fne.offline_sync.connection
+  - fne.offline_sync.connection.lls
+  - fne.offline_sync.attributes
+attributes:
+  check_mode:
+    support: partial
+    details:
+      - Check mode sends nothing and deletes nothing. Which files an acknowledgment covers is known only from the
+        server's answer (the collection never decodes acknowledgments), so it reports C(changed=true) when O(src)
+        is readable, an empty RV(purged), and in RV(candidates) the sync files in O(path) it could cover.
+  diff_mode:
+    support: none
+options:
+  src:
+    description:
+      - The acknowledgment file written by M(fne.offline_sync.upload) (the vendor tool's C(syncack.bin)).
+    type: path
+    required: true
+  path:
+    description:
+      - The folder of sync files to purge (the same folder as for M(fne.offline_sync.generate) and
+        M(fne.offline_sync.upload)). Without it no local file is deleted.
+    type: path
+notes:
+  - With O(backend=tool), the vendor tool does the purging; RV(last_sync_time) is null unless the tool prints it.
+seealso:
+  - module: fne.offline_sync.generate
+  - module: fne.offline_sync.upload
+author:
+  - fne.offline_sync contributors
+"""
+
+EXAMPLES = r"""
+- name: Process the acknowledgment and purge the files it covers
+  fne.offline_sync.process:
+    url: http://lls01.example.com:7070
+    src: /var/tmp/fnesync/syncack.bin
+    path: /var/tmp/fnesync
+  register: processed
+
+- name: Show what was purged
+  ansible.builtin.debug:
+    var: processed.lines
+"""
+
+RETURN = r"""
+changed:
+  description: Whether the server took the acknowledgment as new or any file was purged.
+  returned: always
+  type: bool
+last_sync_time:
+  description: The server's last synchronization time after processing, as the server answered it (UTC).
+  returned: always
+  type: str
+  sample: "2026-11-25T14:03:05Z"
+processed:
+  description: Whether the server updated its state (false for an acknowledgment older than one already processed).
+  returned: success, except in check mode
+  type: bool
+purged:
+  description: Absolute paths of the files deleted from O(path), oldest first.
+  returned: always
+  type: list
+  elements: str
+lines:
+  description: One C(Purging file NAME) line per deleted file, as the vendor tool prints them.
+  returned: always
+  type: list
+  elements: str
+  sample: ["Purging file 20140613T105312.fnesync"]
+message:
+  description: A summary.
+  returned: always
+  type: str
+candidates:
+  description: In check mode, the sync files in O(path) that the acknowledgment could cover.
+  returned: in check mode
+  type: list
+  elements: str
+server:
+  description: The server's JSON answer.
+  returned: success with O(backend=http), except in check mode
+  type: dict
+error:
+  description: On failure, the error's facts (C(type), C(url), C(status), C(key)).
+  returned: on failure
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.module_utils._options import (  # noqa: E402
+    MODULE_OPTIONS,
+    argument_spec,
+    run_module,
+)
+
+NAME = "process"
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(NAME), supports_check_mode=True, **MODULE_OPTIONS[NAME])
+    run_module(NAME, module)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+#!/usr/bin/python
+# Copyright: fne.offline_sync contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: upload
+short_description: Send offline synchronization data to the FlexNet Operations back office
+version_added: 0.1.0
+description:
+  - Step 2 of the offline synchronization cycle, as
+    C(backofficeofflinesynctool.sh -url https://SITEID.compliance.flexnetoperations.com/deviceservices -out FILE PATH).
+  - Sends O(src) (one sync file, or every C(*.fnesync) file of a folder, oldest first) one message per request,
+    streaming each file from disk (memory use stays flat for multi-gigabyte files), and writes the back office's
+    acknowledgment to O(dest).
+  - The acknowledgment is written atomically after each accepted file, so whatever fails later, O(dest) holds the
+    acknowledgment for everything accepted so far.
+  - When the task runs on the controller (connection local, or delegated to localhost), the action plugin runs the
+    client in the controller process instead of shipping the module; results are the same.
+extends_documentation_fragment:
+  - fne.offline_sync.connection
+  - fne.offline_sync.backoffice
+  - fne.offline_sync.attributes
+attributes:
+  check_mode:
+    support: partial
+    details:
+      - The back office has no dry run. Check mode sends nothing and writes nothing; it reports the files it would
+        send (RV(files)) and C(changed=true) when there is at least one.
+  diff_mode:
+    support: none
+options:
+  src:
+    description:
+      - A sync file, or a folder whose C(yyyyMMddTHHmmss.fnesync) files are all sent, oldest first (the name is the
+        sync time; the back office takes one server's messages strictly in that order).
+      - All files must come from one license server.
+    type: path
+    required: true
+  dest:
+    description:
+      - Where to write the acknowledgment.
+      - A relative path is relative to the folder of O(src) (O(src) itself when it is a folder). The vendor tool
+        writes it relative to its current directory, which a module has no meaningful equivalent of; with the default
+        the acknowledgment sits next to the sync files it covers.
+    type: path
+    default: syncack.bin
+notes:
+  - >-
+    When the back office answers the documented
+    C("Mismatched or out of order time stamp in sync message": "Expected sync time ..., got ...") the module fails
+    with that text, returns RV(mismatch=true) with RV(expected) and RV(received), and keeps in O(dest) the
+    acknowledgment for the files accepted before it (RV(accepted)). The documented recovery follows; process that
+    acknowledgment (M(fne.offline_sync.process)), download again with O(fne.offline_sync.generate#module:force=true),
+    upload, process.
+  - A message whose answer is lost after it was sent is not sent again (the back office may have accepted it);
+    the module fails with C(error.type=LostResponseError).
+seealso:
+  - module: fne.offline_sync.generate
+  - module: fne.offline_sync.process
+author:
+  - fne.offline_sync contributors
+"""
+
+EXAMPLES = r"""
+- name: Send every downloaded file, oldest first
+  fne.offline_sync.upload:
+    url: https://SITEID.compliance.flexnetoperations.com/deviceservices
+    src: /var/tmp/fnesync
+  register: uploaded
+
+- name: Send one file and keep the acknowledgment elsewhere
+  fne.offline_sync.upload:
+    url: https://SITEID.compliance.flexnetoperations.com/deviceservices
+    src: /var/tmp/fnesync/20140613T105312.fnesync
+    dest: /var/tmp/acks/lls01.bin
+
+- name: Handle the documented out-of-order answer
+  block:
+    - fne.offline_sync.upload:
+        src: /var/tmp/fnesync
+  rescue:
+    - ansible.builtin.debug:
+        msg: "Expected {{ ansible_failed_result.expected }}, got {{ ansible_failed_result.received }}"
+      when: ansible_failed_result.mismatch | default(false)
+"""
+
+RETURN = r"""
+changed:
+  description: Whether the back office accepted at least one file.
+  returned: always
+  type: bool
+ack:
+  description: Absolute path of the acknowledgment file written in this run; null when nothing was accepted.
+  returned: always
+  type: str
+  sample: /var/tmp/fnesync/syncack.bin
+accepted:
+  description: The files the back office accepted in this run, in the order sent.
+  returned: always
+  type: list
+  elements: str
+files:
+  description: The files to send, oldest first (in check mode, the files that would be sent).
+  returned: always
+  type: list
+  elements: str
+message:
+  description: The vendor tool's summary line.
+  returned: success
+  type: str
+  sample: Successfully sent sync data and received a sync acknowledgment.
+mismatch:
+  description: True when the back office answered the documented out-of-order error.
+  returned: always, except in check mode
+  type: bool
+expected:
+  description: The sync time the back office expected, exactly as it printed it.
+  returned: when RV(mismatch=true)
+  type: str
+  sample: Jan 24, 2019 11:04:09 AM
+received:
+  description: The sync time the back office got, exactly as it printed it.
+  returned: when RV(mismatch=true)
+  type: str
+  sample: Jan 24, 2019 11:05:00 AM
+ack_dest:
+  description: The acknowledgment path that would be written.
+  returned: in check mode
+  type: str
+lost_response:
+  description: True when a message was sent but its answer was lost.
+  returned: on a lost answer
+  type: bool
+error:
+  description: On failure, the error's facts (C(type), C(url), C(status), C(key)).
+  returned: on failure
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.module_utils._options import (  # noqa: E402
+    MODULE_OPTIONS,
+    argument_spec,
+    run_module,
+)
+
+NAME = "upload"
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(NAME), supports_check_mode=True, **MODULE_OPTIONS[NAME])
+    run_module(NAME, module)
+
+
+if __name__ == "__main__":
+    main()

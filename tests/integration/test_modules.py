@@ -1,0 +1,196 @@
+"""The four modules against a real lab fleet, run by real ansible-playbook, on both execution paths:
+in-process on the controller (connection local) and shipped over real SSH (the sshd fixture)."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ansible_env, run
+from test_modules_support import (
+    BO_ARGS,
+    LLS_ARGS,
+    TOOLS,
+    all_files,
+    inventory,
+    playbook,
+    strip_volatile,
+    sync_files,
+    task,
+)
+
+MODULES = ("generate", "upload", "process", "server_info")
+BOTH = {"inproc": {"server": "lls001", "via": "local"}, "shipped": {"server": "lls002", "via": "ssh"}}
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ansible_doc_renders(module):
+    proc = run([str(Path(sys.executable).parent / "ansible-doc"), f"fne.offline_sync.{module}"], env=ansible_env())
+    assert "EXAMPLES:" in proc.stdout and "RETURN VALUES:" in proc.stdout, proc.stdout[:2000]
+    assert "ERROR" not in proc.stderr
+
+
+def test_server_info_same_on_both_paths(lab_factory, sshd, tmp_path):
+    """Security and HTTPS on, env fallbacks, check mode, no_log scrubbing: the two paths give the same result."""
+    lab = lab_factory(1, "--security", "1", "--https", "1")
+    server = lab.info["servers"]["lls001"]
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "20250101T000000.fnesync").write_bytes(b"x" * 10)
+    inv = inventory(tmp_path, lab, {"inproc": {"via": "local", "out": str(shared)},
+                                    "shipped": {"via": "ssh", "out": str(shared)}}, sshd)
+    env_vars = {"FNE_LLS_URL": server["url"], "FNE_LLS_USERNAME": server["username"],
+                "FNE_LLS_PASSWORD": server["password"], "FNE_LLS_CA_PATH": lab.info["ca_path"]}
+    tasks = [
+        task("args", "server_info", dict(LLS_ARGS, path="{{ out }}")),
+        task("env", "server_info", {"path": "{{ out }}"}, environment=env_vars),
+        task("check", "server_info", dict(LLS_ARGS, path="{{ out }}"), check_mode=True),
+    ]
+    res = playbook(tmp_path, inv, tasks, args=("-v",), env={"ANSIBLE_INJECT_INVOCATION": "1"})
+    for name in ("args", "env", "check"):
+        inproc, shipped = res.get(name, "inproc"), res.get(name, "shipped")
+        assert inproc["reachable"] and inproc["security"] and inproc["https"] and inproc["authorized"], inproc
+        assert inproc["host_id"] == server["host_id"]
+        assert inproc["pending_count"] == 1 and inproc["pending"][0]["sync_time"] == "2025-01-01T00:00:00Z"
+        assert strip_volatile(inproc) == strip_volatile(shipped)
+        if name != "env":
+            assert inproc["invocation"]["module_args"]["password"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+    assert server["password"] not in res.output
+
+
+@pytest.mark.parametrize("backend", ["http", "tool"])
+def test_full_cycle_both_paths(lab_factory, sshd, tmp_path, backend):
+    lab = lab_factory(2, "--security", "0.5", "--https", "0.5", "--page-size", "10", "--records", "25")
+    inv = inventory(tmp_path, lab, BOTH, sshd)
+    extra = {"backend": backend, "tool_path": str(TOOLS)} if backend == "tool" else {}
+    lls = dict(LLS_ARGS, **extra)
+    bo = dict(BO_ARGS, **extra)
+    before = lab.state()["servers"]
+
+    # Check mode first: nothing changes on the servers or on disk.
+    res = playbook(tmp_path, inv, [
+        task("generate", "generate", dict(lls, path="{{ out }}"), check_mode=True),
+        task("upload", "upload", dict(bo, src="{{ out }}"), check_mode=True, ignore_errors=True),
+    ], name="check")
+    after = lab.state()["servers"]
+    for host, spec in BOTH.items():
+        assert res.get("generate", host)["changed"] is False and res.get("generate", host)["files"] == []
+        assert after[spec["server"]]["cursor"] == before[spec["server"]]["cursor"] == 0
+        assert not (tmp_path / "out" / host).exists()
+
+    res = playbook(tmp_path, inv, [
+        task("generate", "generate", dict(lls, path="{{ out }}")),
+        task("again", "generate", dict(lls, path="{{ out }}")),
+        task("upload check", "upload", dict(bo, src="{{ out }}"), check_mode=True),
+        task("info", "server_info", dict(lls, path="{{ out }}")),
+    ], name="generate")
+    for host in BOTH:
+        folder = tmp_path / "out" / host
+        gen = res.get("generate", host)
+        assert gen["changed"] and gen["records"] == 25 and gen["message"] == "Sync completed for 25 device records."
+        assert [f["name"] for f in gen["files"]] == sync_files(folder) and len(gen["files"]) == 3
+        assert all_files(folder) == sync_files(folder)  # no temporary file left behind
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        for entry in gen["files"]:
+            data = Path(entry["path"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["size"]
+            assert stat.S_IMODE(Path(entry["path"]).stat().st_mode) == 0o600
+        if backend == "http":
+            assert sum(f["records"] for f in gen["files"]) == 25
+        again = res.get("again", host)
+        assert again["changed"] is False and again["message"] == "No new data is available."
+        check = res.get("upload check", host)
+        assert check["changed"] and check["files"] == [f["path"] for f in gen["files"]] and check["ack"] is None
+        assert res.get("info", host)["pending_count"] == 3
+    assert set(res.get("generate", "inproc")) == set(res.get("generate", "shipped"))
+
+    res = playbook(tmp_path, inv, [
+        task("upload", "upload", dict(bo, src="{{ out }}")),
+        task("process check", "process", dict(lls, src="{{ out }}/syncack.bin", path="{{ out }}"),
+             check_mode=True),
+        task("process", "process", dict(lls, src="{{ out }}/syncack.bin", path="{{ out }}")),
+        task("process again", "process", dict(lls, src="{{ out }}/syncack.bin", path="{{ out }}")),
+    ], name="upload")
+    for host in BOTH:
+        folder = tmp_path / "out" / host
+        up = res.get("upload", host)
+        assert up["changed"] and up["mismatch"] is False and len(up["accepted"]) == 3
+        assert up["message"] == "Successfully sent sync data and received a sync acknowledgment."
+        assert up["ack"] == str(folder / "syncack.bin")
+        check = res.get("process check", host)
+        assert check["changed"] and check["purged"] == [] and len(check["candidates"]) == 3
+        proc = res.get("process", host)
+        assert proc["purged"] == up["accepted"]
+        assert proc["lines"] == [f"Purging file {Path(p).name}" for p in up["accepted"]]
+        if backend == "http":
+            assert proc["last_sync_time"].startswith("20")
+        assert all_files(folder) == ["syncack.bin"]
+        assert res.get("process again", host)["purged"] == []
+    report = lab.verify(complete=True)
+    assert report["servers"]["lls001"]["in_backoffice"] == 25
+
+
+def test_https_without_ca_fails_with_hint(lab_factory, sshd, tmp_path):
+    lab = lab_factory(2, "--https", "1")
+    inv = inventory(tmp_path, lab, BOTH, sshd)
+    args = {"url": "{{ fne_url }}", "retries": 0, "path": "{{ out }}"}
+    res = playbook(tmp_path, inv, [
+        task("generate", "generate", args, ignore_errors=True),
+        task("info", "server_info", args),
+        task("with ca", "server_info", dict(args, ca_path="{{ fne_ca }}")),
+    ], check=False)
+    for host in BOTH:
+        gen = res.get("generate", host)
+        assert gen["failed"] and "TLS failure" in gen["msg"] and "ca_path" in gen["msg"], gen
+        assert "https://" in gen["msg"]
+        info = res.get("info", host)
+        assert info["reachable"] is False and "ca_path" in info["error"]
+        assert res.get("with ca", host)["reachable"] is True
+        assert sync_files(tmp_path / "out" / host) == []
+
+
+def test_mismatch_keeps_ack_then_documented_recovery(lab_factory, sshd, tmp_path):
+    lab = lab_factory(2, "--page-size", "10", "--records", "30")
+    inv = inventory(tmp_path, lab, BOTH, sshd)
+    playbook(tmp_path, inv, [task("generate", "generate", dict(LLS_ARGS, path="{{ out }}"))], name="gen")
+    held = tmp_path / "held"
+    held.mkdir()
+    names = {}
+    for host in BOTH:
+        folder = tmp_path / "out" / host
+        names[host] = sync_files(folder)
+        assert len(names[host]) == 3
+        (folder / names[host][1]).rename(held / f"{host}-{names[host][1]}")  # the middle message goes missing
+
+    res = playbook(tmp_path, inv, [task("upload", "upload", dict(BO_ARGS, src="{{ out }}"), ignore_errors=True)],
+                   name="upload", check=False)
+    for host in BOTH:
+        folder = tmp_path / "out" / host
+        up = res.get("upload", host)
+        assert up["failed"] and up["mismatch"] is True, up
+        assert '"Mismatched or out of order time stamp in sync message": "Expected sync time ' in up["msg"]
+        assert up["expected"] and up["received"] and up["expected"] != up["received"]
+        assert up["accepted"] == [str(folder / names[host][0])]
+        assert up["ack"] == str(folder / "syncack.bin") and (folder / "syncack.bin").exists()
+        assert up["changed"] is True
+
+    # The documented recovery: process what was acknowledged, force a download, upload, process.
+    res = playbook(tmp_path, inv, [
+        task("process", "process", dict(LLS_ARGS, src="{{ out }}/syncack.bin", path="{{ out }}")),
+        task("force", "generate", dict(LLS_ARGS, path="{{ out }}", force=True), register="forced"),
+        {"name": "drop superseded", "ansible.builtin.file": {"path": "{{ item }}", "state": "absent"},
+         "loop": "{{ forced.superseded }}"},
+        task("upload", "upload", dict(BO_ARGS, src="{{ out }}")),
+        task("process 2", "process", dict(LLS_ARGS, src="{{ out }}/syncack.bin", path="{{ out }}")),
+    ], name="recover")
+    for host in BOTH:
+        folder = tmp_path / "out" / host
+        assert res.get("process", host)["purged"] == [str(folder / names[host][0])]
+        forced = res.get("force", host)
+        assert forced["superseded"] == [str(folder / names[host][2])] and forced["records"] == 20
+        assert res.get("upload", host)["mismatch"] is False
+        assert all_files(folder) == ["syncack.bin"]
+    lab.verify(complete=True)

@@ -1,0 +1,371 @@
+"""The lab process: every license server, the back office and the control endpoint, in one asyncio loop.
+
+One aiohttp application serves all license servers; the request's local address says which server it is.
+Run as `python -m fnelab.server --dir DIR` (detached by `fnelab up`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import resource
+import secrets
+import signal
+import ssl
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from aiohttp import web
+
+from . import fleet
+from .faults import Fault, FaultError, Faults, parse_start_spec
+from .state import AckError, Mismatch, Server, State
+from .wire import Ack, Message, WireError, iso, mismatch_body
+
+log = logging.getLogger("fnelab")
+API = "/api/1.0"
+VERSION = "2024.09-fnelab"
+HTML_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway"
+            b"</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+
+
+def _error(status: int, key: str, message: str) -> web.Response:
+    return web.json_response({"key": key, "message": message}, status=status)
+
+
+class Lab:
+    def __init__(self, directory: Path, start_faults: list[str]):
+        self.dir = directory
+        self.state = State(directory / "lab.sqlite")
+        self.servers = self.state.servers()
+        self.by_address = {s.address: s for s in self.servers}
+        self.by_name = {s.name: s for s in self.servers}
+        self.page_size = int(self.state.get("page_size", "500"))
+        self.token_ttl = float(self.state.get("token_ttl", "300"))
+        self.reupload = self.state.get("reupload", "accept")
+        self.base = self.state.get("address_base")
+        self.bo_address = fleet.address(self.base, 1)
+        self.faults = Faults()
+        self.tokens: dict[str, tuple[str, float]] = {}   # token -> (server name, expiry)
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.listeners: dict[str, asyncio.Server] = {}   # target -> listening socket
+        self.stopping = asyncio.Event()
+        for spec in start_faults:
+            target, fault = parse_start_spec(spec)
+            self._apply_fault(target, fault)
+
+    # --- plumbing ---------------------------------------------------------------------------------------
+    def _ssl(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        with tempfile.NamedTemporaryFile("w", suffix=".pem") as f:  # ssl only loads key material from files
+            os.chmod(f.name, 0o600)
+            f.write(self.state.get("cert_chain_pem") + self.state.get("key_pem"))
+            f.flush()
+            ctx.load_cert_chain(f.name)
+        return ctx
+
+    def _target(self, request: web.Request) -> str:
+        sock = request.transport.get_extra_info("sockname") if request.transport else None
+        server = self.by_address.get(sock[0]) if sock else None
+        return server.name if server else "backoffice"
+
+    @web.middleware
+    async def _faulty(self, request: web.Request, handler) -> web.StreamResponse:
+        """Count the request and play the faults its target and endpoint meet."""
+        target = self._target(request)
+        route = request.match_info.route
+        endpoint = route.name or "other"
+        self.counts[(target, endpoint)] += 1
+        if target in self.listeners and self.listeners[target] is None:  # down: sever keep-alive connections too
+            request.transport.abort()
+            raise asyncio.CancelledError
+        request["target"] = target
+        faults = self.faults.take(target, endpoint)
+        other = None
+        for f in faults:
+            if f.kind == "latency":
+                await asyncio.sleep(float(f.value))
+            else:
+                other = f
+        if other is None:
+            return await handler(request)
+        if other.kind == "status":
+            headers = {"Retry-After": other.retry_after} if other.retry_after else {}
+            return web.json_response({"key": "fnelab.injectedFault", "message": f"injected status {other.value}"},
+                                     status=int(other.value), headers=headers)
+        if other.kind == "html":
+            return web.Response(body=HTML_502, status=502, content_type="text/html")
+        response = await handler(request)  # drop and truncate: the work is done and committed first
+        body = getattr(response, "body", None) or b""
+        if other.kind == "truncate" and body:
+            partial = web.StreamResponse(status=response.status, headers=response.headers)
+            partial.content_length = len(body)
+            await partial.prepare(request)
+            await partial.write(bytes(body[: len(body) // 2]))
+            request.transport.close()  # close() flushes what was written, then hangs up
+        else:
+            request.transport.abort()
+        raise asyncio.CancelledError  # nothing more goes out on this connection
+
+    # --- license server ---------------------------------------------------------------------------------
+    def _server(self, request: web.Request) -> Server:
+        return self.by_name[request["target"]]
+
+    def _authorized(self, request: web.Request, server: Server) -> bool:
+        if not server.security:
+            return True
+        header = request.headers.get("Authorization", "")
+        token = header[7:] if header.startswith("Bearer ") else ""
+        entry = self.tokens.get(token)
+        return entry is not None and entry[0] == server.name and entry[1] > time.time()
+
+    async def health(self, request: web.Request) -> web.Response:
+        s = self._server(request)
+        return web.json_response({"status": "ok", "version": VERSION, "instanceId": f"fnelab-{s.name}",
+                                  "hostId": s.host_id, "hostIdType": "Ethernet", "database": {"status": "ok"},
+                                  "security": {"enabled": s.security, "https": s.https}})
+
+    async def authorize(self, request: web.Request) -> web.Response:
+        s = self._server(request)
+        try:
+            body = await request.json()
+            user, password = body["user"], body["password"]
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "glsErr.invalidRequest", "expected JSON {\"user\": ..., \"password\": ...}")
+        if not (secrets.compare_digest(str(user), s.username or "")
+                and secrets.compare_digest(str(password), s.password or "")):
+            return _error(401, "glsErr.userAuthFailed", "User authentication failed.")
+        token = secrets.token_urlsafe(24)
+        expires = time.time() + self.token_ttl
+        self.tokens[token] = (s.name, expires)
+        return web.json_response({"token": token, "expires": iso(int(expires))})
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        s = self._server(request)
+        if not self._authorized(request, s):
+            return _error(401, "glsErr.notAuthorized", "Not authorized: authorize again.")
+        force = request.query.get("force", "").lower() == "true"
+        msg = self.state.generate(s, self.page_size, force)
+        if msg is None:
+            return web.Response(status=204)
+        from .wire import file_name
+        return web.Response(body=msg.encode(), content_type="application/octet-stream", headers={
+            "Content-Disposition": f'attachment; filename="{file_name(msg.sync_time)}"',
+            "X-FNE-Record-Count": str(len(msg.records))})
+
+    async def ack(self, request: web.Request) -> web.Response:
+        s = self._server(request)
+        if not self._authorized(request, s):
+            return _error(401, "glsErr.notAuthorized", "Not authorized: authorize again.")
+        try:
+            ack = Ack.decode(await request.read())
+            last, processed, purged = self.state.process_ack(s, ack)
+        except WireError as exc:
+            return _error(400, "glsErr.invalidSyncAck", f"Invalid sync acknowledgment: {exc}")
+        except AckError as exc:
+            return _error(400, exc.key, str(exc))
+        return web.json_response({"lastSyncTime": iso(last), "processed": processed, "purgedRecords": purged})
+
+    # --- back office ------------------------------------------------------------------------------------
+    async def upload(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            msg = Message.decode(raw)
+        except WireError as exc:
+            return web.json_response({"Invalid sync message": str(exc)}, status=400)
+        try:
+            ack = self.state.upload(msg, raw, self.reupload)
+        except Mismatch as exc:
+            return web.json_response(mismatch_body(exc.expected, exc.got), status=400)
+        return web.Response(body=ack.encode(), content_type="application/octet-stream")
+
+    # --- control ----------------------------------------------------------------------------------------
+    def _apply_fault(self, target: str, fault: Fault) -> None:
+        if target != "backoffice" and target not in self.by_name:
+            raise FaultError(f"no such target {target!r}")
+        if fault.kind == "expire_tokens":
+            self.tokens = {t: v for t, v in self.tokens.items() if v[0] != target}
+        elif fault.kind == "down":
+            self.faults.add(target, fault)
+        else:
+            self.faults.add(target, fault)
+
+    async def c_status(self, request: web.Request) -> web.Response:
+        return web.json_response({"ready": True, "pid": os.getpid(), "servers": len(self.servers),
+                                  "down": sorted(t for t, srv in self.listeners.items() if srv is None),
+                                  "faults": self.faults.describe(),
+                                  "config": {"page_size": self.page_size, "token_ttl": self.token_ttl,
+                                             "reupload": self.reupload}})
+
+    async def c_fault(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        try:
+            fault = Fault(body["kind"], body.get("value"), body.get("count"), body.get("endpoint"),
+                          body.get("retry_after"))
+            self._apply_fault(body["target"], fault)
+            if fault.kind == "down":
+                await self._listen_stop(body["target"])
+        except (FaultError, KeyError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return await self.c_status(request)
+
+    async def c_clear(self, request: web.Request) -> web.Response:
+        target = (await request.json()).get("target")
+        if target is not None and target != "backoffice" and target not in self.by_name:
+            return web.json_response({"error": f"no such target {target!r}"}, status=400)
+        self.faults.clear(target)
+        for t, srv in list(self.listeners.items()):
+            if srv is None and target in (None, t):
+                await self._listen(t)
+        return await self.c_status(request)
+
+    async def c_config(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.get("reupload") is not None:
+            if body["reupload"] not in ("accept", "reject"):
+                return web.json_response({"error": "reupload is accept or reject"}, status=400)
+            self.reupload = body["reupload"]
+        if body.get("page_size") is not None:
+            self.page_size = int(body["page_size"])
+        if body.get("token_ttl") is not None:
+            self.token_ttl = float(body["token_ttl"])
+        self.state.put(reupload=self.reupload, page_size=self.page_size, token_ttl=self.token_ttl)
+        return await self.c_status(request)
+
+    async def c_activity(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        names = body.get("servers")
+        unknown = [n for n in names or [] if n not in self.by_name]
+        if unknown:
+            return web.json_response({"error": f"no such servers: {', '.join(unknown)}"}, status=400)
+        ids = [self.by_name[n].id for n in names] if names else None
+        made = self.state.add_records(int(body["records"]), ids)
+        return web.json_response({"created": made})
+
+    async def c_flush(self, request: web.Request) -> web.Response:
+        self.flush()
+        return web.json_response({"flushed": True})
+
+    async def c_shutdown(self, request: web.Request) -> web.Response:
+        self.stopping.set()
+        return web.json_response({"stopping": True})
+
+    # --- lifecycle --------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        counts, self.counts = self.counts, Counter()
+        self.state.add_counts(dict(counts))
+
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            self.flush()
+
+    async def _listen(self, target: str) -> None:
+        loop = asyncio.get_running_loop()
+        if target == "backoffice":
+            host, port, factory, tls = self.bo_address, fleet.BACKOFFICE_PORT, self.bo_runner.server, self.tls
+        else:
+            s = self.by_name[target]
+            host, port, factory = s.address, fleet.SERVER_PORT, self.lls_runner.server
+            tls = self.tls if s.https else None
+        try:
+            self.listeners[target] = await loop.create_server(factory, host, port, ssl=tls, backlog=256,
+                                                              reuse_address=True)
+        except OSError as exc:
+            raise SystemExit(f"fnelab: cannot listen on {host}:{port} for {target}: {os.strerror(exc.errno or 0)}") from None
+
+    async def _listen_stop(self, target: str) -> None:
+        srv = self.listeners.get(target)
+        if srv is not None:
+            srv.close()
+        self.listeners[target] = None  # type: ignore[assignment]
+
+    async def run(self) -> None:
+        started = time.monotonic()
+        self.tls = self._ssl()
+        lls = web.Application(middlewares=[self._faulty], client_max_size=64 * 1024 * 1024)
+        lls.router.add_get(f"{API}/health", self.health, name="health")
+        lls.router.add_post(f"{API}/instances/~/authorize", self.authorize, name="authorize")
+        lls.router.add_post(f"{API}/sync_message/offline", self.generate, name="generate")
+        lls.router.add_post(f"{API}/sync_ack/offline", self.ack, name="ack")
+        bo = web.Application(middlewares=[self._faulty], client_max_size=256 * 1024 * 1024)
+        bo.router.add_post("/deviceservices", self.upload, name="upload")
+        control = web.Application()
+        for path, handler in (("/status", self.c_status),):
+            control.router.add_get(path, handler)
+        for path, handler in (("/fault", self.c_fault), ("/clear", self.c_clear), ("/config", self.c_config),
+                              ("/activity", self.c_activity), ("/flush", self.c_flush),
+                              ("/shutdown", self.c_shutdown)):
+            control.router.add_post(path, handler)
+        self.lls_runner = web.AppRunner(lls, access_log=None, handle_signals=False)
+        self.bo_runner = web.AppRunner(bo, access_log=None, handle_signals=False)
+        control_runner = web.AppRunner(control, access_log=None, handle_signals=False)
+        for runner in (self.lls_runner, self.bo_runner, control_runner):
+            await runner.setup()
+        for s in self.servers:
+            await self._listen(s.name)
+        await self._listen("backoffice")
+        for target, faults in self.faults.active.items():  # `--fault NAME:down` at start
+            if any(f.kind == "down" for f in faults):
+                await self._listen_stop(target)
+        site = web.TCPSite(control_runner, self.bo_address, fleet.CONTROL_PORT, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise SystemExit(f"fnelab: cannot listen on {self.bo_address}:{fleet.CONTROL_PORT} (control): "
+                             f"{os.strerror(exc.errno or 0)}") from None
+        (self.dir / "lab.pid").write_text(f"{os.getpid()}\n")
+        log.info("lab up: %d license servers, back office %s:%d, control :%d, in %.2fs", len(self.servers),
+                 self.bo_address, fleet.BACKOFFICE_PORT, fleet.CONTROL_PORT, time.monotonic() - started)
+        flusher = asyncio.create_task(self._flusher())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        await self.stopping.wait()
+        log.info("lab stopping")
+        flusher.cancel()
+        for srv in self.listeners.values():
+            if srv is not None:
+                srv.close()
+        await asyncio.sleep(0.1)  # let the control endpoint answer the shutdown request
+        for runner in (control_runner, self.bo_runner, self.lls_runner):
+            await runner.cleanup()
+        self.flush()
+        self.state.close()
+        log.info("lab stopped")
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fnelab.server")
+    parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--fault", action="append", default=[])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # injected drops are not errors
+    _raise_nofile()
+    pid_file = args.dir / "lab.pid"
+    try:
+        lab = Lab(args.dir, args.fault)
+        asyncio.run(lab.run())
+    except (FaultError, SystemExit) as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        if pid_file.exists() and pid_file.read_text().strip() == str(os.getpid()):
+            pid_file.unlink()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Helpers for the lab's own tests: the stand-in tools by absolute path, direct REST calls."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+from fnelab.wire import Message
+
+BIN = Path(sys.executable).parent
+TOOLS = Path(subprocess.run([str(BIN / "fnelab"), "tools-path"], capture_output=True, text=True,
+                            check=True).stdout.strip())
+GENERATE = "/api/1.0/sync_message/offline"
+ACK = "/api/1.0/sync_ack/offline"
+
+
+def tool_env(ca: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
+                                                             "FNE_TOOL_CA_PATH")}
+    if ca:
+        env["FNE_TOOL_CA_PATH"] = ca
+    return env
+
+
+def run_tool(lab, name: str, *args: str, cwd: Path, ca: bool = True) -> subprocess.CompletedProcess:
+    """Run a stand-in vendor tool by absolute path, as an administrator (or the collection) would."""
+    return subprocess.run([str(TOOLS / name), *args], capture_output=True, text=True, cwd=cwd, timeout=60,
+                          env=tool_env(str(lab.dir / "ca.pem") if ca else None))
+
+
+def server_tool(lab, server: str, mode: str, *args: str, cwd: Path, force: bool = False,
+                auth: bool = True) -> subprocess.CompletedProcess:
+    """serverofflinesynctool.sh -url <documented endpoint> -generate PATH | -process FILE PATH [...]."""
+    info = lab.info["servers"][server]
+    url = info["url"] + (GENERATE if mode == "-generate" else ACK)
+    extra = ["-force"] if force else []
+    if auth and info["security"]:
+        extra += ["-authorize", info["username"], info["password"]]
+    return run_tool(lab, "serverofflinesynctool.sh", "-url", url, mode, *args, *extra, cwd=cwd)
+
+
+def backoffice_tool(lab, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run_tool(lab, "backofficeofflinesynctool.sh", "-url", lab.info["backoffice"]["url"], *args, cwd=cwd)
+
+
+class Api:
+    """Direct REST calls to one license server (requests, verified against the lab CA)."""
+
+    def __init__(self, lab, server: str):
+        self.info = lab.info["servers"][server]
+        self.url = self.info["url"]
+        self.session = requests.Session()
+        self.session.verify = str(lab.dir / "ca.pem")
+        if self.info["security"]:
+            self.login()
+
+    def login(self) -> str:
+        r = self.session.post(self.url + "/api/1.0/instances/~/authorize",
+                              json={"user": self.info["username"], "password": self.info["password"]}, timeout=10)
+        assert r.status_code == 200, r.text
+        token = r.json()["token"]
+        self.session.headers["Authorization"] = f"Bearer {token}"
+        return token
+
+    def generate(self, force: bool = False) -> requests.Response:
+        return self.session.post(self.url + GENERATE + ("?force=true" if force else ""), timeout=10)
+
+    def drain(self) -> list[bytes]:
+        out = []
+        while (r := self.generate()).status_code == 200:
+            out.append(r.content)
+        assert r.status_code == 204, r.text
+        return out
+
+    def ack(self, data: bytes) -> requests.Response:
+        return self.session.post(self.url + ACK, data=data, timeout=10)
+
+
+def upload(lab, body: bytes) -> requests.Response:
+    return requests.post(lab.info["backoffice"]["url"], data=body, verify=str(lab.dir / "ca.pem"), timeout=10)
+
+
+def decode(data: bytes) -> Message:
+    return Message.decode(data)

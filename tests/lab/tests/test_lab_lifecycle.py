@@ -1,0 +1,120 @@
+"""Start, stop, restart from state, and the judge proven to fail when something is really wrong."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import requests
+from labhelp import Api, backoffice_tool, server_tool, upload
+
+
+def test_restart_keeps_everything(lab_factory, work):
+    lab = lab_factory(2, "--security", "0.5", "--https", "0.5", "--records", "10", "--page-size", "4",
+                      "--reupload", "reject")
+    info_before = lab.info
+    assert server_tool(lab, "lls001", "-generate", "out", cwd=work).returncode == 0
+    files = sorted((work / "out").iterdir())
+    backoffice_tool(lab, "-out", "ack1", str(files[0]), cwd=work)  # one message accepted, not processed yet
+    before = lab.state()
+    lab.down()
+    assert lab.cli("status", "--dir", str(lab.dir), check=False).returncode != 0
+    assert not (lab.dir / "lab.pid").exists()
+    lab.activity(2, "lls002")  # works on a stopped lab too
+    lab.up(2)
+    assert lab.info == info_before  # same addresses, host ids, credentials, CA
+    after = lab.state()
+    for name in ("lls001", "lls002"):
+        for key in ("cursor", "held", "last_sync_time", "last_ack_time", "messages_handed_out", "host_id"):
+            if (name, key) != ("lls002", "held"):  # lls002 got 2 new records while down
+                assert after["servers"][name][key] == before["servers"][name][key], (name, key)
+    assert after["servers"]["lls002"]["created"] == 12 and before["servers"]["lls002"]["created"] == 10
+    assert after["servers"]["lls001"]["requests"]["generate"] >= 4  # counters survive
+    assert after["backoffice"]["messages_accepted"] == 1 and after["config"]["reupload"] == "reject"
+    # the cycle carries on where it stopped, tokens were not kept (authorize again)
+    up = backoffice_tool(lab, "-out", "ack", "out", cwd=work)
+    assert up.returncode != 0 and "Mismatched" in up.stderr  # reject mode survived: file 1 again is refused
+    files[0].unlink()
+    assert backoffice_tool(lab, "-out", "ack", "out", cwd=work).returncode == 0
+    assert server_tool(lab, "lls001", "-process", "ack", "out", cwd=work).returncode == 0
+    for name in ("lls002",):
+        path = work / name
+        assert server_tool(lab, name, "-generate", str(path), cwd=work).returncode == 0
+        assert backoffice_tool(lab, "-out", f"{name}.ack", str(path), cwd=work).returncode == 0
+        assert server_tool(lab, name, "-process", f"{name}.ack", str(path), cwd=work).returncode == 0
+    lab.verify(complete=True)
+
+
+def test_up_errors(lab_factory, tmp_path):
+    lab = lab_factory(1)
+    again = lab.cli("up", "--servers", "1", "--dir", str(lab.dir), check=False)
+    assert again.returncode != 0 and "already running" in again.stderr
+    clash = lab.cli("up", "--servers", "1", "--dir", str(tmp_path / "other"), "--address-base", lab.address_base,
+                    check=False)
+    assert clash.returncode != 0 and "Address already in use" in clash.stderr and "lab.log" in clash.stderr
+    assert lab.cli("status", "--dir", str(tmp_path / "other"), check=False).returncode != 0
+    assert requests.get(lab.info["servers"]["lls001"]["url"] + "/api/1.0/health", timeout=5).status_code == 200
+    status = json.loads(lab.cli("status", "--dir", str(lab.dir), "--json").stdout)
+    assert status["running"] and status["servers"] == 1
+
+
+def _db(lab) -> sqlite3.Connection:
+    return sqlite3.connect(lab.dir / "lab.sqlite", isolation_level=None, timeout=30)
+
+
+def _judge(lab, *extra: str) -> tuple[int, dict]:
+    proc = lab.cli("verify", "--dir", str(lab.dir), "--json", *extra, check=False)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def _synced(lab_factory, records: int = 6, name: str = "lab"):
+    lab = lab_factory(1, "--records", str(records), "--page-size", "2", name=name)
+    api = Api(lab, "lls001")
+    acks = [upload(lab, m).content for m in api.drain()]
+    api.ack(acks[-1])
+    return lab
+
+
+def test_verify_passes_a_clean_lab_and_reports_counts(lab_factory):
+    lab = _synced(lab_factory)
+    lab.activity(3)
+    report = lab.verify()
+    assert report["ok"] and report["violations"] == []
+    assert report["servers"]["lls001"] == {"created": 9, "held": 3, "in_backoffice": 6, "missing": 0,
+                                           "duplicated": 0, "out_of_order": 0, "unknown": 0}
+    code, complete = _judge(lab, "--complete")  # three records not uploaded yet
+    assert code != 0 and not complete["ok"]
+    assert complete["servers"]["lls001"]["not_uploaded"] == 3 and complete["servers"]["lls001"]["not_purged"] == 3
+    text = lab.cli("verify", "--dir", str(lab.dir), check=False).stdout
+    assert "verify: OK" in text and "lls001" in text
+
+
+def test_verify_catches_a_lost_record(lab_factory):
+    lab = _synced(lab_factory)
+    lab.activity(2)
+    with _db(lab) as db:  # purged on the server without ever reaching the back office
+        db.execute("UPDATE records SET purged=1 WHERE seq=7")
+    code, report = _judge(lab)
+    assert code == 1 and not report["ok"] and report["servers"]["lls001"]["missing"] == 1
+    assert any("lls001: 1 records lost" in v and "seq 7" in v for v in report["violations"])
+    with _db(lab) as db:  # and a record deleted from the back office
+        db.execute("DELETE FROM bo_records WHERE seq=3")
+    code, report = _judge(lab)
+    assert report["servers"]["lls001"]["missing"] == 2
+
+
+def test_verify_catches_a_duplicate_and_disorder(lab_factory):
+    lab = _synced(lab_factory)
+    with _db(lab) as db:
+        host = db.execute("SELECT host_id FROM servers").fetchone()[0]
+        db.execute("INSERT INTO bo_records (host_id, seq, record_id, message_sync_time) VALUES (?, 2, 'x', 0)",
+                   (host,))
+    code, report = _judge(lab)
+    assert code == 1 and report["servers"]["lls001"]["duplicated"] == 1
+    assert report["servers"]["lls001"]["out_of_order"] == 1  # seq 2 after seq 6
+    lab2 = _synced(lab_factory, name="lab2")
+    with _db(lab2) as db:  # swap the order two records were stored in
+        db.execute("UPDATE bo_records SET seq = CASE seq WHEN 3 THEN 4 ELSE 3 END WHERE seq IN (3, 4)")
+    code, report = _judge(lab2)
+    assert code == 1 and report["servers"]["lls001"]["out_of_order"] == 1
+    assert report["servers"]["lls001"]["duplicated"] == 0
