@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -18,6 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 _lab_counter = itertools.count(1)
+_session_offset = random.SystemRandom().randrange(250)
 
 
 def _worker_index() -> int:
@@ -110,10 +112,19 @@ def lab_factory(tmp_path):
     labs: list[Lab] = []
 
     def make(servers: int, *options: str, name: str = "lab") -> Lab:
-        base = f"127.{100 + _worker_index()}.{next(_lab_counter) % 250}.0"
-        lab = Lab(tmp_path / name, base)
-        labs.append(lab)
-        return lab.up(servers, *options)
+        # Several pytest sessions may share this machine (same xdist worker names): start from a random range
+        # and move on when another session's lab holds the addresses.
+        for attempt in range(5):
+            base = f"127.{100 + _worker_index()}.{(next(_lab_counter) + _session_offset) % 250}.0"
+            lab = Lab(tmp_path / name, base)
+            labs.append(lab)
+            try:
+                return lab.up(servers, *options)
+            except AssertionError as exc:
+                if "Address already in use" not in str(exc) or attempt == 4:
+                    raise
+                shutil.rmtree(lab.dir, ignore_errors=True)
+        raise AssertionError("unreachable")
 
     yield make
     for lab in labs:

@@ -574,8 +574,8 @@ def _stream_to_file(response: Any, final_path: str, url: str) -> dict:
             for chunk in response.iter_content(CHUNK):
                 writer.write(chunk)
         except rexc.RequestException as exc:
-            raise LostResponseError(f"The answer of POST {url} broke off after {writer.size} bytes "
-                                    f"({_reason(exc)}); nothing was written.", url=url) from None
+            raise LostResponseError(f"The answer of POST {url} was truncated or broke off ({_reason(exc)}); "
+                                    "nothing was written.", url=url) from None
         if expected is not None and not encoded and expected.strip().isdigit() and writer.size != int(expected):
             raise LostResponseError(f"The answer of POST {url} was truncated: {writer.size} of {expected} bytes; "
                                     "nothing was written.", url=url)

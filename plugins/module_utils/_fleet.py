@@ -379,7 +379,14 @@ class ServerWork:
                 if self.opts.check_mode:
                     self.plan.append("recover (forced download)")
                 return
-            self.generate()
+            try:
+                self.generate()
+            except LostResponseError as exc:
+                if not self.opts.auto_recover:
+                    raise
+                self.changed = True
+                self.notes.append(f"answer lost while downloading ({_error_text(exc)}); the documented recovery "
+                                  "runs in the upload step")
         elif step == "upload":
             self.upload_step()
         elif step == "acknowledge":
@@ -548,13 +555,19 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
         info.update(name=name, topology=topologies.get(name, "api"), run=run)
         info["stale"] = info["age_days"] is None or info["age_days"] > stale_days
         servers[name] = info
-        msgs = [e.get("msg", "") for e in entries]
-        host_results[name] = {
-            "changed": run["changed"],
-            "failed": run["failed"],
-            "msg": " | ".join(m for m in (failed and [e["msg"] for e in failed] or msgs) if m) or
-            f"{name}: nothing to do",
-        }
+        msgs = [e.get("msg", "") for e in entries if e.get("msg") and not e["msg"].endswith(": nothing to do")]
+        if failed:
+            msg = " | ".join(e["msg"] for e in failed)
+        elif msgs:
+            msg = " | ".join(msgs)
+        else:
+            msg = f"{name}: up to date (last sync {info['last_sync'] or 'never'}"
+            if info["outbox"] or info["pending_acks"]:
+                msg += f", {info['outbox']} file(s) in the outbox, {info['pending_acks']} acknowledgment(s) pending"
+            if info["needs_force"]:
+                msg += f", recovery pending: {info['needs_force']}"
+            msg += ")"
+        host_results[name] = {"changed": run["changed"], "failed": run["failed"], "msg": msg}
     totals = {
         "servers": len(servers),
         "ok": sum(1 for s in servers.values() if not s["run"]["failed"]),

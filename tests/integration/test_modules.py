@@ -23,6 +23,7 @@ from test_modules_support import (
 )
 
 MODULES = ("generate", "upload", "process", "server_info")
+LLS, BO = LLS_ARGS, BO_ARGS
 BOTH = {"inproc": {"server": "lls001", "via": "local"}, "shipped": {"server": "lls002", "via": "ssh"}}
 
 
@@ -152,9 +153,13 @@ def test_https_without_ca_fails_with_hint(lab_factory, sshd, tmp_path):
         assert sync_files(tmp_path / "out" / host) == []
 
 
-def test_mismatch_keeps_ack_then_documented_recovery(lab_factory, sshd, tmp_path):
-    lab = lab_factory(2, "--page-size", "10", "--records", "30")
+@pytest.mark.parametrize("backend", ["http", "tool"])
+def test_mismatch_keeps_ack_then_documented_recovery(lab_factory, sshd, tmp_path, backend):
+    lab = lab_factory(2, "--page-size", "10", "--records", "30", "--security", "0.5")
     inv = inventory(tmp_path, lab, BOTH, sshd)
+    extra = {"backend": backend, "tool_path": str(TOOLS)} if backend == "tool" else {}
+    LLS_ARGS = dict(LLS, **extra)  # noqa: N806
+    BO_ARGS = dict(BO, **extra)  # noqa: N806
     playbook(tmp_path, inv, [task("generate", "generate", dict(LLS_ARGS, path="{{ out }}"))], name="gen")
     held = tmp_path / "held"
     held.mkdir()
@@ -194,3 +199,29 @@ def test_mismatch_keeps_ack_then_documented_recovery(lab_factory, sshd, tmp_path
         assert res.get("upload", host)["mismatch"] is False
         assert all_files(folder) == ["syncack.bin"]
     lab.verify(complete=True)
+
+
+def test_execution_path_choice(lab_factory, sshd, tmp_path):
+    """In process for connection local and delegate_to localhost; shipped over SSH or when switched off."""
+    lab = lab_factory(2)
+    inv = inventory(tmp_path, lab, BOTH, sshd)
+    endpoint = dict(LLS_ARGS, url="{{ fne_url }}/api/1.0/sync_message/offline")  # the vendor tool's URL form
+    res = playbook(tmp_path, inv, [
+        task("local", "server_info", endpoint, when="inventory_hostname == 'inproc'"),
+        task("delegated", "server_info", endpoint, delegate_to="localhost",
+             when="inventory_hostname == 'shipped'"),
+    ], args=("-vvv",), name="inproc")
+    assert "AnsiballZ_server_info" not in res.output
+    assert res.get("local", "inproc")["reachable"] and res.get("delegated", "shipped")["reachable"]
+    assert res.get("local", "inproc")["url"] == lab.info["servers"]["lls001"]["url"]
+
+    res = playbook(tmp_path, inv, [task("info", "server_info", endpoint)], args=("-vvv",), name="shipped",
+                   env={"ANSIBLE_PIPELINING": "False"})
+    assert res.output.count("AnsiballZ_server_info.py") >= 1
+    switched = playbook(tmp_path, inv, [task("info", "server_info", endpoint, vars={
+        "fne_offline_sync_in_process": False})], args=("-vvv", "--limit", "inproc"), name="switched")
+    assert "AnsiballZ_server_info" in switched.output
+    assert strip_volatile(switched.get("info", "inproc")) == strip_volatile(
+        playbook(tmp_path, inv, [task("info", "server_info", endpoint)], args=("--limit", "inproc"),
+                 name="again").get("info", "inproc"))
+    assert res.get("info", "shipped")["reachable"]

@@ -68,7 +68,8 @@ class Results:
         found = [line for line in self.lines if line["task"] == task and line["host"] == host]
         assert found, f"no result for task {task!r} on {host}; have {[(x['task'], x['host']) for x in self.lines]}" \
                       f"\n{self.output[-5000:]}"
-        return found[-1]["result"] | {"_status": found[-1]["status"]}
+        status = found[-1]["status"]
+        return found[-1]["result"] | {"_status": status, "failed": status == "failed"}
 
 
 def playbook(tmp_path: Path, inv: Path, tasks: list[dict], *, args: tuple = (), check: bool = True,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -22,13 +23,14 @@ import aiohttp
 FNELAB = [sys.executable, "-m", "fnelab"]
 
 
-async def hammer(servers: list[dict], seconds: float, concurrency: int) -> tuple[int, int, dict[int, int]]:
+async def hammer(servers: list[dict], seconds: float, concurrency: int,
+                 tls: ssl.SSLContext | None) -> tuple[int, int, dict[int, int]]:
     """Each worker owns a slice of the fleet (so keep-alive connections are reused) and alternates a health
     check and a generate call on each of its servers, round and round, until time is up."""
     done = errors = 0
     statuses: dict[int, int] = {}
     deadline = time.monotonic() + seconds
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=2)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=2, ssl=tls if tls else True)
 
     async def worker(mine: list[dict], session: aiohttp.ClientSession) -> None:
         nonlocal done, errors
@@ -57,18 +59,21 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--records", type=int, default=100)
     parser.add_argument("--address-base", default="127.90.0.0")
+    parser.add_argument("--https", action="store_true", help="serve (and verify) HTTPS on every server")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fnelab-bench-") as tmp:
         directory = Path(tmp) / "lab"
         started = time.monotonic()
         subprocess.run([*FNELAB, "up", "--servers", str(args.servers), "--dir", str(directory), "--address-base",
-                        args.address_base, "--records", str(args.records), "--page-size", "10"], check=True)
+                        args.address_base, "--records", str(args.records), "--page-size", "10",
+                        *(["--https"] if args.https else [])], check=True)
         start_time = time.monotonic() - started
         try:
-            # plain HTTP, no security: this measures the lab, not TLS handshakes
+            # no administrative security: this measures the lab, not the authorize round trips
             servers = list(json.loads((directory / "lab.json").read_text())["servers"].values())
+            tls = ssl.create_default_context(cafile=str(directory / "ca.pem")) if args.https else None
             began = time.monotonic()
-            done, errors, statuses = asyncio.run(hammer(servers, args.seconds, args.concurrency))
+            done, errors, statuses = asyncio.run(hammer(servers, args.seconds, args.concurrency, tls))
             elapsed = time.monotonic() - began
         finally:
             subprocess.run([*FNELAB, "down", "--dir", str(directory)], check=False)

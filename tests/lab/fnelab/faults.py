@@ -52,17 +52,18 @@ def parse_kind(text: str) -> tuple[str, str | None]:
 
 
 def parse_start_spec(spec: str) -> tuple[str, Fault]:
-    """`NAME:KIND[=VALUE][:COUNT]`, as `fnelab up --fault` takes it."""
-    parts = spec.split(":")
+    """`NAME:KIND[=VALUE][:COUNT][@ENDPOINT]`, as `fnelab up --fault` takes it."""
+    body, _, endpoint = spec.partition("@")
+    parts = body.split(":")
     if len(parts) not in (2, 3) or not parts[0]:
-        raise FaultError(f"bad --fault {spec!r}: expected NAME:KIND[=VALUE][:COUNT]")
+        raise FaultError(f"bad --fault {spec!r}: expected NAME:KIND[=VALUE][:COUNT][@ENDPOINT]")
     kind, value = parse_kind(parts[1])
     count = None
     if len(parts) == 3:
         if not parts[2].isdigit():
             raise FaultError(f"bad --fault {spec!r}: COUNT must be a number")
         count = int(parts[2])
-    return parts[0], Fault(kind, value, count)
+    return parts[0], Fault(kind, value, count, endpoint or None)
 
 
 class Faults:

@@ -25,7 +25,7 @@ from aiohttp import web
 from . import fleet
 from .faults import Fault, FaultError, Faults, parse_start_spec
 from .state import AckError, Mismatch, Server, State
-from .wire import Ack, Message, WireError, iso, mismatch_body
+from .wire import Ack, Message, WireError, file_name, iso, mismatch_body
 
 log = logging.getLogger("fnelab")
 API = "/api/1.0"
@@ -53,7 +53,7 @@ class Lab:
         self.faults = Faults()
         self.tokens: dict[str, tuple[str, float]] = {}   # token -> (server name, expiry)
         self.counts: Counter[tuple[str, str]] = Counter()
-        self.listeners: dict[str, asyncio.Server] = {}   # target -> listening socket
+        self.listeners: dict[str, asyncio.Server | None] = {}   # target -> listening socket (None: down)
         self.stopping = asyncio.Event()
         for spec in start_faults:
             target, fault = parse_start_spec(spec)
@@ -81,7 +81,7 @@ class Lab:
         route = request.match_info.route
         endpoint = route.name or "other"
         self.counts[(target, endpoint)] += 1
-        if target in self.listeners and self.listeners[target] is None:  # down: sever keep-alive connections too
+        if target in self.listeners and self.listeners[target] is None:  # down: cut keep-alive connections too
             request.transport.abort()
             raise asyncio.CancelledError
         request["target"] = target
@@ -153,7 +153,6 @@ class Lab:
         msg = self.state.generate(s, self.page_size, force)
         if msg is None:
             return web.Response(status=204)
-        from .wire import file_name
         return web.Response(body=msg.encode(), content_type="application/octet-stream", headers={
             "Content-Disposition": f'attachment; filename="{file_name(msg.sync_time)}"',
             "X-FNE-Record-Count": str(len(msg.records))})
@@ -188,10 +187,8 @@ class Lab:
     def _apply_fault(self, target: str, fault: Fault) -> None:
         if target != "backoffice" and target not in self.by_name:
             raise FaultError(f"no such target {target!r}")
-        if fault.kind == "expire_tokens":
+        if fault.kind == "expire_tokens":  # immediate: every token issued so far stops working
             self.tokens = {t: v for t, v in self.tokens.items() if v[0] != target}
-        elif fault.kind == "down":
-            self.faults.add(target, fault)
         else:
             self.faults.add(target, fault)
 
@@ -221,7 +218,10 @@ class Lab:
         self.faults.clear(target)
         for t, srv in list(self.listeners.items()):
             if srv is None and target in (None, t):
-                await self._listen(t)
+                try:
+                    await self._listen(t)
+                except SystemExit as exc:  # someone took the address meanwhile: report, stay up
+                    return web.json_response({"error": str(exc)}, status=500)
         return await self.c_status(request)
 
     async def c_config(self, request: web.Request) -> web.Response:
@@ -263,6 +263,10 @@ class Lab:
     async def _flusher(self) -> None:
         while True:
             await asyncio.sleep(1)
+            if not (self.dir / "lab.sqlite").exists():  # DIR deleted (an interrupted test run): go away
+                log.warning("%s is gone; stopping", self.dir / "lab.sqlite")
+                self.stopping.set()
+                return
             self.flush()
 
     async def _listen(self, target: str) -> None:
@@ -277,13 +281,14 @@ class Lab:
             self.listeners[target] = await loop.create_server(factory, host, port, ssl=tls, backlog=256,
                                                               reuse_address=True)
         except OSError as exc:
-            raise SystemExit(f"fnelab: cannot listen on {host}:{port} for {target}: {os.strerror(exc.errno or 0)}") from None
+            raise SystemExit(f"fnelab: cannot listen on {host}:{port} for {target}: "
+                             f"{os.strerror(exc.errno or 0)}") from None
 
     async def _listen_stop(self, target: str) -> None:
         srv = self.listeners.get(target)
         if srv is not None:
             srv.close()
-        self.listeners[target] = None  # type: ignore[assignment]
+        self.listeners[target] = None
 
     async def run(self) -> None:
         started = time.monotonic()
@@ -335,7 +340,8 @@ class Lab:
         await asyncio.sleep(0.1)  # let the control endpoint answer the shutdown request
         for runner in (control_runner, self.bo_runner, self.lls_runner):
             await runner.cleanup()
-        self.flush()
+        if (self.dir / "lab.sqlite").exists():
+            self.flush()
         self.state.close()
         log.info("lab stopped")
 

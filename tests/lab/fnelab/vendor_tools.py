@@ -89,9 +89,12 @@ def _error_text(data: bytes) -> str:
     return json.dumps(body)
 
 
-def _base(url: str) -> str:
-    """The documented endpoint form (.../api/1.0/sync_message/offline) or a bare base URL both work."""
+def _base(url: str, endpoint: str) -> str:
+    """The documented endpoint form (.../api/1.0/sync_message/offline for -generate, .../sync_ack/offline for
+    -process) or a bare base URL; another path is an error, as a wrong URL is with the real tool."""
     parts = urlsplit(url)
+    if parts.path.rstrip("/") not in ("", endpoint):
+        raise ToolError(f"-url {url} is not the {endpoint} endpoint")
     return f"{parts.scheme}://{parts.netloc}"
 
 
@@ -116,7 +119,7 @@ def _sync_files(path: Path) -> list[Path]:
 
 def generate(url: str, path: Path, force: bool, auth: tuple[str, str] | None) -> int:
     path.mkdir(parents=True, exist_ok=True)
-    http_ = Http(_base(url))
+    http_ = Http(_base(url, GENERATE_PATH))
     if auth:
         http_.authorize(*auth)
     total, first = 0, True
@@ -145,7 +148,7 @@ def process(url: str, ack_file: Path, path: Path, auth: tuple[str, str] | None) 
         data = ack_file.read_bytes()
     except OSError as exc:
         raise ToolError(f"cannot read acknowledgment {ack_file}: {exc.strerror}") from None
-    http_ = Http(_base(url))
+    http_ = Http(_base(url, ACK_PATH))
     if auth:
         http_.authorize(*auth)
     status, _, body = http_.request(ACK_PATH, data)

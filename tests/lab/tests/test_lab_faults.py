@@ -113,11 +113,13 @@ def test_backoffice_faults(lab_factory):
 
 
 def test_faults_at_start_and_bad_specs(lab_factory):
-    lab = lab_factory(2, "--records", "1", "--fault", "lls002:status=500:1", "--fault", "lls001:down")
+    lab = lab_factory(2, "--records", "1", "--fault", "lls002:status=500:1", "--fault", "lls001:down",
+                      "--fault", "lls002:html:1@generate")
     url1, url2 = (lab.info["servers"][n]["url"] + "/api/1.0/health" for n in ("lls001", "lls002"))
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(url1, timeout=5)
     assert [requests.get(url2, timeout=5).status_code for _ in range(2)] == [500, 200]
+    assert Api(lab, "lls002").generate().status_code == 502
     bad = lab.cli("fault", "--dir", str(lab.dir), "--target", "lls001", "explode", check=False)
     assert bad.returncode != 0 and "unknown fault kind" in bad.stderr
     bad = lab.cli("fault", "--dir", str(lab.dir), "--target", "lls999", "drop", check=False)

@@ -118,3 +118,21 @@ def test_verify_catches_a_duplicate_and_disorder(lab_factory):
     code, report = _judge(lab2)
     assert code == 1 and report["servers"]["lls001"]["out_of_order"] == 1
     assert report["servers"]["lls001"]["duplicated"] == 0
+
+
+def test_cli_odds_and_ends(lab_factory):
+    lab = lab_factory(2, "--records", "2")
+    bad = lab.cli("activity", "--dir", str(lab.dir), "--records", "1", "--servers", "lls009", check=False)
+    assert bad.returncode != 0 and "no such servers: lls009" in bad.stderr
+    lab.activity(3, "lls002")
+    assert lab.state()["servers"]["lls002"]["created"] == 5
+    text = lab.cli("state", "--dir", str(lab.dir)).stdout
+    assert "lls001" in text and "back office" in text
+    assert "running" in lab.cli("status", "--dir", str(lab.dir)).stdout
+    lab.down()
+    lab.config("--page-size", "1", "--reupload", "reject")  # saved for the next start
+    assert lab.cli("status", "--dir", str(lab.dir), check=False).returncode == 3
+    lab.up(2)
+    status = json.loads(lab.cli("status", "--dir", str(lab.dir), "--json").stdout)
+    assert status["config"]["page_size"] == 1 and status["config"]["reupload"] == "reject"
+    assert [len(m) > 0 for m in Api(lab, "lls001").drain()] == [True, True]

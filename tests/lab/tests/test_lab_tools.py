@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from fnelab.wire import Ack, parse_file_name, vendor_time
-from labhelp import backoffice_tool, decode, server_tool
+from labhelp import ACK, GENERATE, backoffice_tool, decode, run_tool, server_tool
 
 STARTED = "OfflineSync utility started."
 
@@ -161,3 +161,21 @@ def test_tool_errors(lab_factory, work):
     assert usage.returncode != 0 and "unknown option" in usage.stderr
     missing = backoffice_tool(lab, str(work / "nope"), cwd=work)
     assert missing.returncode != 0 and "no such file" in missing.stderr
+    plain = next(n for n, s in lab.info["servers"].items() if not s["security"])
+    wrong = run_tool(lab, "serverofflinesynctool.sh", "-url", lab.info["servers"][plain]["url"] + ACK, "-generate",
+                     "out", cwd=work)
+    assert wrong.returncode != 0 and "not the /api/1.0/sync_message/offline endpoint" in wrong.stderr
+    base = run_tool(lab, "serverofflinesynctool.sh", "-url", lab.info["servers"][plain]["url"], "-generate", "out",
+                    cwd=work)
+    assert base.returncode == 0, base.stderr
+
+
+def test_tools_need_the_lab_ca_for_https(lab_factory, work):
+    lab = lab_factory(1, "--https", "--records", "1")
+    url = lab.info["servers"]["lls001"]["url"] + GENERATE
+    untrusted = run_tool(lab, "serverofflinesynctool.sh", "-url", url, "-generate", "out", cwd=work, ca=False)
+    assert untrusted.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+    assert server_tool(lab, "lls001", "-generate", "out", cwd=work).returncode == 0
+    untrusted = run_tool(lab, "backofficeofflinesynctool.sh", "-url", lab.info["backoffice"]["url"], "out",
+                         cwd=work, ca=False)
+    assert untrusted.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr

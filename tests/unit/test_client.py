@@ -1,0 +1,363 @@
+"""The client's error mapping, retry policy, token handling and file safety, against a tiny real HTTP server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import sys
+import threading
+import time
+import tracemalloc
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / ".venv" / "collections"))
+
+from ansible_collections.fne.offline_sync.plugins.module_utils import _client as client  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.module_utils import _files as files  # noqa: E402
+
+OK_HEALTH = {"status": "ok", "version": "1", "instanceId": "i", "hostId": "H", "hostIdType": "Ethernet",
+             "database": {"status": "ok"}, "security": {"enabled": False, "https": False}}
+
+
+class Script:
+    """Answers per (method, path): a list consumed in order; the last one repeats."""
+
+    def __init__(self):
+        self.answers: dict[tuple[str, str], list] = {}
+        self.requests: list[tuple[str, str, dict, int]] = []
+
+    def on(self, method: str, path: str, *answers) -> None:
+        self.answers[(method, path)] = list(answers)
+
+    def count(self, method: str, path: str) -> int:
+        return sum(1 for m, p, _h, _n in self.requests if m == method and p == path)
+
+
+def _handler(script: Script):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _serve(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            received = 0
+            while received < length:
+                chunk = self.rfile.read(min(1 << 20, length - received))
+                if not chunk:
+                    break
+                received += len(chunk)
+            path = self.path.split("?")[0]
+            script.requests.append((self.command, self.path, dict(self.headers), received))
+            queue = script.answers.get((self.command, path)) or [(404, {}, b'{"key":"x","message":"not found"}')]
+            answer = queue.pop(0) if len(queue) > 1 else queue[0]
+            if answer == "drop":
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            status, headers, body = answer
+            truncate = headers.pop("_truncate", False) if isinstance(headers, dict) else False
+            headers = dict(headers)
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2] if truncate else body)
+            if truncate:
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+        do_GET = do_POST = _serve
+
+    return Handler
+
+
+@pytest.fixture
+def server():
+    script = Script()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(script))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    script.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    client._TOKENS.clear()
+    yield script
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def conn(url: str, **kw) -> client.Connection:
+    kw.setdefault("retries", 2)
+    kw.setdefault("max_retry_wait", 0.05)
+    return client.Connection(url=url, **kw)
+
+
+def json_answer(status: int, data: dict, **headers) -> tuple:
+    return status, {"Content-Type": "application/json", **headers}, json.dumps(data).encode()
+
+
+def message(name: str, body: bytes = b"FNESYNC1 data", records: int = 3) -> tuple:
+    return 200, {"Content-Type": "application/octet-stream", "X-FNE-Record-Count": str(records),
+                 "Content-Disposition": f'attachment; filename="{name}"'}, body
+
+
+NOTHING = (204, {}, b"")
+SYNC = "/api/1.0/sync_message/offline"
+
+
+@pytest.mark.parametrize("url", ["http://h:7070", "http://h:7070/", "http://h:7070/api/1.0/sync_message/offline",
+                                 "http://h:7070/api/1.0/sync_ack/offline", "http://h:7070/api/1.0/sync_message/offline"
+                                 "?force=true"])
+def test_base_url(url):
+    assert client.lls_base_url(url) == "http://h:7070"
+
+
+@pytest.mark.parametrize("status", [408, 429, 502, 503, 504])
+def test_transient_statuses_are_retried_with_a_warning(server, status):
+    server.on("GET", "/api/1.0/health", json_answer(status, {}, **{"Retry-After": "0"}), json_answer(200, OK_HEALTH))
+    warnings: list[str] = []
+    info = client.LicenseServer(conn(server.url), warnings.append).health()
+    assert info["reachable"] and info["host_id"] == "H"
+    assert len(warnings) == 1 and f"answered {status}; retrying" in warnings[0]
+
+
+def test_retry_after_is_capped(server):
+    server.on("GET", "/api/1.0/health", json_answer(503, {}, **{"Retry-After": "100"}), json_answer(200, OK_HEALTH))
+    started = time.monotonic()
+    client.LicenseServer(conn(server.url, max_retry_wait=0.2)).health()
+    assert time.monotonic() - started < 2
+
+
+def test_retries_run_out(server):
+    server.on("GET", "/api/1.0/health", json_answer(503, {"key": "busy", "message": "try later"}))
+    with pytest.raises(client.FneError) as err:
+        client.LicenseServer(conn(server.url, retries=2)).health()
+    assert server.count("GET", "/api/1.0/health") == 3
+    assert "[503 busy] try later" in err.value.msg and server.url in err.value.msg
+
+
+@pytest.mark.parametrize("status", [400, 500])
+def test_other_errors_are_not_retried(server, status):
+    server.on("GET", "/api/1.0/health", json_answer(status, {"key": "glsErr.x", "message": "broken"}))
+    with pytest.raises(client.FneError) as err:
+        client.LicenseServer(conn(server.url)).health()
+    assert server.count("GET", "/api/1.0/health") == 1
+    assert err.value.status == status and err.value.key == "glsErr.x" and "broken" in err.value.msg
+
+
+def test_404_hints_at_the_base_url(server):
+    with pytest.raises(client.FneError) as err:
+        client.LicenseServer(conn(server.url + "/prefix")).health()
+    assert "404" in err.value.msg and "base URL" in err.value.msg
+
+
+def test_unreachable_is_retried_then_clear():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    warnings: list[str] = []
+    with pytest.raises(client.FneError) as err:
+        client.LicenseServer(conn(f"http://127.0.0.1:{port}"), warnings.append).health()
+    assert "Cannot reach the license server at http://127.0.0.1" in err.value.msg
+    assert not isinstance(err.value, client.LostResponseError)
+    assert len(warnings) == 2
+
+
+def test_tls_failure_hints_at_ca_path(tmp_path):
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(Script()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"https://127.0.0.1:{httpd.server_address[1]}"
+        with pytest.raises(client.FneError) as err:
+            client.LicenseServer(conn(url)).health()
+        assert "TLS failure" in err.value.msg and "ca_path" in err.value.msg
+        ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_file))
+        with pytest.raises(client.FneError) as err:  # reachable with the CA; 404 is the fake server's answer
+            client.LicenseServer(conn(url, ca_path=str(ca_file))).health()
+        assert "404" in err.value.msg
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_generate_pages_until_204(server, tmp_path):
+    server.on("POST", SYNC, message("20250101T000000.fnesync", b"a" * 10, 2),
+              message("20250101T000001.fnesync", b"b" * 20, 5), NOTHING)
+    result = client.LicenseServer(conn(server.url)).generate(str(tmp_path / "out"))
+    assert result["records"] == 7 and result["message"] == "Sync completed for 7 device records."
+    assert [f["name"] for f in result["files"]] == ["20250101T000000.fnesync", "20250101T000001.fnesync"]
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "out" / "20250101T000000.fnesync").stat().st_mode) == 0o600
+    assert server.count("POST", SYNC) == 3
+
+
+def test_force_only_on_the_first_request(server, tmp_path):
+    server.on("POST", SYNC, message("20250101T000000.fnesync"), NOTHING)
+    client.LicenseServer(conn(server.url)).generate(str(tmp_path), force=True)
+    paths = [p for m, p, _h, _n in server.requests if m == "POST"]
+    assert paths == [SYNC + "?force=true", SYNC]
+
+
+def test_dropped_answer_is_a_lost_response_not_retried(server, tmp_path):
+    server.on("POST", SYNC, message("20250101T000000.fnesync"), "drop")
+    with pytest.raises(client.LostResponseError) as err:
+        client.LicenseServer(conn(server.url, retries=3)).generate(str(tmp_path))
+    assert server.count("POST", SYNC) == 2
+    assert "force: true" in err.value.msg and "1 file(s) downloaded before it are kept" in err.value.msg
+    assert err.value.result["files"][0]["name"] == "20250101T000000.fnesync"
+    assert sorted(os.listdir(tmp_path)) == ["20250101T000000.fnesync"]
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_gateway_error_on_download_is_a_lost_response(server, tmp_path, status):
+    server.on("POST", SYNC, (status, {"Content-Type": "text/html"}, b"<html><title>Bad Gateway</title></html>"))
+    with pytest.raises(client.LostResponseError) as err:
+        client.LicenseServer(conn(server.url)).generate(str(tmp_path))
+    assert server.count("POST", SYNC) == 1 and "Bad Gateway" in err.value.msg
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("answer", [
+    (200, {"Content-Type": "application/octet-stream", "_truncate": True,
+           "Content-Disposition": 'attachment; filename="20250101T000000.fnesync"'}, b"x" * 1000),
+    (200, {"Content-Type": "text/html"}, b"<html><title>Login</title></html>"),
+    (200, {"Content-Type": "application/octet-stream", "Content-Disposition": 'filename="../../etc/passwd"'}, b"x"),
+])
+def test_bad_answers_leave_no_file(server, tmp_path, answer):
+    server.on("POST", SYNC, answer)
+    with pytest.raises(client.LostResponseError):
+        client.LicenseServer(conn(server.url)).generate(str(tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
+def test_token_is_cached_and_renewed_once(server, tmp_path):
+    tokens = iter(["t1", "t2", "t3"])
+    server.on("POST", "/api/1.0/instances/~/authorize", *[json_answer(200, {"token": next(tokens)}) for _ in range(3)])
+    expired = json_answer(401, {"key": "glsErr.notAuthorized", "message": "Not authorized"})
+    server.on("POST", SYNC, message("20250101T000000.fnesync"), expired, message("20250101T000001.fnesync"),
+              NOTHING)
+    lls = client.LicenseServer(conn(server.url, username="admin", password="pw"))
+    assert len(lls.generate(str(tmp_path))["files"]) == 2
+    auths = [h["Authorization"] for m, p, h, _n in server.requests if p.startswith(SYNC)]
+    assert auths == ["Bearer t1", "Bearer t1", "Bearer t2", "Bearer t2"]
+    assert server.count("POST", "/api/1.0/instances/~/authorize") == 2
+
+    server.on("POST", SYNC, expired)  # refused again after renewing: an error, not a loop
+    with pytest.raises(client.FneError) as err:
+        lls.generate(str(tmp_path))
+    assert err.value.status == 401 and server.count("POST", "/api/1.0/instances/~/authorize") == 3
+
+
+def test_refused_password_is_never_echoed(server, tmp_path):
+    secret = "S3cr3t-pw"
+    server.on("POST", "/api/1.0/instances/~/authorize",
+              json_answer(401, {"key": "glsErr.userAuthFailed", "message": f"bad password {secret}"}))
+    with pytest.raises(client.FneError) as err:
+        client.LicenseServer(conn(server.url, username="admin", password=secret)).generate(str(tmp_path))
+    assert secret not in err.value.msg and "glsErr.userAuthFailed" in err.value.msg and "********" in err.value.msg
+
+
+def test_process_purges_only_covered_files(server, tmp_path):
+    for name in ("20250101T000000", "20250101T000005", "20250101T000006", "20250102T000000"):
+        (tmp_path / f"{name}.fnesync").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("keep")
+    ack = tmp_path / "syncack.bin"
+    ack.write_bytes(b"FNEACK1")
+    server.on("POST", "/api/1.0/sync_ack/offline",
+              json_answer(200, {"lastSyncTime": "2025-01-01T00:00:05Z", "processed": True}))
+    result = client.LicenseServer(conn(server.url)).process(str(ack), str(tmp_path))
+    assert [Path(p).name for p in result["purged"]] == ["20250101T000000.fnesync", "20250101T000005.fnesync"]
+    assert result["lines"] == ["Purging file 20250101T000000.fnesync", "Purging file 20250101T000005.fnesync"]
+    assert sorted(os.listdir(tmp_path)) == ["20250101T000006.fnesync", "20250102T000000.fnesync", "notes.txt",
+                                            "syncack.bin"]
+
+
+def test_upload_streams_the_body(server, tmp_path):
+    big = tmp_path / "20250101T000000.fnesync"
+    with open(big, "wb") as handle:
+        handle.truncate(64 * 1024 * 1024)
+    server.on("POST", "/deviceservices", (200, {"Content-Type": "application/octet-stream"}, b"ACK"))
+    tracemalloc.start()
+    try:
+        result = client.BackOffice(conn(server.url + "/deviceservices")).upload(str(big))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024, peak
+    assert server.requests[-1][3] == 64 * 1024 * 1024
+    assert result["ack"] == str(tmp_path / "syncack.bin") and (tmp_path / "syncack.bin").read_bytes() == b"ACK"
+
+
+def test_upload_mismatch_keeps_the_ack_for_what_was_accepted(server, tmp_path):
+    for name in ("20250101T000000", "20250101T000010"):
+        (tmp_path / f"{name}.fnesync").write_bytes(b"m")
+    text = "Expected sync time Jan 24, 2019 11:04:09 AM, got Jan 24, 2019 11:05:00 AM"
+    server.on("POST", "/deviceservices", (200, {"Content-Type": "application/octet-stream"}, b"ACK1"),
+              json_answer(400, {client.MISMATCH_KEY: text}))
+    with pytest.raises(client.MismatchError) as err:
+        client.BackOffice(conn(server.url + "/deviceservices")).upload(str(tmp_path), "acks/ack.bin")
+    assert err.value.expected == "Jan 24, 2019 11:04:09 AM" and err.value.received == "Jan 24, 2019 11:05:00 AM"
+    assert f'"{client.MISMATCH_KEY}": "{text}"' in err.value.msg
+    assert err.value.result["accepted"] == [str(tmp_path / "20250101T000000.fnesync")]
+    assert (tmp_path / "acks" / "ack.bin").read_bytes() == b"ACK1"
+    assert server.count("POST", "/deviceservices") == 2
+
+
+def test_upload_lost_answer_is_not_resent(server, tmp_path):
+    (tmp_path / "20250101T000000.fnesync").write_bytes(b"m")
+    server.on("POST", "/deviceservices", "drop")
+    with pytest.raises(client.LostResponseError):
+        client.BackOffice(conn(server.url + "/deviceservices", retries=3)).upload(str(tmp_path))
+    assert server.count("POST", "/deviceservices") == 1 and not (tmp_path / "syncack.bin").exists()
+
+
+def test_sync_names_and_order(tmp_path):
+    for name in ("20250102T000000.fnesync", "20250101T000000.fnesync", "x.fnesync", "20251399T000000.fnesync"):
+        (tmp_path / name).write_bytes(b"")
+    assert [Path(p).name for p in files.list_sync_files(str(tmp_path))] == ["20250101T000000.fnesync",
+                                                                           "20250102T000000.fnesync"]
+    assert files.sync_time_of("20250101T000000.fnesync") == datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+def test_atomic_writer_aborts_cleanly(tmp_path):
+    with pytest.raises(RuntimeError), files.AtomicWriter(str(tmp_path / "f")) as writer:
+        writer.write(b"partial")
+        raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []
+    info = files.write_atomic(str(tmp_path / "g"), [b"a", b"b"])
+    assert info["size"] == 2 and (tmp_path / "g").read_bytes() == b"ab"
+    assert stat.S_IMODE((tmp_path / "g").stat().st_mode) == 0o600 and os.listdir(tmp_path) == ["g"]
+
+
+def test_full_disk_is_a_clear_error_and_leaves_nothing(server, tmp_path, monkeypatch):
+    import errno
+
+    def full(self, chunk):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.AtomicWriter, "write", full)  # a real full disk needs a mount; the error path is ours
+    server.on("POST", SYNC, message("20250101T000000.fnesync"), NOTHING)
+    with pytest.raises(client.LostResponseError) as err:
+        client.LicenseServer(conn(server.url)).generate(str(tmp_path))
+    assert "No space left on device" in err.value.msg and str(tmp_path) in err.value.msg
+    assert "force: true" in err.value.msg
+    assert os.listdir(tmp_path) == []
