@@ -207,9 +207,9 @@ def classify_exception(exc: BaseException) -> str:
                 return "connect"
             if isinstance(item, (u3exc.ProtocolError, u3exc.ReadTimeoutError)):
                 return "lost"
-    for item in chain:
-        if isinstance(item, (ConnectionRefusedError, TimeoutError)) and not isinstance(item, ConnectionResetError):
-            return "connect"
+    # Without urllib3's own exception types, only a refused connection is known never to have carried the request.
+    if any(isinstance(item, ConnectionRefusedError) for item in chain):
+        return "connect"
     return "lost"
 
 

@@ -17,7 +17,8 @@ description:
     0600; a folder the module creates gets mode 0700. A truncated answer or an answer that is not a sync message
     (for example an HTML page from a proxy) is an error and leaves no file under a final name.
   - When the task runs on the controller (connection local, or delegated to localhost), the action plugin runs the
-    client in the controller process instead of shipping the module; results are the same.
+    client in the controller process instead of shipping the module; results are the same. Set the variable
+    C(fne_offline_sync_in_process=false) to ship the module anyway.
 extends_documentation_fragment:
   - fne.offline_sync.connection
   - fne.offline_sync.connection.lls

@@ -17,7 +17,8 @@ description:
     vendor tool prints it, C(Purging file yyyyMMddTHHmmss.fnesync).
   - Processing an acknowledgment older than one already processed is a no-op on the server.
   - When the task runs on the controller (connection local, or delegated to localhost), the action plugin runs the
-    client in the controller process instead of shipping the module; results are the same.
+    client in the controller process instead of shipping the module; results are the same. Set the variable
+    C(fne_offline_sync_in_process=false) to ship the module anyway.
 extends_documentation_fragment:
   - fne.offline_sync.connection
   - fne.offline_sync.connection.lls

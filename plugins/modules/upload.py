@@ -17,7 +17,8 @@ description:
   - The acknowledgment is written atomically after each accepted file, so whatever fails later, O(dest) holds the
     acknowledgment for everything accepted so far.
   - When the task runs on the controller (connection local, or delegated to localhost), the action plugin runs the
-    client in the controller process instead of shipping the module; results are the same.
+    client in the controller process instead of shipping the module; results are the same. Set the variable
+    C(fne_offline_sync_in_process=false) to ship the module anyway.
 extends_documentation_fragment:
   - fne.offline_sync.connection
   - fne.offline_sync.backoffice

@@ -69,7 +69,7 @@ class FneAction(ActionBase):
         module_name = f"{COLLECTION}.{self.MODULE}"
         if not self.in_process(task_vars):
             wrap_async = bool(self._task.async_val) and not self._connection.has_native_async
-            result.update(self._execute_module(module_name=module_name, module_args=self._task.args,
+            result.update(self._execute_module(module_name=module_name, module_args=self._task.args.copy(),
                                                task_vars=task_vars, wrap_async=wrap_async))
             if not wrap_async:
                 self._remove_tmp_path(self._connection._shell.tmpdir)

@@ -225,3 +225,24 @@ def test_execution_path_choice(lab_factory, sshd, tmp_path):
         playbook(tmp_path, inv, [task("info", "server_info", endpoint)], args=("--limit", "inproc"),
                  name="again").get("info", "inproc"))
     assert res.get("info", "shipped")["reachable"]
+
+
+@pytest.mark.parametrize("mode", ["accept", "reject"])
+def test_reupload_of_accepted_files(lab_factory, sshd, tmp_path, mode):
+    """The back office's answer to an exact re-upload is unknown: the module is right with either answer."""
+    lab = lab_factory(2, "--records", "5", "--reupload", mode)
+    inv = inventory(tmp_path, lab, BOTH, sshd)
+    upload = task("upload", "upload", dict(BO_ARGS, src="{{ out }}"), ignore_errors=True)
+    playbook(tmp_path, inv, [task("generate", "generate", dict(LLS_ARGS, path="{{ out }}")), upload], name="first")
+    acks = {host: (tmp_path / "out" / host / "syncack.bin").read_bytes() for host in BOTH}
+    res = playbook(tmp_path, inv, [upload, task("process", "process", dict(
+        LLS_ARGS, src="{{ out }}/syncack.bin", path="{{ out }}"))], name="again")
+    for host in BOTH:
+        again = res.get("upload", host)
+        if mode == "accept":
+            assert again["changed"] and not again["failed"] and len(again["accepted"]) == 1
+        else:
+            assert again["failed"] and again["mismatch"] and again["accepted"] == [] and again["ack"] is None
+            assert (tmp_path / "out" / host / "syncack.bin").read_bytes() == acks[host]  # the earlier ack is kept
+        assert len(res.get("process", host)["purged"]) == 1
+    lab.verify(complete=True)

@@ -66,6 +66,9 @@ def test_lost_upload_answer(lab_factory, tmp_path, reupload):
     assert not run.failed(), run
     lab.verify()
     assert "recovered" not in events(store, "lls001") + events(store, "lls002")
+    details = [e.get("detail", "") for h in ("lls001", "lls002") for e in ledger(store, h) if e["event"] == "uploaded"]
+    taken = [d for d in details if "already accepted by the back office" in d]
+    assert len(taken) == (1 if reupload == "reject" else 0), details
     lab.activity(5)
     sync(lab, store)
     lab.verify(complete=True)
@@ -80,9 +83,9 @@ def test_lost_last_upload_answer_reject_then_activity(lab_factory, tmp_path, reu
     message; the run must neither loop nor force. Activity later completes everything."""
     lab = lab_factory(1, "--records", "5", "--reupload", reupload)
     store = tmp_path / "store"
-    lab.fault("backoffice", "drop", "--endpoint", "upload", "--count", "2")
-    run = sync(lab, store)
-    assert not run.failed(), run
+    lab.fault("backoffice", "drop", "--endpoint", "upload", "--count", "2")  # the retry in the same run too
+    run = sync(lab, store, expect_rc=2)
+    assert run.failed() == {"lls001"} and "answer was lost" in run.out, run
     lab.verify()
     again = sync(lab, store)
     assert not again.failed(), again
@@ -138,4 +141,43 @@ def test_force_resync_playbook(lab_factory, tmp_path):
     assert run.changed() == {"lls002"}, run
     assert "recovered" in events(store, "lls002") and "recovered" not in events(store, "lls001")
     sync(lab, store)
+    lab.verify(complete=True)
+
+
+@REUPLOAD
+def test_killed_run_is_completed_by_the_next(lab_factory, tmp_path, reupload):
+    """SIGKILL the whole ansible-playbook process group in the middle of a run (slow back office), wherever it
+    lands: the next run completes the work, nothing lost or duplicated."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import BIN, ansible_env
+
+    lab = lab_factory(4, "--records", "30", "--page-size", "5", "--reupload", reupload)
+    store = tmp_path / "store"
+    lab.fault("backoffice", "latency=0.4", "--endpoint", "upload")
+    cmd = [str(BIN / "ansible-playbook"), "fne.offline_sync.sync", "-i", str(lab.inventory),
+           "-e", f"fne_sync_store={store}", "-e", "fne_sync_workers=2"]
+    proc = subprocess.Popen(cmd, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:  # wait until the upload phase is under way, then kill mid-flight
+        if "Upload outbox files" in line or time.monotonic() > deadline:
+            break
+    time.sleep(1.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    uploaded = sum(len(list((store / h / "sent").glob("*.fnesync"))) for h in hosts_of(lab) if (store / h).exists())
+    assert uploaded < 4 * 6, "the run finished before the kill: the test proves nothing"
+    lab.clear_faults()
+    lab.verify()
+    run = sync(lab, store)
+    assert not run.failed(), run
+    if reupload == "reject":
+        # if the kill hit the upload of a server's newest file, its acknowledgment can only come with the next
+        # message (docs/design.md, re-upload rule)
+        lab.verify()
+        lab.activity(2)
+        sync(lab, store)
     lab.verify(complete=True)

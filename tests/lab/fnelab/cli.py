@@ -74,6 +74,7 @@ def _log_tail(directory: Path, lines: int = 15) -> str:
 def cmd_up(args: argparse.Namespace) -> int:
     directory: Path = args.dir.resolve()
     directory.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # lab.sqlite holds the test credentials and the CA key (the lab process inherits this)
     if (pid := _pid(directory)) is not None:
         return fail(f"a lab is already running in {directory} (pid {pid}); `fnelab down --dir {directory}` first")
     for spec in args.fault:

@@ -24,21 +24,22 @@ def address(base: str, offset: int) -> str:
     return str(ipaddress.IPv4Address(int(ipaddress.IPv4Address(base)) + offset))
 
 
-def spread(n: int, fraction: float) -> list[bool]:
-    """n flags, about fraction of them true, evenly spaced. A fraction strictly between 0 and 1 on two or more
-    servers always gives at least one true and one false, so a mixed fleet is really mixed."""
+def spread(n: int, fraction: float, at_least: int = 1) -> list[bool]:
+    """n flags, about fraction of them true, evenly spaced. A fraction strictly between 0 and 1 gives at least
+    `at_least` true and as many false (when n allows), so a mixed fleet is really mixed."""
     if n == 0:
         return []
     k = round(fraction * n)
     if 0 < fraction < 1 and n >= 2:
-        k = min(max(k, 1), n - 1)
+        floor = min(at_least, n // 2)
+        k = min(max(k, floor), n - floor)
     return [((j + 1) * k) // n > (j * k) // n for j in range(n)]
 
 
 def flags(n: int, security: float, https: float) -> list[tuple[bool, bool]]:
-    """(security, https) per server. HTTPS is spread within the secured and the unsecured servers separately,
-    so when both are fractions every combination occurs (given enough servers)."""
-    sec = spread(n, security)
+    """(security, https) per server. HTTPS is spread within the secured and the unsecured servers separately, and
+    when both are fractions each group gets at least two servers (given four), so every combination occurs."""
+    sec = spread(n, security, at_least=2 if 0 < https < 1 else 1)
     out: list[tuple[bool, bool]] = [(s, False) for s in sec]
     for group in (True, False):
         members = [i for i, s in enumerate(sec) if s == group]
@@ -73,6 +74,7 @@ def ensure_tls(state: State, directory: Path) -> None:
         state.put(ca_pem=ca.cert_pem.bytes().decode(), cert_chain_pem=b"".join(
             b.bytes() for b in leaf.cert_chain_pems).decode(), key_pem=leaf.private_key_pem.bytes().decode())
     (directory / "ca.pem").write_text(state.get("ca_pem"))
+    (directory / "ca.pem").chmod(0o644)  # a certificate, no secret
 
 
 def write_files(state: State, directory: Path) -> dict:

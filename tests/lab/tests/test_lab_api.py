@@ -202,3 +202,13 @@ def test_fleet_files_and_spread(lab_factory):
         assert host["fne_lls_url"] == s["url"] and host["fne_lls_host_id"] == s["host_id"]
         assert ("fne_lls_username" in host) == s["security"] == ("fne_lls_password" in host)
         assert ("fne_lls_ca_path" in host) == s["https"]
+
+
+@pytest.mark.parametrize("n", [4, 5, 7, 10, 100, 1000])
+@pytest.mark.parametrize(("security", "https"), [(0.25, 0.25), (0.5, 0.5), (0.1, 0.9), (0.9, 0.1)])
+def test_mixed_fleets_have_every_combination(n, security, https):
+    from fnelab.fleet import flags
+    f = flags(n, security, https)
+    assert len(set(f)) == 4
+    assert abs(sum(s for s, _ in f) - security * n) <= max(2, 0.01 * n)
+    assert flags(n, 1.0, 0.0) == [(True, False)] * n and flags(n, 0.0, 1.0) == [(False, True)] * n

@@ -1,0 +1,79 @@
+"""Remote topology over real SSH (the sshd fixture): generate and process run on the host, files travel with
+checksums, mixed with api-topology servers in the same run."""
+
+from __future__ import annotations
+
+from test_sync_support import PYTHON, ledger, lab_state, sync, tree_digest, write_inventory
+
+REMOTE = ("lls001", "lls002", "lls003")
+
+
+def remote_inventory(lab, sshd, tmp_path):
+    overrides = {}
+    for host in REMOTE:
+        overrides[host] = {
+            "fne_sync_topology": "remote",
+            "fne_sync_remote_path": str(tmp_path / "hosts" / host / "fnesync"),  # one folder per "host"
+            "ansible_host": sshd["host"],
+            "ansible_port": sshd["port"],
+            "ansible_user": sshd["user"],
+            "ansible_ssh_private_key_file": sshd["key"],
+            "ansible_python_interpreter": PYTHON,
+        }
+    return write_inventory(lab, tmp_path / "inventory.json", overrides)
+
+
+def run(lab, inventory, store, *args, **kwargs):
+    from test_sync_support import playbook
+
+    return playbook("sync", inventory, store, *args, **kwargs)
+
+
+def test_remote_topology_cycle(lab_factory, sshd, tmp_path):
+    lab = lab_factory(5, "--records", "12", "--page-size", "5", "--security", "0.4", "--https", "0.4")
+    inventory = remote_inventory(lab, sshd, tmp_path)
+    store = tmp_path / "store"
+
+    before = lab_state(lab)
+    check = run(lab, inventory, store, "--check")
+    assert not check.failed(), check
+    assert lab_state(lab) == before and not store.exists()
+
+    first = run(lab, inventory, store)
+    assert not first.failed(), first
+    assert set(first.changed()) == {"lls001", "lls002", "lls003", "lls004", "lls005"}, first
+    lab.verify(complete=True)
+    for host in REMOTE:
+        fetched = [e for e in ledger(store, host) if e["event"] == "fetched"]
+        assert len(fetched) == 3 and all(len(e["sha256"]) == 64 for e in fetched)
+        assert not list((tmp_path / "hosts" / host / "fnesync").glob("*.fnesync")), "not purged on the host"
+        assert not list((store / host / "acks").iterdir())
+
+    settled, digest = lab_state(lab), tree_digest(store / "lls001")
+    second = run(lab, inventory, store)
+    assert second.changed() == set(), second
+    assert lab_state(lab) == settled and tree_digest(store / "lls001") == digest
+
+    lab.activity(4, "lls001", "lls004")
+    third = run(lab, inventory, store)
+    assert not third.failed(), third
+    assert {"lls001", "lls004"} <= third.changed(), third
+    lab.verify(complete=True)
+
+
+def test_remote_lost_answer_recovers(lab_factory, sshd, tmp_path):
+    lab = lab_factory(3, "--records", "10", "--page-size", "4")
+    inventory = remote_inventory(lab, sshd, tmp_path)
+    store = tmp_path / "store"
+    run(lab, inventory, store)
+    lab.activity(6)
+    lab.fault("lls002", "drop", "--endpoint", "generate", "--count", "1")
+    result = run(lab, inventory, store)
+    assert not result.failed(), result
+    events = [e["event"] for e in ledger(store, "lls002")]
+    assert "lost_response" in events and "recovered" in events
+    assert not (store / "lls002" / "needs_force").exists()
+    lab.verify(complete=True)
+    again = run(lab, inventory, store)
+    assert again.changed() == set() and not again.failed(), again
+    assert sync  # the api helper stays importable for the other tests

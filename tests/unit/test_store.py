@@ -1,0 +1,197 @@
+"""The control-node store: layout, crash-safe ordering, lock, ledger, the re-upload rule's time parsing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".venv" / "collections"))
+
+from ansible_collections.fne.offline_sync.plugins.module_utils import _fleet as fleet  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.module_utils._store import (  # noqa: E402
+    LockedError,
+    ServerStore,
+    StoreError,
+    atomic_write,
+    parse_time,
+    stamp_of,
+    stamp_time,
+    summarize,
+)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ServerStore(str(tmp_path / "store"), "lls001").ensure()
+
+
+def put(folder: str, name: str, data: bytes = b"x") -> str:
+    path = os.path.join(folder, name)
+    Path(path).write_bytes(data)
+    return path
+
+
+def test_layout_and_modes(store):
+    for folder in (store.outbox, store.acks, store.sent, store.superseded):
+        assert os.path.isdir(folder)
+        assert os.stat(folder).st_mode & 0o777 == 0o700
+    with pytest.raises(StoreError):
+        ServerStore("/tmp", "../escape")
+
+
+def test_listing_is_in_timestamp_order_and_ignores_temporaries(store):
+    for name in ("20260102T000000.fnesync", "20260101T235959.fnesync", ".tmp-abc", "notes.txt"):
+        put(store.outbox, name)
+    assert [os.path.basename(p) for p in store.outbox_files()] == ["20260101T235959.fnesync",
+                                                                    "20260102T000000.fnesync"]
+
+
+def test_admit_checks_sha256_and_logs(store, tmp_path):
+    src = put(str(tmp_path), "20260101T000000.fnesync", b"payload")
+    good = hashlib.sha256(b"payload").hexdigest()
+    with pytest.raises(StoreError, match="checksum mismatch"):
+        store.admit(src, sha256="0" * 64)
+    assert os.path.exists(src) and not store.outbox_files(), "a bad file must not enter the outbox"
+    dest = store.admit(src, sha256=good, records=3)
+    assert dest == os.path.join(store.outbox, "20260101T000000.fnesync") and not os.path.exists(src)
+    entry = store.ledger()[-1]
+    assert entry["event"] == "fetched" and entry["sha256"] == good and entry["records"] == 3
+    # the same bytes fetched again after a crash: accepted once
+    src2 = put(str(tmp_path), "20260101T000000.fnesync", b"payload")
+    store.admit(src2, sha256=good)
+    assert len(store.outbox_files()) == 1 and not os.path.exists(src2)
+
+
+def test_ack_is_written_before_the_file_leaves_the_outbox(store, monkeypatch):
+    path = put(store.outbox, "20260101T000000.fnesync")
+    order = []
+    real_move = store._move
+
+    def spy_move(src, folder):
+        order.append(("move", os.path.basename(src), os.path.exists(store.ack_for(path))))
+        return real_move(src, folder)
+
+    monkeypatch.setattr(store, "_move", spy_move)
+    store.record_ack(path, b"ACK")
+    assert order == [("move", "20260101T000000.fnesync", True)]
+    assert Path(store.ack_for(path)).read_bytes() == b"ACK"
+    assert os.path.exists(os.path.join(store.sent, "20260101T000000.fnesync"))
+    assert [e["event"] for e in store.ledger()] == ["uploaded", "acknowledged"]
+
+
+def test_crash_after_ack_resume_moves_file(store):
+    path = put(store.outbox, "20260101T000000.fnesync")
+    put(store.outbox, "20260101T000001.fnesync")
+    atomic_write(store.ack_for(path), b"ACK")  # the run died right after writing the ack
+    assert store.resume() == ["20260101T000000.fnesync"]
+    assert [os.path.basename(p) for p in store.outbox_files()] == ["20260101T000001.fnesync"]
+
+
+def test_complete_acks_moves_newest_and_older(store):
+    for stamp in ("20260101T000000", "20260101T000001", "20260101T000002"):
+        put(store.acks, f"{stamp}.ack")
+    moved = store.complete_acks(os.path.join(store.acks, "20260101T000001.ack"), "2026-01-01T00:00:01Z")
+    assert moved == ["20260101T000000.ack", "20260101T000001.ack"]
+    assert [os.path.basename(p) for p in store.pending_acks()] == ["20260101T000002.ack"]
+    assert store.ledger()[-1]["event"] == "processed"
+
+
+def test_supersede_and_needs_force(store):
+    put(store.outbox, "20260101T000000.fnesync")
+    put(store.superseded, "20260101T000000.fnesync", b"older")  # a name clash never overwrites
+    assert store.needs_force() is None
+    store.set_needs_force("lost response")
+    assert store.needs_force() == "lost response"
+    assert store.supersede("lost response") == ["20260101T000000.fnesync"]
+    assert sorted(os.listdir(store.superseded)) == ["20260101T000000.1.fnesync", "20260101T000000.fnesync"]
+    store.clear_needs_force()
+    store.clear_needs_force()
+    assert store.needs_force() is None
+
+
+def test_mark_accepted_keeps_file(store):
+    path = put(store.outbox, "20260101T000000.fnesync")
+    store.mark_accepted(path, "already accepted")
+    assert os.path.exists(os.path.join(store.sent, "20260101T000000.fnesync"))
+    assert store.ledger()[-1]["detail"] == "already accepted"
+
+
+def test_lock_is_exclusive_and_released(store):
+    with store.lock():
+        fd = os.open(store.lock_path, os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
+        other = ServerStore(store.root, "lls001")
+        with pytest.raises(LockedError, match="locked by another run"), other.lock(timeout=0.3):
+            pass
+    with store.lock():
+        pass
+
+
+def test_ledger_lines_are_json(store):
+    store.log("error", detail="boom")
+    lines = Path(store.ledger_path).read_text().splitlines()
+    assert json.loads(lines[-1])["detail"] == "boom"
+    Path(store.ledger_path).write_text(Path(store.ledger_path).read_text() + "{torn line\n")
+    assert store.ledger()[-1]["detail"] == "boom"  # a torn last line (crash mid-write) is skipped
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Jan 24, 2019 11:04:09 AM", dt.datetime(2019, 1, 24, 11, 4, 9, tzinfo=dt.timezone.utc)),
+    ("Nov 5, 2026 2:03:04 PM", dt.datetime(2026, 11, 5, 14, 3, 4, tzinfo=dt.timezone.utc)),
+    ("Dec 1, 2026 12:00:00 AM", dt.datetime(2026, 12, 1, 0, 0, 0, tzinfo=dt.timezone.utc)),
+    ("2026-11-25T14:03:05Z", dt.datetime(2026, 11, 25, 14, 3, 5, tzinfo=dt.timezone.utc)),
+    ("garbage", None),
+])
+def test_parse_time(text, expected):
+    assert parse_time(text) == expected
+
+
+def test_stamps():
+    assert stamp_of("/x/20140613T105312.fnesync") == "20140613T105312"
+    assert stamp_of("20140613T105312.ack") == "20140613T105312"
+    assert stamp_of("other") is None
+    assert stamp_time("20140613T105312") == dt.datetime(2014, 6, 13, 10, 53, 12, tzinfo=dt.timezone.utc)
+
+
+class _Mismatch(fleet.MismatchError):
+    def __init__(self, expected):
+        Exception.__init__(self, "mismatch")
+        self.msg, self.expected, self.received = "mismatch", expected, ""
+
+
+def test_reupload_rule(store, tmp_path):
+    """Expected at or after the file's own time: already accepted. Before it: a real gap."""
+    work = fleet.ServerWork(fleet.ServerConfig(name="lls001"), fleet.Options(store=store.root))
+    path = put(store.outbox, "20190124T110500.fnesync")
+    assert not work._already_accepted(path, _Mismatch("Jan 24, 2019 11:04:09 AM"))
+    assert os.path.exists(path)
+    assert work._already_accepted(path, _Mismatch("Jan 24, 2019 11:05:00 AM"))
+    assert not os.path.exists(path) and os.path.exists(os.path.join(store.sent, os.path.basename(path)))
+    other = put(store.outbox, "20190124T110600.fnesync")
+    assert not work._already_accepted(other, _Mismatch("unparseable"))
+
+
+def test_summarize_counts_uploaded_records(store, tmp_path):
+    src = put(str(tmp_path), "20260101T000000.fnesync", b"a")
+    path = store.admit(src, records=5)
+    store.record_ack(path, b"ACK")
+    store.complete_acks(store.pending_acks()[-1], "2026-01-01T00:00:00Z")
+    info = summarize(store)
+    assert info["records_synchronized"] == 5 and info["files_uploaded"] == 1
+    assert info["last_sync"] and info["age_days"] is not None and info["pending_acks"] == 0
+
+
+def test_check_mode_touches_nothing(tmp_path):
+    root = tmp_path / "store"
+    results = fleet.run_fleet("upload", [fleet.ServerConfig(name="lls001")],
+                              fleet.Options(store=str(root), check_mode=True))
+    assert not results["lls001"]["failed"] and not root.exists()
