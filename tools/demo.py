@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """`make demo`: a lab of 8 license servers (some with administrative security, some HTTPS, a paged backlog),
 two runs of `ansible-playbook fne.offline_sync.sync` with activity in between, the fleet summary and the HTML
 report, then the lab's judge (`fnelab verify --complete`). Exits non-zero on any failure."""
@@ -34,7 +33,7 @@ def step(title: str) -> None:
 
 def sh(*cmd: str, show: bool = True) -> subprocess.CompletedProcess:
     print("$ " + " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, env=env(), text=True, capture_output=True)
+    proc = subprocess.run(cmd, env=env(), text=True, capture_output=True, check=False)
     if show or proc.returncode:
         sys.stdout.write(proc.stdout)
         sys.stderr.write(proc.stderr)
@@ -56,7 +55,7 @@ def sync() -> None:
 def main() -> int:
     fnelab = str(BIN / "fnelab")
     if LAB.exists():
-        subprocess.run([fnelab, "down", "--dir", str(LAB)], env=env(), capture_output=True)
+        subprocess.run([fnelab, "down", "--dir", str(LAB)], env=env(), capture_output=True, check=False)
     shutil.rmtree(DEMO, ignore_errors=True)
     DEMO.mkdir()
     try:
@@ -85,7 +84,7 @@ def main() -> int:
         return 0
     finally:
         step("stop the lab")
-        subprocess.run([fnelab, "down", "--dir", str(LAB)], env=env())
+        subprocess.run([fnelab, "down", "--dir", str(LAB)], env=env(), check=False)
 
 
 if __name__ == "__main__":

@@ -89,8 +89,6 @@ class ActionModule(ActionBase):
             else:
                 value = str(value)
             setattr(cfg, attr, value)
-        if cfg.topology not in ("api", "remote"):
-            raise AnsibleError(f"fleet: {name}: fne_sync_topology must be api or remote, not {cfg.topology!r}")
         return cfg.with_env()
 
     def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -100,22 +98,29 @@ class ActionModule(ActionBase):
         validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         del validation
         step = args["step"]
-        names: List[str] = args["hosts"] if args["hosts"] is not None else list(task_vars.get("ansible_play_hosts")
-                                                                                   or [])
+        names: List[str] = args["hosts"]
+        if names is None:
+            names = list(task_vars.get("ansible_play_hosts") or [])
         hostvars = task_vars.get("hostvars") or {}
         configs = []
+        invalid: Dict[str, Dict[str, Any]] = {}
         for name in names:
             cfg = self._host_config(hostvars, name, task_vars)
-            if args["topology"] == "all" or cfg.topology == args["topology"]:
+            if cfg.topology not in ("api", "remote"):
+                invalid[name] = {"host": name, "step": args["step"], "changed": False, "failed": True,
+                                 "msg": f"{name}: fne_sync_topology must be api or remote, not {cfg.topology!r}"}
+            elif args["topology"] == "all" or cfg.topology == args["topology"]:
                 configs.append(cfg)
         check_mode = bool(self._task.check_mode)
         store = os.path.abspath(os.path.expanduser(args["store"]))
 
         if step == "report":
             topologies = {c.name: c.topology for c in configs}
+            configs += [fleet.ServerConfig(name=n) for n in invalid]
             report = fleet.build_report(store, [c.name for c in configs], topologies,
                                         [r for r in args["results"] if isinstance(r, dict)], args["stale_days"],
-                                        failed_hosts=args["failed_hosts"])
+                                        failed_hosts=args["failed_hosts"],
+                                        update_cache=args["write_report"] and not check_mode)
             paths = {}
             if args["write_report"] and not check_mode:
                 paths = fleet.write_report(report)
@@ -123,14 +128,17 @@ class ActionModule(ActionBase):
                           summary=fleet.summary_lines(report))
             return result
 
-        records = {}
+        generated = {}  # what the generate module returned on the host: records and the sha256 it wrote
         for item in args["generated"]:
             if isinstance(item, dict):
-                records[os.path.basename(str(item.get("path") or item.get("name") or ""))] = item.get("records")
+                generated[os.path.basename(str(item.get("path") or item.get("name") or ""))] = item
         files = []
         for item in args["files"]:
             item = dict(item)
-            item.setdefault("records", records.get(os.path.basename(str(item.get("path") or item.get("src")))))
+            info = generated.get(os.path.basename(str(item.get("path") or item.get("src"))), {})
+            item.setdefault("records", info.get("records"))
+            if info.get("sha256"):
+                item["module_sha256"] = info["sha256"]
             files.append(item)
         opts = fleet.Options(store=store, check_mode=check_mode, auto_recover=args["auto_recover"],
                              lock_timeout=args["lock_timeout"], workers=args["workers"],
@@ -147,6 +155,7 @@ class ActionModule(ActionBase):
                     results[cfg.name] = work.result(step, fleet._error_text(exc))
         else:
             results = fleet.run_fleet(step, configs, opts)
+        results.update(invalid)
         for entry in results.values():
             for warning in entry.get("warnings") or []:
                 display.warning(warning)

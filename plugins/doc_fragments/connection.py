@@ -45,6 +45,9 @@ options:
         (C(-authorize NAME PASSWORD)), as the vendor tool requires; while the tool runs, other users of the host can
         see it in the process list. It is kept out of every result, log line and error message. Prefer V(http) where
         that exposure matters.
+      - With V(tool), O(timeout), O(retries) and O(max_retry_wait) do not apply (the tool has its own), O(ca_path)
+        is handed to the tool in the environment (C(FNE_TOOL_CA_PATH), C(SSL_CERT_FILE), C(REQUESTS_CA_BUNDLE); the
+        vendor's Java tool trusts its JVM truststore instead), and the tool may not honour O(validate_certs=false).
     type: str
     choices: [http, tool]
     default: http

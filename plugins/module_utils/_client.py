@@ -462,6 +462,10 @@ class LicenseServer:
                 raise
             if entry is None:
                 break
+            if any(item["name"] == entry["name"] for item in files):
+                # A server that never answers 204 would otherwise keep this loop going.
+                raise FneError(f"POST {url} handed out {entry['name']} twice in one run; stopped downloading.",
+                               url=url, result=dict(result))
             files.append(entry)
             result["records"] += entry["records"] or 0
             result["changed"] = True

@@ -21,6 +21,7 @@ import hashlib
 import html
 import json
 import os
+import threading
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
@@ -150,6 +151,9 @@ def _error_text(exc: BaseException) -> str:
     return str(text)
 
 
+_THREAD = threading.local()
+
+
 class ServerWork:
     """One server's step: the store, the clients, and what happened (the host's entry in the result)."""
 
@@ -191,7 +195,13 @@ class ServerWork:
                 raise StoreError("no back office URL: set fne_backoffice_url (or FNE_BACKOFFICE_URL)")
             conn = _connection(self.cfg.backoffice_url, self.cfg.backoffice_username, self.cfg.backoffice_password,
                                self.cfg.backoffice_ca_path, self.cfg.backoffice_validate_certs, self.cfg)
-            self._bo = _pin_verify(client_mod.BackOffice(conn, warn=self._warn))
+            # one back office for the whole fleet: reuse its keep-alive TLS session within a worker thread
+            cache = _THREAD.__dict__.setdefault("backoffice", {})
+            key = repr(conn) + hashlib.sha256(str(getattr(conn, "password", "")).encode()).hexdigest()
+            if key not in cache:
+                cache[key] = _pin_verify(client_mod.BackOffice(conn, warn=self._warn))
+            self._bo = cache[key]
+            self._bo.warn = self._bo.http.warn = self._warn
         return self._bo
 
     # ---- building blocks ----------------------------------------------------------------------------------
@@ -409,7 +419,12 @@ class ServerWork:
                     continue
                 if not os.path.exists(src):
                     raise StoreError(f"fetched file {src} is missing")
-                self.store.admit(src, sha256=item.get("sha256") or item.get("checksum"), records=item.get("records"),
+                module_sha, host_sha = item.get("module_sha256"), item.get("sha256") or item.get("checksum")
+                if module_sha and host_sha and module_sha.lower() != host_sha.lower():
+                    raise StoreError(f"{name} changed on the license server host after generate wrote it: sha256 "
+                                     f"{host_sha} there, {module_sha} when written")
+                self.store.admit(src, sha256=item.get("module_sha256") or item.get("sha256") or item.get("checksum"),
+                                 records=item.get("records"),
                                  forced=self.opts.forced)
                 self.fetched.append(os.path.basename(src))
                 self.records += int(item.get("records") or 0)
@@ -531,14 +546,14 @@ def run_fleet(step: str, configs: List[ServerConfig], opts: Options,
 # ---- the report -----------------------------------------------------------------------------------------------
 def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], results: List[Dict[str, Any]],
                  stale_days: float, now: Optional[_dt.datetime] = None,
-                 failed_hosts: Optional[List[str]] = None) -> Dict[str, Any]:
+                 failed_hosts: Optional[List[str]] = None, update_cache: bool = False) -> Dict[str, Any]:
     """Fleet summary from each server's store and this run's step results (read-only)."""
     now = now or _dt.datetime.now(_dt.timezone.utc)
     servers: Dict[str, Dict[str, Any]] = {}
     host_results: Dict[str, Dict[str, Any]] = {}
     for name in hosts:
         entries = [r["hosts"][name] for r in results if isinstance(r, dict) and name in (r.get("hosts") or {})]
-        info = store_mod.summarize(ServerStore(store_root, name), now)
+        info = store_mod.summarize(ServerStore(store_root, name), now, update_cache=update_cache)
         failed = [e for e in entries if e.get("failed")]
         if name in (failed_hosts or []) and not failed:
             failed = [{"msg": f"{name}: failed earlier in this run (see its tasks above)"}]

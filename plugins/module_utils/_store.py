@@ -312,41 +312,64 @@ class ServerStore:
             _fsync_dir(self.dir)
 
 
-def summarize(store: ServerStore, now: Optional[_dt.datetime] = None) -> dict:
-    """Per-server figures for the report, from the ledger and the folders (read-only)."""
+_SUMMARY_FIELDS = ("records_synchronized", "files_uploaded", "last_sync", "recoveries", "errors", "last_error")
+
+
+def _fold(state: dict, entry: dict) -> None:
+    event = entry.get("event")
+    if event == "fetched":
+        state["records_by_file"][entry.get("file")] = int(entry.get("records") or 0)
+    elif event == "uploaded":
+        state["files_uploaded"] += 1
+        state["records_synchronized"] += state["records_by_file"].get(entry.get("file"), 0)
+    elif event == "processed":
+        state["last_sync"] = entry.get("time")
+    elif event == "recovered":
+        state["recoveries"] += 1
+    elif event == "error":
+        state["errors"] += 1
+        state["last_error"] = entry.get("detail")
+
+
+def summarize(store: ServerStore, now: Optional[_dt.datetime] = None, update_cache: bool = False) -> dict:
+    """Per-server figures for the report, from the ledger and the folders.
+
+    The ledger grows with every run; ``.summary.json`` remembers the figures and how far the ledger was read, so a
+    report reads only the new lines. Written only with ``update_cache`` (never in check mode or by status)."""
     now = now or _dt.datetime.now(_dt.timezone.utc)
-    records_by_file: dict = {}
-    records = files = recoveries = errors = 0
-    last_sync: Optional[str] = None
-    last_error: Optional[str] = None
-    for entry in store.ledger():
-        event = entry.get("event")
-        if event == "fetched":
-            records_by_file[entry.get("file")] = int(entry.get("records") or 0)
-        elif event == "uploaded":
-            files += 1
-            records += records_by_file.get(entry.get("file"), 0)
-        elif event == "processed":
-            last_sync = entry.get("time")
-        elif event == "recovered":
-            recoveries += 1
-        elif event == "error":
-            errors += 1
-            last_error = entry.get("detail")
+    cache_path = os.path.join(store.dir, ".summary.json")
+    fresh = {"offset": 0, "records_by_file": {}, "records_synchronized": 0, "files_uploaded": 0, "last_sync": None,
+             "recoveries": 0, "errors": 0, "last_error": None}
+    state = dict(fresh, records_by_file={})
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        with open(cache_path, encoding="utf-8") as handle:
+            cached = json.load(handle)
+        if set(fresh) <= set(cached):
+            state = cached
+    try:
+        size = os.path.getsize(store.ledger_path)
+    except OSError:
+        size = 0
+    if size < state["offset"]:  # a replaced ledger: read it again from the start
+        state = dict(fresh, records_by_file={})
+    start = state["offset"]
+    if size > start:
+        with open(store.ledger_path, "rb") as handle:
+            handle.seek(start)
+            data = handle.read()
+        end = data.rfind(b"\n") + 1  # only whole lines: a line being written is read next time
+        for line in data[:end].splitlines():
+            with contextlib.suppress(ValueError):
+                _fold(state, json.loads(line))
+        state["offset"] = start + end
+    if update_cache and store.exists() and state["offset"] != start:
+        atomic_write(cache_path, json.dumps(state, sort_keys=True).encode("utf-8"))
     age_days = None
-    if last_sync:
-        parsed = parse_time(last_sync)
+    if state["last_sync"]:
+        parsed = parse_time(state["last_sync"])
         if parsed:
             age_days = round((now - parsed).total_seconds() / 86400, 3)
-    return {
-        "records_synchronized": records,
-        "files_uploaded": files,
-        "last_sync": last_sync,
-        "age_days": age_days,
-        "recoveries": recoveries,
-        "errors": errors,
-        "last_error": last_error,
-        "outbox": len(store.outbox_files()),
-        "pending_acks": len(store.pending_acks()),
-        "needs_force": store.needs_force(),
-    }
+    out = {name: state[name] for name in _SUMMARY_FIELDS}
+    out.update(age_days=age_days, outbox=len(store.outbox_files()), pending_acks=len(store.pending_acks()),
+               needs_force=store.needs_force())
+    return out

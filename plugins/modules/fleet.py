@@ -13,7 +13,7 @@ version_added: 0.1.0
 description:
   - Works every license server of the play whose topology matches I(topology) in a bounded thread pool on the
     controller, with the collection's client, against the control-node store C(STORE/<inventory_hostname>/).
-  - Meant to run once per play (C(run_once: true), C(delegate_to: localhost)); a cheap per-host task then turns each
+  - Meant to run once per play (with C(run_once) and C(delegate_to=localhost)); a cheap per-host task then turns each
     host's entry of RV(hosts) into ok, changed or failed for that host. One server's failure is recorded in its own
     entry and never stops the others.
   - Per-host settings come from each host's variables C(fne_lls_url), C(fne_lls_username), C(fne_lls_password),
@@ -23,7 +23,9 @@ description:
     C(FNE_LLS_PASSWORD), C(FNE_LLS_CA_PATH), C(FNE_BACKOFFICE_URL), C(FNE_BACKOFFICE_CA_PATH).
   - Used by the roles of this collection; see docs/design.md for the store and the recovery rules.
 author:
-  - fne.offline_sync developers
+  - fne.offline_sync contributors
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 options:
   step:
     description:
@@ -94,8 +96,9 @@ attributes:
   diff_mode:
     support: none
   platform:
+    support: full
     platforms: posix
-    details: Runs on the controller only.
+    details: Runs on the controller only (the action plugin); it never connects to the managed hosts.
 """
 
 EXAMPLES = r"""

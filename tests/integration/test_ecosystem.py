@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 import tempfile
 import textwrap
 from pathlib import Path
@@ -37,12 +38,19 @@ def tools_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def copy_collection(dest_root: Path) -> Path:
+# Project tooling that is neither collection content nor the collection's tests (all in galaxy.yml build_ignore):
+# the CI entry point, benchmark and helper scripts, and the lab, a Python package of its own (tests/lab/pyproject.toml).
+NOT_COLLECTION = (".ci/", "benchmarks/", "tools/", "tests/lab/")
+
+
+def copy_collection(dest_root: Path, exclude: tuple[str, ...] = ()) -> Path:
     """The working tree as git sees it (tracked + untracked, not ignored) at a real collection path."""
     dest = dest_root / "ansible_collections" / GALAXY["namespace"] / GALAXY["name"]
     files = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=REPO, check=True,
                            capture_output=True).stdout.decode().split("\0")
     for name in filter(None, files):
+        if name.startswith(exclude):
+            continue
         src = REPO / name
         if src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -153,15 +161,31 @@ def test_ansible_test_sanity(tmp_path):
     Python (3.12 or 3.13); the module-side tests (compile, import) would otherwise ask for every Python from 3.9
     up, which this machine does not have.
     No test is skipped: none needs the network once the environments exist (pslint and shellcheck have no
-    PowerShell or .sh files to check here).
+    PowerShell or .sh files to check here). No tests/sanity/ignore file either: the tree is clean as it is.
+    The copy leaves out NOT_COLLECTION: sanity holds collection content and its tests to Ansible's rules, which
+    the CI script, the benchmarks and the lab (plain Python, not shipped) do not follow (shebangs, pylint names).
     """
-    collection = copy_collection(tmp_path)
+    collection = copy_collection(tmp_path, exclude=NOT_COLLECTION)
     env = tools_env(HOME=str(_ansible_test_home()))
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     proc = run([str(BIN / "ansible-test"), "sanity", "--venv", "--python", python, "--color", "no"],
                check=False, cwd=collection, env=env, timeout=900)
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith(("ERROR:", "FATAL:"))]
     assert proc.returncode == 0, "ansible-test sanity failed:\n" + "\n".join(errors[-200:])
+
+
+def test_built_collection_holds_only_collection_content(tarball):
+    """What `ansible-galaxy collection build` ships: no lab, no demo fleet (its inventory holds passwords), no
+    caches, no development files."""
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+    top = {name.split("/", 1)[0] for name in names}
+    allowed = {"MANIFEST.json", "FILES.json", "README.md", "CHANGELOG.rst", "LICENSE", "COPYING", ".ansible-lint",
+               "awx", "bindep.txt", "changelogs", "docs", "examples", "meta", "playbooks", "plugins",
+               "requirements.txt", "roles", "tests"}
+    assert top <= allowed, sorted(top - allowed)
+    assert all(name == "tests" or name.startswith("tests/sanity") for name in names if name.startswith("tests"))
+    assert not [name for name in names if "__pycache__" in name or name.endswith((".pyc", ".sqlite", ".pem"))]
 
 
 def test_galaxy_importer(tarball, tmp_path):
@@ -286,6 +310,7 @@ def test_schedule_role_cron(tmp_path):
     assert lines == ["*/30 1-5 * * * fnesync /usr/local/bin/fne-sync-eu --quiet"]
     assert not (root / "etc" / "systemd").exists()
     wrapper = (root / "usr" / "local" / "bin" / "fne-sync-eu").read_text()
+    assert wrapper.startswith("#!/bin/bash\n# Ansible managed")
     assert "-i /etc/fne/inventory.yml" in wrapper and "-i '/etc/fne/more inventory.yml'" in wrapper
     subprocess.run(["bash", "-n", str(root / "usr" / "local" / "bin" / "fne-sync-eu")], check=True)
 

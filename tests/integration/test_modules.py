@@ -4,6 +4,7 @@ in-process on the controller (connection local) and shipped over real SSH (the s
 from __future__ import annotations
 
 import hashlib
+import json
 import stat
 import sys
 from pathlib import Path
@@ -246,3 +247,22 @@ def test_reupload_of_accepted_files(lab_factory, sshd, tmp_path, mode):
             assert (tmp_path / "out" / host / "syncack.bin").read_bytes() == acks[host]  # the earlier ack is kept
         assert len(res.get("process", host)["purged"]) == 1
     lab.verify(complete=True)
+
+
+def test_no_log_values_are_scrubbed_alike(lab_factory, sshd, tmp_path):
+    """A no_log value inside any returned string is masked the same way on both paths (AnsibleModule's rules)."""
+    lab = lab_factory(2)
+    secret = "zz-Secr3tValue"
+    folder = tmp_path / secret
+    folder.mkdir()
+    (folder / "20250101T000000.fnesync").write_bytes(b"x")
+    inv = inventory(tmp_path, lab, BOTH, sshd)
+    res = playbook(tmp_path, inv, [task("info", "server_info", {"url": "{{ fne_url }}", "username": "admin",
+                                                                "password": secret, "path": str(folder)})],
+                   env={"ANSIBLE_INJECT_INVOCATION": "1"})
+    for host in BOTH:
+        info = res.get("info", host)
+        assert info["pending"][0]["path"] == f"{tmp_path}/********/20250101T000000.fnesync"
+        assert info["invocation"]["module_args"]["password"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+        assert info["authorized"] is False and secret not in json.dumps(info)
+    assert secret not in res.output

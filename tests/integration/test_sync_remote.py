@@ -3,7 +3,7 @@ checksums, mixed with api-topology servers in the same run."""
 
 from __future__ import annotations
 
-from test_sync_support import PYTHON, ledger, lab_state, sync, tree_digest, write_inventory
+from test_sync_support import PYTHON, lab_state, ledger, sync, tree_digest, write_inventory
 
 REMOTE = ("lls001", "lls002", "lls003")
 

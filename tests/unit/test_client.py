@@ -361,3 +361,10 @@ def test_full_disk_is_a_clear_error_and_leaves_nothing(server, tmp_path, monkeyp
     assert "No space left on device" in err.value.msg and str(tmp_path) in err.value.msg
     assert "force: true" in err.value.msg
     assert os.listdir(tmp_path) == []
+
+
+def test_a_server_that_never_says_204_does_not_loop(server, tmp_path):
+    server.on("POST", SYNC, message("20250101T000000.fnesync"))
+    with pytest.raises(client.FneError) as err:
+        client.LicenseServer(conn(server.url)).generate(str(tmp_path))
+    assert "twice" in err.value.msg and server.count("POST", SYNC) == 2

@@ -49,8 +49,8 @@ def test_layout_and_modes(store):
 def test_listing_is_in_timestamp_order_and_ignores_temporaries(store):
     for name in ("20260102T000000.fnesync", "20260101T235959.fnesync", ".tmp-abc", "notes.txt"):
         put(store.outbox, name)
-    assert [os.path.basename(p) for p in store.outbox_files()] == ["20260101T235959.fnesync",
-                                                                    "20260102T000000.fnesync"]
+    names = [os.path.basename(p) for p in store.outbox_files()]
+    assert names == ["20260101T235959.fnesync", "20260102T000000.fnesync"]
 
 
 def test_admit_checks_sha256_and_logs(store, tmp_path):
@@ -162,22 +162,20 @@ def test_stamps():
     assert stamp_time("20140613T105312") == dt.datetime(2014, 6, 13, 10, 53, 12, tzinfo=dt.timezone.utc)
 
 
-class _Mismatch(fleet.MismatchError):
-    def __init__(self, expected):
-        Exception.__init__(self, "mismatch")
-        self.msg, self.expected, self.received = "mismatch", expected, ""
+def _mismatch(expected: str) -> fleet.MismatchError:
+    return fleet.MismatchError("mismatch", expected, "")
 
 
 def test_reupload_rule(store, tmp_path):
     """Expected at or after the file's own time: already accepted. Before it: a real gap."""
     work = fleet.ServerWork(fleet.ServerConfig(name="lls001"), fleet.Options(store=store.root))
     path = put(store.outbox, "20190124T110500.fnesync")
-    assert not work._already_accepted(path, _Mismatch("Jan 24, 2019 11:04:09 AM"))
+    assert not work._already_accepted(path, _mismatch("Jan 24, 2019 11:04:09 AM"))
     assert os.path.exists(path)
-    assert work._already_accepted(path, _Mismatch("Jan 24, 2019 11:05:00 AM"))
+    assert work._already_accepted(path, _mismatch("Jan 24, 2019 11:05:00 AM"))
     assert not os.path.exists(path) and os.path.exists(os.path.join(store.sent, os.path.basename(path)))
     other = put(store.outbox, "20190124T110600.fnesync")
-    assert not work._already_accepted(other, _Mismatch("unparseable"))
+    assert not work._already_accepted(other, _mismatch("unparseable"))
 
 
 def test_summarize_counts_uploaded_records(store, tmp_path):
@@ -195,3 +193,19 @@ def test_check_mode_touches_nothing(tmp_path):
     results = fleet.run_fleet("upload", [fleet.ServerConfig(name="lls001")],
                               fleet.Options(store=str(root), check_mode=True))
     assert not results["lls001"]["failed"] and not root.exists()
+
+
+def test_summary_cache_reads_only_new_lines(store, tmp_path):
+    src = put(str(tmp_path), "20260101T000000.fnesync", b"a")
+    store.record_ack(store.admit(src, records=4), b"ACK")
+    first = summarize(store, update_cache=True)
+    cache = Path(store.dir) / ".summary.json"
+    assert cache.exists() and first["records_synchronized"] == 4
+    src = put(str(tmp_path), "20260101T000001.fnesync", b"b")
+    store.record_ack(store.admit(src, records=6), b"ACK")
+    with open(store.ledger_path, "a", encoding="utf-8") as handle:
+        handle.write('{"event": "uploaded", "fi')  # a line still being written is not counted yet
+    assert summarize(store)["records_synchronized"] == 10  # without update_cache: read-only
+    assert json.loads(cache.read_text())["records_synchronized"] == 4
+    assert summarize(store, update_cache=True)["files_uploaded"] == 2
+    assert summarize(store)["files_uploaded"] == 2

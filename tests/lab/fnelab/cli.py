@@ -62,6 +62,13 @@ def control(directory: Path, path: str, body: dict | None = None, timeout: float
         raise RuntimeError(f"the lab in {directory} does not answer ({exc}); is it up?") from None
 
 
+def _no_lab(directory: Path) -> int | None:
+    """An error exit when DIR holds no lab (so commands never create an empty database)."""
+    if not (directory / "lab.sqlite").exists():
+        return fail(f"no lab in {directory} (`fnelab up --servers N --dir {directory}` creates one)")
+    return None
+
+
 def _log_tail(directory: Path, lines: int = 15) -> str:
     try:
         return "\n".join((directory / "lab.log").read_text().splitlines()[-lines:])
@@ -183,6 +190,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_activity(args: argparse.Namespace) -> int:
     directory = args.dir.resolve()
+    if (code := _no_lab(directory)) is not None:
+        return code
     names = [n for n in (args.servers or "").split(",") if n] or None
     if _pid(directory) is None:  # lab down: write the journal directly (the lab is the only other writer)
         state = State(directory / "lab.sqlite")
@@ -204,6 +213,8 @@ def cmd_activity(args: argparse.Namespace) -> int:
 
 def cmd_fault(args: argparse.Namespace) -> int:
     directory = args.dir.resolve()
+    if (code := _no_lab(directory)) is not None:
+        return code
     try:
         if args.clear:
             if args.kind:
@@ -225,6 +236,8 @@ def cmd_fault(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     directory = args.dir.resolve()
+    if (code := _no_lab(directory)) is not None:
+        return code
     body = {"reupload": args.reupload, "page_size": args.page_size, "token_ttl": args.token_ttl}
     if _pid(directory) is None:
         state = State(directory / "lab.sqlite")
@@ -255,6 +268,8 @@ def _flush(directory: Path) -> None:
 
 def cmd_state(args: argparse.Namespace) -> int:
     directory = args.dir.resolve()
+    if (code := _no_lab(directory)) is not None:
+        return code
     _flush(directory)
     db = connect(directory / "lab.sqlite", readonly=True)
     snap = snapshot(db)
@@ -276,6 +291,8 @@ def cmd_state(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify
 
+    if (code := _no_lab(args.dir.resolve())) is not None:
+        return code
     report = verify(args.dir.resolve() / "lab.sqlite", complete=args.complete)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Run fnelab.vendor_tools with the Python that has fnelab installed: $FNELAB_PYTHON, else the virtualenv this
 # file lives in (site-packages install) or next to (editable install in a checkout), else python3.
-here=$(cd "$(dirname "$0")" && pwd -P)
+here=$(dirname "$(readlink -f "$0")")
 py=${FNELAB_PYTHON:-}
 if [ -z "$py" ]; then
     d=$here
