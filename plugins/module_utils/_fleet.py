@@ -229,7 +229,8 @@ class ServerWork:
 
     def generate(self, force: bool = False) -> None:
         if self.opts.check_mode:
-            self.plan.append("download new records" + (" (forced)" if force else ""))
+            self.plan.append("download again with force" if force else
+                             "download new records (if any: unknown in check mode, asking hands them out)")
             return
         before = set(self.store.outbox_files())
         try:
@@ -462,7 +463,10 @@ class ServerWork:
             "host": self.cfg.name,
             "topology": self.cfg.topology,
             "step": step,
-            "changed": bool(self.changed or (self.opts.check_mode and self.plan)),
+            # check mode: whether the server has new records is unknown (asking hands them out), as in the generate
+            # module; everything else in the plan is certain
+            "changed": bool(self.changed or (self.opts.check_mode and any(
+                not p.startswith("download new records") for p in self.plan))),
             "failed": error is not None,
             "records": self.records,
             "fetched": self.fetched,

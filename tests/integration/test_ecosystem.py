@@ -232,7 +232,7 @@ def test_changelog(tmp_path):
     changes = yaml.safe_load((collection / "changelogs" / "changelog.yaml").read_text())
     release = changes["releases"][VERSION]
     assert {m["name"] for m in release["modules"]} >= {"generate", "upload", "process", "server_info"}
-    assert "schedule" in {o["name"] for o in release["objects"]["role"]}
+    assert "schedule" in {o["name"] for o in release.get("objects", {}).get("role", [])}
 
 
 # -- the schedule role ----------------------------------------------------------------------------------------

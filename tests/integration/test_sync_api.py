@@ -20,6 +20,8 @@ def test_fleet_cycle(lab_factory, tmp_path):
     assert lab_state(lab) == before, "check mode changed the lab"
     assert not store.exists(), "check mode wrote to the store"
     assert not check.failed(), check
+    assert check.changed() == set(), check  # whether records are pending is unknown without asking (handing out)
+    assert "would download new records" in check.out
 
     first = sync(lab, store)
     assert first.changed() == set(hosts), first
@@ -101,6 +103,10 @@ def test_phases_by_tag_and_pending_ack_first(lab_factory, tmp_path):
         assert not list((store / host / "outbox").glob("*.fnesync"))
         assert len(list((store / host / "acks").glob("*.ack"))) == 2
     lab.verify()  # in the back office, not yet acknowledged on the servers
+    before, digest = lab_state(lab), tree_digest(store)
+    check = sync(lab, store, "--check")
+    assert check.changed() == set(hosts) and "would process acknowledgment" in check.out, check
+    assert lab_state(lab) == before and tree_digest(store) == digest
 
     # a crash between writing an ack and moving its file: put a sent file back into the outbox
     sent = sorted((store / hosts[0] / "sent").glob("*.fnesync"))
