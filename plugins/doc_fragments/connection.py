@@ -27,7 +27,8 @@ options:
         the wait doubles from 1 second.
       - A request whose answer was lost after it reached the server is not repeated where repeating could lose or
         duplicate data (the download of sync messages, the upload of a message), and neither is a 502 or 504 gateway
-        answer to those; see the C(LostResponseError) notes of the module.
+        answer to those, nor a TLS error other than a refused certificate; see the C(LostResponseError) notes of the
+        module.
     type: int
     default: 3
   max_retry_wait:
@@ -77,8 +78,8 @@ options:
   username:
     description:
       - The administrative user, when administrative security is enabled on the license server. The module
-        authorizes once per URL and user (C(POST /api/1.0/instances/~/authorize)) and authorizes again once when a
-        token has expired.
+        authorizes once per URL, user and password (C(POST /api/1.0/instances/~/authorize)) and authorizes again
+        once when a token has expired.
       - If not set, the value of the E(FNE_LLS_USERNAME) environment variable is used.
     type: str
   password:

@@ -8,9 +8,13 @@ Payloads are opaque: this module moves bytes, it never parses a sync message or 
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json
 import os
 import re
+import ssl
+import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -20,10 +24,12 @@ from typing import Any, Callable, Optional
 from ._files import (
     CHUNK,
     SYNC_NAME_RE,
+    SYNC_SUFFIX,
     AtomicWriter,
     ensure_dir,
     fsync_dir,
     list_sync_files,
+    sha256_file,
     sync_time_of,
     write_atomic,
 )
@@ -132,7 +138,8 @@ def _utc_now() -> datetime:
 
 
 def parse_server_time(value: str) -> datetime:
-    """`2026-11-25T14:03:05Z` (the lab) or any ISO 8601 time; naive times are UTC."""
+    """`2026-11-25T14:03:05Z` (the lab) or any ISO 8601 time; naive times are taken as UTC (but `process` purges
+    nothing on a naive time)."""
     text = value.strip()
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"
@@ -140,6 +147,12 @@ def parse_server_time(value: str) -> datetime:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.astimezone(timezone.utc)
+
+
+def _has_zone(value: str) -> bool:
+    """Whether an ISO 8601 time names its zone (`Z` or an offset)."""
+    text = value.strip()
+    return text.endswith(("Z", "z")) or re.search(r"[+-]\d\d:?\d\d$", text.partition("T")[2]) is not None
 
 
 def _retry_after(response: Any) -> Optional[float]:
@@ -213,6 +226,12 @@ def classify_exception(exc: BaseException) -> str:
     return "lost"
 
 
+def _is_certificate_failure(exc: BaseException) -> bool:
+    """A refused certificate: only ever found in the handshake, before any request was sent."""
+    return any(isinstance(item, ssl.SSLCertVerificationError) for item in _chain(exc)) or \
+        "CERTIFICATE_VERIFY_FAILED" in str(exc)
+
+
 def _reason(exc: BaseException) -> str:
     root = _root_cause(exc)
     text = str(root) or type(root).__name__
@@ -280,6 +299,8 @@ class _Http:
             except rexc.RequestException as exc:
                 kind = classify_exception(exc)
                 reason = _reason(exc)
+                if kind == "tls" and not repeatable and not _is_certificate_failure(exc):
+                    kind = "lost"  # a TLS error while reading the answer: the request may have been carried out
                 if kind == "tls":
                     raise self.fail(
                         f"TLS failure talking to the {self.what} at {url}: {reason}. If its certificate is signed "
@@ -341,8 +362,13 @@ class _Http:
         raise self.fail(f"Request {method} {url} failed: {label}", url, status=status, key=key)
 
 
-# One token per (base URL, user name) for the life of the process.
+# One token per (base URL, user name, password) for the life of the process. The fleet calls the client from a
+# thread pool: _TOKENS_LOCK guards the dict, and a per-key lock makes concurrent callers of one server share one
+# authorize instead of each sending their own. The password is in the key as a digest only (a changed password
+# must authorize again, never reuse a token that an old password earned).
 _TOKENS: dict = {}
+_TOKENS_LOCK = threading.Lock()
+_KEY_LOCKS: dict = {}
 
 
 class LicenseServer:
@@ -356,43 +382,57 @@ class LicenseServer:
 
     # -- authorization -------------------------------------------------------------------------------------
     def _token_key(self) -> tuple:
-        return (self.base, self.conn.username)
+        digest = hashlib.sha256((self.conn.password or "").encode("utf-8")).hexdigest()
+        return (self.base, self.conn.username, digest)
 
-    def _token(self) -> str:
+    def _token(self, stale: Optional[str] = None) -> str:
+        """The cached token, or a new one; `stale`: a token the server refused (drop it unless already replaced)."""
         key = self._token_key()
-        if key not in _TOKENS:
-            url = self.base + AUTHORIZE
-            response = self.http.request("POST", url, json_body={"user": self.conn.username,
-                                                                  "password": self.conn.password or ""})
-            if response.status_code == 401:
-                rkey, text = _error_text(response)
-                text = text.rstrip(".")
-                raise self.http.fail(f"Authorization at {url} failed: [401 {rkey or ''}] {text}. Check username and "
-                                     "password.", url, status=401, key=rkey)
-            self.http.raise_for_status("POST", url, response)
-            try:
-                token = response.json()["token"]
-            except (ValueError, KeyError, TypeError):
-                raise self.http.fail(f"Authorization at {url} answered without a token.", url) from None
-            _TOKENS[key] = token
-        return _TOKENS[key]
+        with _TOKENS_LOCK:
+            key_lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+        with key_lock:
+            with _TOKENS_LOCK:
+                token = _TOKENS.get(key)
+                if token is not None and token != stale:
+                    return token
+                _TOKENS.pop(key, None)
+            token = self._authorize()
+            with _TOKENS_LOCK:
+                _TOKENS[key] = token
+            return token
+
+    def _authorize(self) -> str:
+        url = self.base + AUTHORIZE
+        response = self.http.request("POST", url, json_body={"user": self.conn.username,
+                                                              "password": self.conn.password or ""})
+        if response.status_code == 401:
+            rkey, text = _error_text(response)
+            text = text.rstrip(".")
+            raise self.http.fail(f"Authorization at {url} failed: [401 {rkey or ''}] {text}. Check username and "
+                                 "password.", url, status=401, key=rkey)
+        self.http.raise_for_status("POST", url, response)
+        try:
+            return response.json()["token"]
+        except (ValueError, KeyError, TypeError):
+            raise self.http.fail(f"Authorization at {url} answered without a token.", url) from None
 
     def _send(self, method: str, path: str, *, stream: bool = False, repeatable: bool = True,
               query: str = "", **kwargs: Any) -> Any:
         url = self.base + path + query
-        renewed = False
+        extra_headers = kwargs.pop("headers", None) or {}
+        refused: Optional[str] = None
         while True:
-            headers = dict(kwargs.pop("headers", None) or {})
-            if self.conn.username:
-                headers["Authorization"] = "Bearer " + self._token()
+            headers = dict(extra_headers)
+            token = self._token(stale=refused) if self.conn.username else None
+            if token:
+                headers["Authorization"] = "Bearer " + token
             response = self.http.request(method, url, headers=headers, stream=stream, repeatable=repeatable,
                                          **kwargs)
-            if response.status_code == 401 and self.conn.username and not renewed:
-                # The token expired (security.token.duration): authorize again, once.
+            if response.status_code == 401 and token and refused is None:
+                # The token expired (security.token.duration): authorize again, once. A 401 means the request
+                # was not carried out, so even a non-repeatable one may be sent again.
                 response.close()
-                _TOKENS.pop(self._token_key(), None)
-                renewed = True
-                kwargs["headers"] = {k: v for k, v in headers.items() if k != "Authorization"}
+                refused = token
                 continue
             if response.status_code == 401 and not self.conn.username:
                 key, text = _error_text(response)
@@ -432,7 +472,9 @@ class LicenseServer:
         """Authorize with the configured credentials (raises FneError on refusal)."""
         if not self.conn.username:
             return False
-        self._token()
+        with _TOKENS_LOCK:
+            cached = _TOKENS.get(self._token_key())
+        self._token(stale=cached)  # really ask the server: a cached token says nothing about the credentials now
         return True
 
     # -- step 1 --------------------------------------------------------------------------------------------
@@ -443,6 +485,9 @@ class LicenseServer:
         before = list_sync_files(path)
         files: list[dict] = []
         result: dict = {"changed": False, "records": 0, "files": files, "folder": path}
+        # Only a forced download may write over a file that was there before (its records come again); any other
+        # existing file is never overwritten, whatever name the server hands out.
+        replaceable = set(before) if force else set()
         if force:
             result["superseded"] = before
         first = True
@@ -451,7 +496,7 @@ class LicenseServer:
             first = False
             url = self.base + SYNC_MESSAGE + query
             try:
-                entry = self._download_one(url, path, query)
+                entry = self._download_one(url, path, query, replaceable)
             except FneError as exc:
                 exc.result = dict(result)
                 if isinstance(exc, LostResponseError):
@@ -467,11 +512,14 @@ class LicenseServer:
                 raise FneError(f"POST {url} handed out {entry['name']} twice in one run; stopped downloading.",
                                url=url, result=dict(result))
             files.append(entry)
+            if entry["path"] in replaceable:  # a forced message took the old file's name: it is not superseded
+                replaceable.discard(entry["path"])
+                before.remove(entry["path"])
             result["records"] += entry["records"] or 0
             result["changed"] = True
         return _finish_generate(result)
 
-    def _download_one(self, url: str, folder: str, query: str) -> Optional[dict]:
+    def _download_one(self, url: str, folder: str, query: str, replaceable: set) -> Optional[dict]:
         response = self._send("POST", SYNC_MESSAGE, query=query, stream=True, repeatable=False)
         try:
             if response.status_code == 204:
@@ -489,7 +537,8 @@ class LicenseServer:
                                         f"(Content-Disposition {disposition!r}). Nothing was written.", url=url)
             count = response.headers.get("X-FNE-Record-Count")
             records = int(count) if count and count.strip().isdigit() else None
-            info = _stream_to_file(response, os.path.join(folder, name), url)
+            final = os.path.join(folder, name)
+            info = _stream_to_file(response, final, url, replace=final in replaceable)
             info["records"] = records
             return info
         finally:
@@ -511,11 +560,22 @@ class LicenseServer:
             answer = response.json()
             last = answer["lastSyncTime"]
             last_time = parse_server_time(last)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise FneError(f"POST {url} answered without a lastSyncTime ({response.text[:300]}).",
                            url=url) from None
         processed = bool(answer.get("processed", True))
-        purged, lines = (purge_covered(path, last_time) if path else ([], []))
+        purged: list[str] = []
+        lines: list[str] = []
+        if path and not _has_zone(last):
+            # File names are UTC; a time without a zone may be the server's local time, hours after the real one.
+            self.warn(f"The license server answered lastSyncTime {last} without a time zone, so which sync files it "
+                      f"covers is unknown: none was purged from {path}.")
+        elif path:
+            try:
+                purged, lines = purge_covered(path, last_time)
+            except FneError as exc:  # the server did process it: say so with the files already purged
+                exc.result.update(changed=True, last_sync_time=last, processed=processed, server=answer)
+                raise
         msg = f"Processed the sync acknowledgment: last sync time {last}"
         msg += f"; purged {len(purged)} file(s)." if path else "."
         return {"changed": processed or bool(purged), "last_sync_time": last, "processed": processed,
@@ -564,8 +624,20 @@ def _prepare_folder(path: str) -> None:
         raise FneError(f"Cannot write to the folder {path}: permission denied.")
 
 
-def _stream_to_file(response: Any, final_path: str, url: str) -> dict:
-    """Stream a response body into final_path atomically; a short body leaves no file under the final name."""
+def conflict_path(final_path: str, sha256: str) -> str:
+    return f"{final_path}.{sha256[:12]}.conflict"
+
+
+def name_conflict(url: str, final_path: str, kept: str) -> LostResponseError:
+    return LostResponseError(f"{url} handed out {os.path.basename(final_path)}, but {final_path} already holds a "
+                             f"different message; nothing was overwritten and the new one was saved as {kept} (not "
+                             "a sync file name: it is never uploaded).", url=url)
+
+
+def _stream_to_file(response: Any, final_path: str, url: str, replace: bool = False) -> dict:
+    """Stream a response body into final_path atomically; a short body leaves no file under the final name.
+    An existing final_path is only overwritten with `replace`; a different message under the same name (two
+    messages in one second, a server restored from backup) is kept beside it and reported as a LostResponseError."""
     expected = response.headers.get("Content-Length")
     encoded = bool(response.headers.get("Content-Encoding"))
     try:
@@ -583,7 +655,15 @@ def _stream_to_file(response: Any, final_path: str, url: str) -> dict:
         if expected is not None and not encoded and expected.strip().isdigit() and writer.size != int(expected):
             raise LostResponseError(f"The answer of POST {url} was truncated: {writer.size} of {expected} bytes; "
                                     "nothing was written.", url=url)
-        return writer.commit()
+        try:
+            return writer.commit(replace=replace)
+        except FileExistsError:
+            pass
+        if sha256_file(final_path) == writer.sha256:
+            return writer.info()  # the very same message is already there
+        writer.final_path = conflict_path(final_path, writer.sha256)
+        writer.commit()
+        raise name_conflict(url, final_path, writer.final_path)
     except OSError as exc:
         raise LostResponseError(f"Cannot write {final_path}: {exc.strerror or exc}. The answer of {url} was not "
                                 "saved.", url=url) from None
@@ -630,6 +710,9 @@ class BackOffice:
             if expected_len and expected_len.isdigit() and len(body) != int(expected_len):
                 raise LostResponseError(f"The acknowledgment from {url} was truncated ({len(body)} of "
                                         f"{expected_len} bytes).", url=url)
+            if not body:  # an empty "acknowledgment" (a proxy's 200/204) would be written and fail in process
+                raise LostResponseError(f"POST {url} answered {response.status_code} without an acknowledgment.",
+                                        url=url, status=response.status_code)
             return body
         except rexc.RequestException as exc:
             raise LostResponseError(f"The acknowledgment from {url} broke off ({_reason(exc)}).",
@@ -638,7 +721,19 @@ class BackOffice:
             response.close()
 
     def upload(self, src: str, dest: str = "syncack.bin") -> dict:
-        return upload_files(self.upload_file, src, dest, self.url)
+        return upload_files(self.upload_file, src, dest, self.url, self.warn)
+
+
+def unsent_files(src: str) -> list[str]:
+    """Files of a src folder that look like sync messages but that upload never sends (their names carry no sync
+    time: a copy renamed by hand, a `.conflict` kept by generate): records that would otherwise wait unnoticed."""
+    src = os.path.abspath(os.path.expanduser(src))
+    if not os.path.isdir(src):
+        return []
+    return sorted(name for name in os.listdir(src)
+                  if SYNC_SUFFIX in name.lower() and not SYNC_NAME_RE.match(name)
+                  and not name.startswith(".")  # an interrupted download's temporary file: never complete
+                  and os.path.isfile(os.path.join(src, name)))
 
 
 def resolve_upload(src: str, dest: str) -> tuple[list[str], str]:
@@ -656,10 +751,28 @@ def resolve_upload(src: str, dest: str) -> tuple[list[str], str]:
     return files, dest
 
 
-def upload_files(send: Callable[[str], bytes], src: str, dest: str, url: str) -> dict:
+def _save_ack_elsewhere(file: str, ack: bytes) -> Optional[str]:
+    """Write an acknowledgment that could not go to dest next to its sync file, else in the temporary folder."""
+    stem = os.path.basename(file).rsplit(".", 1)[0]
+    for folder in (os.path.dirname(os.path.abspath(file)), tempfile.gettempdir()):
+        target = os.path.join(folder, f"{stem}.syncack.bin")
+        try:
+            write_atomic(target, [ack])
+            return target
+        except OSError:
+            continue
+    return None
+
+
+def upload_files(send: Callable[[str], bytes], src: str, dest: str, url: str,
+                 warn: Callable[[str], None] = _noop_warn) -> dict:
     """Upload each file oldest first; after each accepted file the acknowledgment is written to dest, so on any
     failure dest holds the acknowledgment for everything accepted so far."""
     files, dest = resolve_upload(src, dest)
+    skipped = unsent_files(src)
+    if skipped:
+        warn(f"Not sent, their names are not yyyyMMddTHHmmss.fnesync (generate with force: true downloads the "
+             f"records not yet acknowledged again): {', '.join(skipped)}")
     accepted: list[str] = []
     result: dict = {"changed": False, "ack": None, "accepted": accepted, "files": files}
     if not files:
@@ -679,14 +792,18 @@ def upload_files(send: Callable[[str], bytes], src: str, dest: str, url: str) ->
             exc.args = (exc.msg,)
             exc.result = dict(result)
             raise
+        accepted.append(file)
+        result["changed"] = True
         try:
             ensure_dir(os.path.dirname(dest))
             write_atomic(dest, [ack])
         except OSError as exc:
-            raise FneError(f"The back office accepted {file} but its acknowledgment could not be written to {dest}: "
-                           f"{exc.strerror or exc}", url=url, result=dict(result)) from None
-        accepted.append(file)
+            # The back office holds the message now; its acknowledgment must not vanish with this error.
+            kept = _save_ack_elsewhere(file, ack)
+            result["ack"] = kept
+            where = f"it was saved as {kept}: process that file" if kept else "it could not be saved anywhere"
+            raise FneError(f"The back office accepted {file} but its acknowledgment could not be written to {dest} "
+                           f"({exc.strerror or exc}); {where}.", url=url, result=dict(result)) from None
         result["ack"] = dest
-        result["changed"] = True
     result["message"] = UPLOAD_SUCCESS
     return result

@@ -90,13 +90,23 @@ class AtomicWriter:
     def sha256(self) -> str:
         return self._digest.hexdigest()
 
-    def commit(self) -> dict:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.tmp_path, self.final_path)
+    def commit(self, replace: bool = True) -> dict:
+        """Move the file into place. `replace=False` never overwrites: FileExistsError when final_path exists,
+        and the written data stays in the temporary file (commit again under another final_path, or abort)."""
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        if replace:
+            os.replace(self.tmp_path, self.final_path)
+        else:
+            os.link(self.tmp_path, self.final_path)  # atomic, and fails instead of overwriting
+            os.unlink(self.tmp_path)
         self._done = True
         fsync_dir(self.folder)
+        return self.info()
+
+    def info(self) -> dict:
         return {"path": self.final_path, "name": os.path.basename(self.final_path), "size": self.size,
                 "sha256": self.sha256}
 

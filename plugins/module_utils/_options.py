@@ -10,7 +10,7 @@ import copy
 import os
 from typing import Any, Callable
 
-from ansible.module_utils.basic import env_fallback
+from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
 
 from ._client import (
     DEFAULT_LLS_URL,
@@ -180,7 +180,11 @@ def execute(name: str, params: dict, check_mode: bool, warn: Callable[[str], Non
     if not HAS_REQUESTS:
         raise FneError("The Python library requests is required on the host that runs this module (pip install "
                        "requests).")
-    return RUNNERS[name](params, check_mode, warn)
+    try:
+        return RUNNERS[name](params, check_mode, warn)
+    except OSError as exc:  # a local file problem the client did not foresee: the same failure path, no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise FneError(f"{name} failed on a local file{where}: {exc.strerror or exc}") from None
 
 
 def failure_result(exc: FneError) -> dict:
@@ -195,11 +199,11 @@ def failure_result(exc: FneError) -> dict:
     return result
 
 
-def run_module(name: str, module: Any) -> None:
-    """main() of every module: the spec is already validated by AnsibleModule."""
+def run_module(name: str, module: Any = None) -> None:
+    """main() of every module (module: an AnsibleModule already built with argument_spec(name), else built here)."""
+    if module is None:
+        module = AnsibleModule(argument_spec=argument_spec(name), supports_check_mode=True, **MODULE_OPTIONS[name])
     if not HAS_REQUESTS:
-        from ansible.module_utils.basic import missing_required_lib
-
         module.fail_json(msg=missing_required_lib("requests"), exception=REQUESTS_IMPORT_ERROR)
     try:
         result = execute(name, module.params, module.check_mode, module.warn)

@@ -10,6 +10,8 @@ message of this collection (every text taken from the tool is scrubbed of it).
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import re
 import shutil
@@ -31,7 +33,9 @@ from ._client import (
     MismatchError,
     _noop_warn,
     _prepare_folder,
+    conflict_path,
     lls_base_url,
+    name_conflict,
     scrub,
     upload_files,
 )
@@ -41,6 +45,7 @@ SERVER_TOOL = "serverofflinesynctool.sh"
 BACKOFFICE_TOOL = "backofficeofflinesynctool.sh"
 COMPLETED_RE = re.compile(r"Sync completed for (\d+) device records\.")
 PURGING_RE = re.compile(r"Purging file (\S+)")
+STAGING_PREFIX = ".fne-tool-"
 LAST_SYNC_RE = re.compile(r"[Ll]ast ?[Ss]ync ?[Tt]ime\W+(\S+)")
 
 
@@ -102,25 +107,33 @@ class ToolLicenseServer:
     def generate(self, path: str, force: bool = False) -> dict:
         path = os.path.abspath(os.path.expanduser(path))
         _prepare_folder(path)
-        superseded = list_sync_files(path)
-        # The tool writes straight into its folder; give it a private one and move finished files atomically.
-        staging = tempfile.mkdtemp(prefix=".fne-tool-", dir=path)
+        before = list_sync_files(path)
         files: list[dict] = []
         result: dict = {"changed": False, "records": 0, "files": files, "folder": path}
+        replaceable = set(before) if force else set()  # as LicenseServer.generate: only superseded files
         if force:
-            result["superseded"] = superseded
+            result["superseded"] = before
+        # The tool writes straight into its folder; give it a private one and move finished files atomically.
+        staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=path)
         try:
-            args = ["-url", self.base + SYNC_MESSAGE, "-generate", staging] + (["-force"] if force else [])
             try:
+                # A run killed before moving its files left them in its staging folder: records the server
+                # already handed out. Take them first (they are older than anything this run downloads).
+                for leftover in sorted(glob.glob(os.path.join(path, STAGING_PREFIX + "*"))):
+                    if leftover != staging:
+                        self._collect(leftover, path, files, replaceable, before)
+                        shutil.rmtree(leftover, ignore_errors=True)
+                args = ["-url", self.base + SYNC_MESSAGE, "-generate", staging] + (["-force"] if force else [])
                 output = self.tool.run(args, f"Generating sync data from {self.base}")
+                self._collect(staging, path, files, replaceable, before)
             except FneError as exc:
-                self._collect(staging, path, files)
+                with contextlib.suppress(FneError):
+                    self._collect(staging, path, files, replaceable, before)
                 exc.msg += " " + FORCE_HINT
                 exc.args = (exc.msg,)
                 result["changed"] = bool(files)
                 exc.result = result
                 raise
-            self._collect(staging, path, files)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         match = COMPLETED_RE.search(output)
@@ -132,13 +145,29 @@ class ToolLicenseServer:
         result["lines"] = [line for line in output.splitlines() if line.strip()]
         return result
 
-    @staticmethod
-    def _collect(staging: str, path: str, files: list[dict]) -> None:
+    def _collect(self, staging: str, path: str, files: list[dict], replaceable: set, superseded: list) -> None:
+        """Move the tool's finished files into path; never over an existing file but a superseded one (a different
+        message under a taken name is kept beside it, then reported once every file is safe)."""
+        conflicts = []
         for tmp in list_sync_files(staging):
             final = os.path.join(path, os.path.basename(tmp))
-            move_atomic(tmp, final)
+            digest = sha256_file(tmp)
+            if final in replaceable:
+                replaceable.discard(final)
+                superseded.remove(final)
+            elif os.path.exists(final):
+                if sha256_file(final) != digest:
+                    kept = conflict_path(final, digest)
+                    move_atomic(tmp, kept)
+                    conflicts.append(name_conflict(self.base + SYNC_MESSAGE, final, kept))
+                    continue
+                os.unlink(tmp)  # the very same message is already there
+            if os.path.exists(tmp):
+                move_atomic(tmp, final)
             files.append({"path": final, "name": os.path.basename(final), "size": os.path.getsize(final),
-                          "sha256": sha256_file(final), "records": None})
+                          "sha256": digest, "records": None})
+        if conflicts:
+            raise conflicts[0]
 
     def process(self, ack_file: str, path: Optional[str] = None) -> dict:
         ack_file = os.path.abspath(os.path.expanduser(ack_file))
@@ -171,6 +200,7 @@ class ToolBackOffice:
     def __init__(self, conn: Connection, tool_path: Optional[str] = None, warn: Callable[[str], None] = _noop_warn):
         self.conn = Connection(**{**conn.__dict__, "username": None, "password": None})
         self.url = conn.url.strip()
+        self.warn = warn
         self.tool = _Tool(self.conn, tool_path, BACKOFFICE_TOOL, warn)
 
     def upload_file(self, file: str) -> bytes:
@@ -188,4 +218,4 @@ class ToolBackOffice:
             shutil.rmtree(staging, ignore_errors=True)
 
     def upload(self, src: str, dest: str = "syncack.bin") -> dict:
-        return upload_files(self.upload_file, src, dest, self.url)
+        return upload_files(self.upload_file, src, dest, self.url, self.warn)

@@ -16,6 +16,10 @@ description:
   - Every file is written atomically (a temporary name in the same folder, fsync, rename, fsync of the folder), mode
     0600; a folder the module creates gets mode 0700. A truncated answer or an answer that is not a sync message
     (for example an HTML page from a proxy) is an error and leaves no file under a final name.
+  - An existing file is never overwritten (only a forced download may replace a file it supersedes). Should the
+    server hand out a different message under a name already in O(path), the new message is kept beside it as
+    C(NAME.fnesync.HASH.conflict) and the module fails with C(error.type=LostResponseError); upload never sends such
+    a file, so recover with O(force=true).
   - When the task runs on the controller (connection local, or delegated to localhost), the action plugin runs the
     client in the controller process instead of shipping the module; results are the same. Set the variable
     C(fne_offline_sync_in_process=false) to ship the module anyway.
@@ -131,10 +135,16 @@ message:
   returned: always
   type: str
   sample: Sync completed for 1200 device records.
+lines:
+  description: The vendor tool's output lines (password removed).
+  returned: success with O(backend=tool)
+  type: list
+  elements: str
+  sample: ["OfflineSync utility started.", "Sync completed for 1200 device records."]
 superseded:
   description:
     - With O(force=true), the sync files that were in O(path) before the forced download. Their records are in the
-      new files again; do not upload them.
+      new files again; do not upload them. A file that a forced message replaced under the same name is not listed.
   returned: when O(force=true)
   type: list
   elements: str
@@ -161,19 +171,11 @@ error:
       type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.fne.offline_sync.plugins.module_utils._options import (  # noqa: E402
-    MODULE_OPTIONS,
-    argument_spec,
-    run_module,
-)
-
-NAME = "generate"
+from ansible_collections.fne.offline_sync.plugins.module_utils._options import run_module  # noqa: E402
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(NAME), supports_check_mode=True, **MODULE_OPTIONS[NAME])
-    run_module(NAME, module)
+    run_module("generate")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ description:
     last sync time in the server's answer), never a file generated after it. Each deletion is reported as the
     vendor tool prints it, C(Purging file yyyyMMddTHHmmss.fnesync).
   - Processing an acknowledgment older than one already processed is a no-op on the server.
+  - Sync file names are UTC. When the server answers a last sync time without a time zone (it could be local time,
+    hours later than the real one), nothing is purged and the module warns.
   - When the task runs on the controller (connection local, or delegated to localhost), the action plugin runs the
     client in the controller process instead of shipping the module; results are the same. Set the variable
     C(fne_offline_sync_in_process=false) to ship the module anyway.
@@ -109,19 +111,11 @@ error:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.fne.offline_sync.plugins.module_utils._options import (  # noqa: E402
-    MODULE_OPTIONS,
-    argument_spec,
-    run_module,
-)
-
-NAME = "process"
+from ansible_collections.fne.offline_sync.plugins.module_utils._options import run_module  # noqa: E402
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(NAME), supports_check_mode=True, **MODULE_OPTIONS[NAME])
-    run_module(NAME, module)
+    run_module("process")
 
 
 if __name__ == "__main__":

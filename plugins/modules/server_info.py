@@ -130,19 +130,11 @@ pending_count:
   type: int
 """
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.fne.offline_sync.plugins.module_utils._options import (  # noqa: E402
-    MODULE_OPTIONS,
-    argument_spec,
-    run_module,
-)
-
-NAME = "server_info"
+from ansible_collections.fne.offline_sync.plugins.module_utils._options import run_module  # noqa: E402
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(NAME), supports_check_mode=True, **MODULE_OPTIONS[NAME])
-    run_module(NAME, module)
+    run_module("server_info")
 
 
 if __name__ == "__main__":

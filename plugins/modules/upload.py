@@ -15,7 +15,11 @@ description:
     streaming each file from disk (memory use stays flat for multi-gigabyte files), and writes the back office's
     acknowledgment to O(dest).
   - The acknowledgment is written atomically after each accepted file, so whatever fails later, O(dest) holds the
-    acknowledgment for everything accepted so far.
+    acknowledgment for everything accepted so far. Should O(dest) not be writable, the acknowledgment of the file
+    just accepted is saved as C(yyyyMMddTHHmmss.syncack.bin) next to it (else in the temporary folder), the module
+    fails naming that file, and RV(ack) points to it.
+  - Files in a O(src) folder whose names contain C(.fnesync) but are not C(yyyyMMddTHHmmss.fnesync) are not sent;
+    the module warns with their names.
   - When the task runs on the controller (connection local, or delegated to localhost), the action plugin runs the
     client in the controller process instead of shipping the module; results are the same. Set the variable
     C(fne_offline_sync_in_process=false) to ship the module anyway.
@@ -56,7 +60,7 @@ notes:
     acknowledgment (M(fne.offline_sync.process)), download again with O(fne.offline_sync.generate#module:force=true),
     upload, process.
   - A message whose answer is lost after it was sent is not sent again (the back office may have accepted it);
-    the module fails with C(error.type=LostResponseError).
+    the module fails with C(error.type=LostResponseError). So does an empty answer where an acknowledgment belongs.
 seealso:
   - module: fne.offline_sync.generate
   - module: fne.offline_sync.process
@@ -93,7 +97,9 @@ changed:
   returned: always
   type: bool
 ack:
-  description: Absolute path of the acknowledgment file written in this run; null when nothing was accepted.
+  description:
+    - Absolute path of the acknowledgment file written in this run; null when nothing was accepted.
+    - When O(dest) could not be written, the file the acknowledgment was saved to instead.
   returned: always
   type: str
   sample: /var/tmp/fnesync/syncack.bin
@@ -140,19 +146,11 @@ error:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.fne.offline_sync.plugins.module_utils._options import (  # noqa: E402
-    MODULE_OPTIONS,
-    argument_spec,
-    run_module,
-)
-
-NAME = "upload"
+from ansible_collections.fne.offline_sync.plugins.module_utils._options import run_module  # noqa: E402
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=argument_spec(NAME), supports_check_mode=True, **MODULE_OPTIONS[NAME])
-    run_module(NAME, module)
+    run_module("upload")
 
 
 if __name__ == "__main__":

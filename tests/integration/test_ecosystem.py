@@ -153,6 +153,7 @@ def _ansible_test_home() -> Path:
     return home
 
 
+@pytest.mark.slow
 def test_ansible_test_sanity(tmp_path):
     """`ansible-test sanity` on a copy of the tree at a real ansible_collections/fne/offline_sync path.
 
@@ -188,6 +189,7 @@ def test_built_collection_holds_only_collection_content(tarball):
     assert not [name for name in names if "__pycache__" in name or name.endswith((".pyc", ".sqlite", ".pem"))]
 
 
+@pytest.mark.slow
 def test_galaxy_importer(tarball, tmp_path):
     """galaxy-importer (as Galaxy / Automation Hub run it, minus the container) accepts the built collection with
     no ansible-lint finding and no warning."""
@@ -232,7 +234,9 @@ def test_changelog(tmp_path):
     changes = yaml.safe_load((collection / "changelogs" / "changelog.yaml").read_text())
     release = changes["releases"][VERSION]
     assert {m["name"] for m in release["modules"]} >= {"generate", "upload", "process", "server_info"}
-    assert "schedule" in {o["name"] for o in release.get("objects", {}).get("role", [])}
+    # a role is listed as new when its argument_specs entry point says `version_added: <this version>`
+    roles = {p.name for p in (REPO / "roles").iterdir() if (p / "meta" / "argument_specs.yml").exists()}
+    assert {o["name"] for o in release.get("objects", {}).get("role", [])} == roles
 
 
 # -- the schedule role ----------------------------------------------------------------------------------------
@@ -476,6 +480,15 @@ def awx_slices(inventory: dict, count: int) -> list[dict]:
     return slices
 
 
+@pytest.fixture
+def awx_jobs():
+    """Where the jobs' private data dirs go: short paths under /tmp as AWX makes them (/tmp/awx_<id>_xxxx), since
+    each job's SSH control sockets live in its private data dir and a socket path may not exceed 108 bytes."""
+    root = Path(tempfile.mkdtemp(prefix="awx_"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def private_data_dir(root: Path, job_id: int, inventory: dict, survey: dict, credentials: list[tuple[str, dict]],
                      limit: str | None = None) -> Path:
     """A private data dir laid out as AWX lays it out for ansible-runner."""
@@ -552,7 +565,7 @@ def strip_secrets(inventory: dict, *keys: str) -> dict:
 
 
 @needs_sync
-def test_awx_job_with_injected_credentials(lab_factory, tmp_path):
+def test_awx_job_with_injected_credentials(lab_factory, awx_jobs, tmp_path):
     """One job, everything from credential types: the inventory carries only each server's URL."""
     lab = lab_factory(1, "--security", "--https", "--records", "40", name="awx1")
     info = lab.info
@@ -564,7 +577,7 @@ def test_awx_job_with_injected_credentials(lab_factory, tmp_path):
     credentials = [("fne_license_server", {"username": server["username"], "password": server["password"],
                                            "ca": ca}),
                    ("fne_backoffice", {"url": info["backoffice"]["url"], "ca": ca})]
-    pdd = private_data_dir(tmp_path, 101, awx_slices(inventory, 1)[0], {"fne_sync_store": str(store)}, credentials)
+    pdd = private_data_dir(awx_jobs, 101, awx_slices(inventory, 1)[0], {"fne_sync_store": str(store)}, credentials)
     result = runner(pdd)
     assert result["rc"] == 0 and not result["failed"], result["stdout"][-8000:]
     assert server["password"] not in result["stdout"]
@@ -572,9 +585,11 @@ def test_awx_job_with_injected_credentials(lab_factory, tmp_path):
     lab.verify(complete=True)
 
 
+@pytest.mark.slow
 @needs_sync
-def test_awx_sliced_job(lab_factory, tmp_path):
-    """A sliced job template: three slices one after the other, then two slices at once; an empty slice."""
+def test_awx_sliced_job(lab_factory, sshd, awx_jobs, tmp_path):
+    """A sliced job template: two slices one after the other, then two slices at once (each with its own SSH
+    control path, as AWX gives every job), then an empty slice. Half the fleet is remote-topology (real SSH)."""
     lab = lab_factory(6, "--security", "0.5", "--https", "0.5", "--records", "30", name="awxslice")
     info = lab.info
     ca = Path(info["ca_path"]).read_text()
@@ -582,6 +597,11 @@ def test_awx_sliced_job(lab_factory, tmp_path):
     # its credential type
     inventory = strip_secrets(yaml.safe_load(lab.inventory.read_text()), "fne_backoffice_url",
                               "fne_backoffice_ca_path")
+    for host in ("lls001", "lls002", "lls003"):
+        inventory["all"]["children"]["license_servers"]["hosts"][host].update(
+            fne_sync_topology="remote", fne_sync_remote_path=str(tmp_path / "hosts" / host / "fnesync"),
+            ansible_host=sshd["host"], ansible_port=sshd["port"], ansible_user=sshd["user"],
+            ansible_ssh_private_key_file=sshd["key"], ansible_python_interpreter=sys.executable)
     store = tmp_path / "store"
     # a survey: integers stay integers, every string (a multiple-choice answer too) comes as !unsafe
     survey = {"fne_sync_store": str(store), "fne_sync_workers": 2, "fne_sync_auto_recover": "true"}
@@ -589,11 +609,11 @@ def test_awx_sliced_job(lab_factory, tmp_path):
     names = sorted(info["servers"])
 
     # one after the other: each slice changes only its own hosts' part of the store
-    for k, data in enumerate(awx_slices(inventory, 3), start=1):
-        mine = set(names[k - 1::3])
+    for k, data in enumerate(awx_slices(inventory, 2), start=1):
+        mine = set(names[k - 1::2])
         assert set(data["_meta"]["hostvars"]) == mine
         before = store_snapshot(store) if store.exists() else {}
-        result = runner(private_data_dir(tmp_path / "sequential", 200 + k, data, survey, credentials))
+        result = runner(private_data_dir(awx_jobs, 200 + k, data, survey, credentials))
         assert result["rc"] == 0 and not result["failed"], result["stdout"][-8000:]
         assert result["hosts"] <= mine | {"localhost"}, result["hosts"]
         after = store_snapshot(store)
@@ -606,7 +626,7 @@ def test_awx_sliced_job(lab_factory, tmp_path):
     # two slices at once, on fresh activity
     lab.activity(25)
     slices = awx_slices(inventory, 2)
-    pdds = [private_data_dir(tmp_path / "parallel", 300 + k, data, survey, credentials)
+    pdds = [private_data_dir(awx_jobs, 300 + k, data, survey, credentials)
             for k, data in enumerate(slices, start=1)]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         results = list(pool.map(runner, pdds))
@@ -626,13 +646,13 @@ def test_awx_sliced_job(lab_factory, tmp_path):
     empty = {"_meta": {"hostvars": {}}, "all": {"hosts": [], "vars": {}, "children": ["license_servers"]},
              "license_servers": {"hosts": [], "vars": slices[0]["license_servers"]["vars"], "children": []}}
     before = store_snapshot(store)
-    result = runner(private_data_dir(tmp_path / "empty", 400, empty, survey, credentials))
+    result = runner(private_data_dir(awx_jobs, 400, empty, survey, credentials))
     assert result["rc"] == 0 and not result["failed"], result["stdout"][-8000:]
     assert store_snapshot(store) == before
 
 
 @needs_sync
-def test_awx_force_resync_job_needs_a_limit(lab_factory, tmp_path):
+def test_awx_force_resync_job_needs_a_limit(lab_factory, awx_jobs, tmp_path):
     """The forced-resync job template prompts for a limit: without one the playbook refuses, with one it works
     only the named server."""
     lab = lab_factory(2, "--records", "20", name="awxforce")
@@ -642,10 +662,10 @@ def test_awx_force_resync_job_needs_a_limit(lab_factory, tmp_path):
     survey = {"fne_sync_store": str(tmp_path / "store")}
     credentials = [("fne_backoffice", {"url": info["backoffice"]["url"], "ca": Path(info["ca_path"]).read_text()})]
     data = awx_slices(inventory, 1)[0]
-    refused = runner(private_data_dir(tmp_path, 501, data, survey, credentials), "force_resync.yml")
+    refused = runner(private_data_dir(awx_jobs, 501, data, survey, credentials), "force_resync.yml")
     assert refused["rc"] != 0 and "--limit" in refused["stdout"]
     assert not (tmp_path / "store" / "lls001").exists() and not (tmp_path / "store" / "lls002").exists()
-    done = runner(private_data_dir(tmp_path, 502, data, survey, credentials, limit="lls002"), "force_resync.yml")
+    done = runner(private_data_dir(awx_jobs, 502, data, survey, credentials, limit="lls002"), "force_resync.yml")
     assert done["rc"] == 0 and not done["failed"], done["stdout"][-8000:]
     assert done["hosts"] <= {"lls002", "localhost"}
     assert not (tmp_path / "store" / "lls001").exists()

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ansible_env, run
+import yaml
+from conftest import REPO, ansible_env, run
 from test_modules_support import (
     BO_ARGS,
     LLS_ARGS,
@@ -24,6 +25,7 @@ from test_modules_support import (
 )
 
 MODULES = ("generate", "upload", "process", "server_info")
+REPO_MODULES = REPO / "plugins" / "modules"
 LLS, BO = LLS_ARGS, BO_ARGS
 BOTH = {"inproc": {"server": "lls001", "via": "local"}, "shipped": {"server": "lls002", "via": "ssh"}}
 
@@ -266,3 +268,54 @@ def test_no_log_values_are_scrubbed_alike(lab_factory, sshd, tmp_path):
         assert info["invocation"]["module_args"]["password"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
         assert info["authorized"] is False and secret not in json.dumps(info)
     assert secret not in res.output
+
+
+def test_module_defaults_group(lab_factory, sshd, tmp_path):
+    """`group/fne.offline_sync.fne` reaches every module on both paths. The group holds what all four modules take
+    (url means a license server to three of them and the back office to upload, so it is set per module)."""
+    lab = lab_factory(2, "--records", "4")
+    inv = inventory(tmp_path, lab, BOTH, sshd)
+    url_only = {"url": "{{ fne_url }}", "ca_path": "{{ fne_ca | default(omit, true) }}"}
+    res = playbook(tmp_path, inv, [{
+        "name": "defaults",
+        "module_defaults": {"group/fne.offline_sync.fne": {"backend": "tool", "tool_path": str(TOOLS),
+                                                            "retries": 1, "max_retry_wait": 1}},
+        "block": [task("generate", "generate", dict(url_only, path="{{ out }}")),
+                  task("info", "server_info", dict(url_only, path="{{ out }}"))],
+    }])
+    for host in BOTH:
+        generated = res.get("generate", host)
+        # Only the tool backend returns the tool's lines: the group's backend and tool_path were applied.
+        assert generated["records"] == 4 and "OfflineSync utility started." in generated["lines"], generated
+        assert res.get("info", host)["pending_count"] == len(generated["files"])
+
+
+def test_returned_keys_are_documented(lab_factory, tmp_path):
+    """Every key a module returns is in its RETURN, and every RETURN key marked `always` is returned."""
+    lab = lab_factory(1, "--records", "3")
+    inv = inventory(tmp_path, lab, {"inproc": {"via": "local"}})
+    res = playbook(tmp_path, inv, [
+        task("server_info", "server_info", dict(LLS, path="{{ out }}")),
+        task("generate", "generate", dict(LLS, path="{{ out }}")),
+        task("generate_check", "generate", dict(LLS, path="{{ out }}"), check_mode=True),
+        task("upload_check", "upload", dict(BO, src="{{ out }}"), check_mode=True),
+        task("upload", "upload", dict(BO, src="{{ out }}")),
+        task("process_check", "process", dict(LLS, src="{{ out }}/syncack.bin", path="{{ out }}"), check_mode=True),
+        task("process", "process", dict(LLS, src="{{ out }}/syncack.bin", path="{{ out }}")),
+        task("generate_failed", "generate", dict(LLS, url="{{ fne_url }}/x", path="{{ out }}"), ignore_errors=True),
+        task("upload_failed", "upload", dict(BO, src="{{ out }}/missing"), ignore_errors=True),
+    ])
+    standard = {"changed", "failed", "msg", "invocation", "warnings", "deprecations", "_status"}
+    for name in ("server_info", "generate", "upload", "process"):
+        source = (REPO_MODULES / f"{name}.py").read_text()
+        documented = yaml.safe_load(source.split('RETURN = r"""', 1)[1].split('"""', 1)[0])
+        always = {key for key, doc in documented.items() if doc.get("returned") == "always"}
+        for variant in (name, f"{name}_check", f"{name}_failed"):
+            try:
+                result = res.get(variant, "inproc")
+            except AssertionError:
+                continue
+            keys = {key for key in result if not key.startswith("_ansible")} - standard
+            assert keys <= set(documented), (variant, keys - set(documented))
+            if not result["failed"]:
+                assert always - {"changed"} <= keys, (variant, always - keys)

@@ -77,3 +77,29 @@ def test_remote_lost_answer_recovers(lab_factory, sshd, tmp_path):
     again = run(lab, inventory, store)
     assert again.changed() == set() and not again.failed(), again
     assert sync  # the api helper stays importable for the other tests
+
+
+def test_remote_mismatch_and_force_resync(lab_factory, sshd, tmp_path):
+    """A message lost on its way (gone from the host and the store before upload): the back office answers the
+    documented mismatch; the recovery runs over SSH. Then force_resync on one remote server."""
+    from test_sync_support import playbook
+
+    lab = lab_factory(3, "--records", "15", "--page-size", "5", "--reupload", "reject")
+    inventory = remote_inventory(lab, sshd, tmp_path)
+    store = tmp_path / "store"
+    run(lab, inventory, store, "--tags", "collect")
+    first = sorted((store / "lls002" / "outbox").glob("*.fnesync"))[0]
+    first.unlink()
+    (tmp_path / "hosts" / "lls002" / "fnesync" / first.name).unlink()
+    result = run(lab, inventory, store)
+    assert not result.failed(), result
+    events = [e["event"] for e in ledger(store, "lls002")]
+    assert "mismatch" in events and "recovered" in events and "superseded" in events
+    lab.verify(complete=True)
+
+    forced = playbook("force_resync", inventory, store, "--limit", "lls003")
+    assert forced.changed() <= {"lls003"} and not forced.failed(), forced
+    assert "recovered" in [e["event"] for e in ledger(store, "lls003")]
+    lab.verify(complete=True)
+    again = run(lab, inventory, store)
+    assert again.changed() == set() and not again.failed(), again

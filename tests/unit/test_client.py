@@ -64,8 +64,9 @@ def _handler(script: Script):
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             status, headers, body = answer
-            truncate = headers.pop("_truncate", False) if isinstance(headers, dict) else False
             headers = dict(headers)
+            truncate = headers.pop("_truncate", False)
+            time.sleep(headers.pop("_delay", 0))
             self.send_response(status)
             for key, value in headers.items():
                 self.send_header(key, value)
@@ -368,3 +369,212 @@ def test_a_server_that_never_says_204_does_not_loop(server, tmp_path):
     with pytest.raises(client.FneError) as err:
         client.LicenseServer(conn(server.url)).generate(str(tmp_path))
     assert "twice" in err.value.msg and server.count("POST", SYNC) == 2
+
+
+def test_an_existing_sync_file_is_never_overwritten(server, tmp_path):
+    """Same-second names (a restored server, a clock step back): the server's cursor already moved past the new
+    message, and the old file may not be uploaded yet, so both must survive."""
+    old = tmp_path / "20250101T000000.fnesync"
+    old.write_bytes(b"old message")
+    server.on("POST", SYNC, message("20250101T000000.fnesync", b"new message"), NOTHING)
+    with pytest.raises(client.LostResponseError) as err:
+        client.LicenseServer(conn(server.url)).generate(str(tmp_path))
+    assert old.read_bytes() == b"old message"
+    kept = [p for p in tmp_path.iterdir() if p.name.endswith(".conflict")]
+    assert len(kept) == 1 and kept[0].read_bytes() == b"new message" and str(kept[0]) in err.value.msg
+    assert "force: true" in err.value.msg and err.value.result["files"] == []
+
+
+def test_the_same_name_twice_in_one_run_keeps_both(server, tmp_path):
+    server.on("POST", SYNC, message("20250101T000000.fnesync", b"first"),
+              message("20250101T000000.fnesync", b"second"), NOTHING)
+    with pytest.raises(client.LostResponseError) as err:
+        client.LicenseServer(conn(server.url)).generate(str(tmp_path))
+    assert (tmp_path / "20250101T000000.fnesync").read_bytes() == b"first"
+    assert [p.read_bytes() for p in tmp_path.glob("*.conflict")] == [b"second"]
+    assert [f["name"] for f in err.value.result["files"]] == ["20250101T000000.fnesync"]
+
+
+def test_a_forced_download_may_replace_only_superseded_files(server, tmp_path):
+    for name in ("20250101T000000", "20250101T000001"):
+        (tmp_path / f"{name}.fnesync").write_bytes(b"old")
+    server.on("POST", SYNC, message("20250101T000001.fnesync", b"forced"), NOTHING)
+    result = client.LicenseServer(conn(server.url)).generate(str(tmp_path), force=True)
+    assert (tmp_path / "20250101T000001.fnesync").read_bytes() == b"forced"
+    # A superseded list naming the new file would let a playbook delete the forced records.
+    assert result["superseded"] == [str(tmp_path / "20250101T000000.fnesync")]
+
+
+AUTH = "/api/1.0/instances/~/authorize"
+
+
+def test_a_changed_password_authorizes_again(server, tmp_path):
+    server.on("POST", AUTH, json_answer(200, {"token": "t-old"}),
+              json_answer(401, {"key": "glsErr.userAuthFailed", "message": "Authentication failed"}))
+    server.on("POST", SYNC, NOTHING)
+    client.LicenseServer(conn(server.url, username="admin", password="old")).generate(str(tmp_path))
+    with pytest.raises(client.FneError) as err:  # the new password is wrong: the old token must not hide it
+        client.LicenseServer(conn(server.url, username="admin", password="new")).generate(str(tmp_path))
+    assert err.value.key == "glsErr.userAuthFailed" and server.count("POST", AUTH) == 2
+    assert server.count("POST", SYNC) == 1
+    with pytest.raises(client.FneError):  # check_authorization asks the server, it does not trust the cache
+        client.LicenseServer(conn(server.url, username="admin", password="old")).check_authorization()
+    assert server.count("POST", AUTH) == 3
+
+
+def test_threads_share_one_token_per_server(server):
+    """The fleet calls the client from a thread pool: one authorize per server, and a token refused by the
+    server is dropped only if nobody renewed it meanwhile."""
+    server.on("POST", AUTH, (200, {"Content-Type": "application/json", "_delay": 0.3}, b'{"token": "t1"}'),
+              json_answer(200, {"token": "t2"}))
+    lls = [client.LicenseServer(conn(server.url, username="admin", password="pw")) for _ in range(8)]
+    barrier = threading.Barrier(len(lls))
+    tokens: list[str] = []
+
+    def take(one):
+        barrier.wait()
+        tokens.append(one._token())
+
+    threads = [threading.Thread(target=take, args=(one,)) for one in lls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert tokens == ["t1"] * 8 and server.count("POST", AUTH) == 1
+    assert lls[0]._token(stale="t1") == "t2" and lls[1]._token(stale="t1") == "t2"
+    assert server.count("POST", AUTH) == 2
+
+
+@pytest.mark.parametrize("last, purged", [("2025-01-01T02:00:05+02:00", 1), ("2025-01-01T00:00:05", 0)])
+def test_process_purges_by_utc_and_never_on_a_time_without_zone(server, tmp_path, last, purged):
+    """File names are UTC. A lastSyncTime without a zone may be local time, hours ahead: purging by it could
+    delete files the acknowledgment does not cover, so nothing is purged (with a warning)."""
+    for name in ("20250101T000005", "20250101T010000"):
+        (tmp_path / f"{name}.fnesync").write_bytes(b"x")
+    ack = tmp_path / "syncack.bin"
+    ack.write_bytes(b"FNEACK1")
+    server.on("POST", "/api/1.0/sync_ack/offline", json_answer(200, {"lastSyncTime": last, "processed": True}))
+    warnings: list[str] = []
+    result = client.LicenseServer(conn(server.url), warnings.append).process(str(ack), str(tmp_path))
+    assert len(result["purged"]) == purged and len(list(tmp_path.glob("*.fnesync"))) == 2 - purged
+    assert bool(warnings) == (purged == 0) and all("without a time zone" in w for w in warnings)
+
+
+def test_an_accepted_files_ack_survives_an_unwritable_dest(server, tmp_path):
+    (tmp_path / "20250101T000000.fnesync").write_bytes(b"m")
+    (tmp_path / "20250101T000010.fnesync").write_bytes(b"m")
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    server.on("POST", "/deviceservices", (200, {"Content-Type": "application/octet-stream"}, b"ACK1"))
+    with pytest.raises(client.FneError) as err:
+        client.BackOffice(conn(server.url + "/deviceservices")).upload(str(tmp_path), "blocker/ack.bin")
+    kept = tmp_path / "20250101T000000.syncack.bin"
+    assert kept.read_bytes() == b"ACK1" and str(kept) in err.value.msg
+    assert err.value.result["ack"] == str(kept)
+    assert err.value.result["accepted"] == [str(tmp_path / "20250101T000000.fnesync")]
+    assert server.count("POST", "/deviceservices") == 1  # stops: the next ack would have nowhere to go either
+
+
+def test_a_tls_error_after_the_request_is_a_lost_response(tmp_path):
+    """A TLS error while the answer is read (not a refused certificate) may follow a download the server
+    carried out: reporting it as a TLS setup problem would hide that `force: true` is needed."""
+    import ssl
+
+    import trustme
+
+    script = Script()
+    served: list[str] = []
+
+    class Corrupting(_handler(script)):
+        def _serve(self):
+            served.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            os.write(self.connection.fileno(), b"HTTP/1.1 200 OK\r\n\r\nnot TLS")  # bypasses the TLS layer
+            self.close_connection = True
+
+        do_POST = _serve
+
+    ca = trustme.CA()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Corrupting)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    try:
+        url = f"https://127.0.0.1:{httpd.server_address[1]}"
+        with pytest.raises(client.LostResponseError) as err:
+            client.LicenseServer(conn(url, ca_path=str(ca_file), retries=3)).generate(str(tmp_path / "out"))
+        assert "force: true" in err.value.msg and served == [SYNC]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize("answer", [(200, {"Content-Type": "application/octet-stream"}, b""), (204, {}, b"")])
+def test_an_empty_acknowledgment_is_a_lost_response(server, tmp_path, answer):
+    (tmp_path / "20250101T000000.fnesync").write_bytes(b"m")
+    server.on("POST", "/deviceservices", answer)
+    with pytest.raises(client.LostResponseError):
+        client.BackOffice(conn(server.url + "/deviceservices")).upload(str(tmp_path))
+    assert not (tmp_path / "syncack.bin").exists() and server.count("POST", "/deviceservices") == 1
+
+
+def test_upload_sends_in_time_order_and_warns_about_files_it_skips(server, tmp_path):
+    for name in ("20250102T000000.fnesync", "20250101T235959.fnesync", "20250101T000000 (copy).fnesync",
+                 "20250101T000000.fnesync.0123456789ab.conflict", ".20250103T000000.fnesync.x.tmp", "notes.txt"):
+        (tmp_path / name).write_bytes(name.encode())
+    server.on("POST", "/deviceservices", (200, {"Content-Type": "application/octet-stream"}, b"ACK"))
+    warnings: list[str] = []
+    result = client.BackOffice(conn(server.url + "/deviceservices"), warnings.append).upload(str(tmp_path))
+    assert [Path(p).name for p in result["accepted"]] == ["20250101T235959.fnesync", "20250102T000000.fnesync"]
+    assert len(warnings) == 1 and "20250101T000000 (copy).fnesync" in warnings[0]
+    assert "0123456789ab.conflict" in warnings[0] and ".tmp" not in warnings[0]
+
+
+def test_a_failed_purge_still_reports_the_processed_ack(server, tmp_path, monkeypatch):
+    (tmp_path / "20250101T000000.fnesync").write_bytes(b"x")
+    ack = tmp_path / "syncack.bin"
+    ack.write_bytes(b"FNEACK1")
+    server.on("POST", "/api/1.0/sync_ack/offline",
+              json_answer(200, {"lastSyncTime": "2025-01-01T00:00:05Z", "processed": True}))
+    monkeypatch.setattr(client.os, "unlink", lambda _p: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(client.FneError) as err:
+        client.LicenseServer(conn(server.url)).process(str(ack), str(tmp_path))
+    assert err.value.result["changed"] and err.value.result["last_sync_time"] == "2025-01-01T00:00:05Z"
+
+
+def test_a_local_file_problem_is_a_clean_failure(server, tmp_path):
+    """One failure path: an OSError the client did not foresee becomes an FneError (fail_json), not a traceback."""
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+    from ansible_collections.fne.offline_sync.plugins.module_utils import _options as options
+
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    server.on("GET", "/api/1.0/health", json_answer(200, OK_HEALTH))
+    params = ArgumentSpecValidator(options.argument_spec("server_info")).validate(
+        {"url": server.url, "path": str(not_a_folder)}).validated_parameters
+    with pytest.raises(client.FneError) as err:
+        options.execute("server_info", params, False, lambda _m: None)
+    assert str(not_a_folder) in err.value.msg and "Not a directory" in err.value.msg
+
+
+def test_tool_backend_takes_a_killed_runs_files_and_never_overwrites(server, tmp_path):
+    from ansible_collections.fne.offline_sync.plugins.module_utils import _tool as tool
+
+    tools = str(REPO / "tests" / "lab" / "fnelab" / "tools")
+    leftover = tmp_path / ".fne-tool-killed"
+    leftover.mkdir()
+    (leftover / "20250101T000000.fnesync").write_bytes(b"handed out, never moved")
+    (tmp_path / "20250101T000002.fnesync").write_bytes(b"old")
+    server.on("POST", SYNC, message("20250101T000001.fnesync", b"new"), message("20250101T000002.fnesync", b"other"),
+              NOTHING)
+    with pytest.raises(client.LostResponseError) as err:
+        tool.ToolLicenseServer(conn(server.url), tools).generate(str(tmp_path))
+    assert "force: true" in err.value.msg
+    assert sorted(f["name"] for f in err.value.result["files"]) == ["20250101T000000.fnesync",
+                                                                    "20250101T000001.fnesync"]
+    assert (tmp_path / "20250101T000000.fnesync").read_bytes() == b"handed out, never moved"
+    assert (tmp_path / "20250101T000002.fnesync").read_bytes() == b"old"
+    assert [p.read_bytes() for p in tmp_path.glob("*.conflict")] == [b"other"]
+    assert not list(tmp_path.glob(".fne-tool-*"))

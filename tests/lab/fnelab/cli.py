@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -34,14 +35,37 @@ def _fraction(text: str) -> float:
     return value
 
 
+def alive(pid: int) -> bool:
+    """pid is a live process: not gone and not a zombie (a killed lab whose parent, often a container's PID 1,
+    never reaps it stays a zombie that `kill -0` still finds)."""
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill -0
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError("must be greater than 0")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its error message
+    return parse
+
+
 def _pid(directory: Path) -> int | None:
-    """The running lab's pid, or None (a stale pid file is ignored)."""
+    """The running lab's pid, or None (a stale pid file, or a dead or zombie lab process, is ignored)."""
     try:
         pid = int((directory / "lab.pid").read_text().strip())
-        os.kill(pid, 0)
-        return pid
     except (OSError, ValueError):
         return None
+    return pid if alive(pid) else None
 
 
 def _control_url(directory: Path) -> str:
@@ -62,11 +86,16 @@ def control(directory: Path, path: str, body: dict | None = None, timeout: float
         raise RuntimeError(f"the lab in {directory} does not answer ({exc}); is it up?") from None
 
 
-def _no_lab(directory: Path) -> int | None:
-    """An error exit when DIR holds no lab (so commands never create an empty database)."""
-    if not (directory / "lab.sqlite").exists():
-        return fail(f"no lab in {directory} (`fnelab up --servers N --dir {directory}` creates one)")
-    return None
+def needs_lab(command):
+    """For commands on an existing lab: resolve --dir, and fail when DIR holds no lab (so commands never create
+    an empty database)."""
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        args.dir = args.dir.resolve()
+        if not (args.dir / "lab.sqlite").exists():
+            return fail(f"no lab in {args.dir} (`fnelab up --servers N --dir {args.dir}` creates one)")
+        return command(args)
+    return run
 
 
 def _log_tail(directory: Path, lines: int = 15) -> str:
@@ -158,9 +187,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except OSError:
+        if not alive(pid):
             print(f"fnelab: lab in {directory} stopped")
             return 0
         time.sleep(0.05)
@@ -188,10 +215,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if status["running"] else 3
 
 
+@needs_lab
 def cmd_activity(args: argparse.Namespace) -> int:
-    directory = args.dir.resolve()
-    if (code := _no_lab(directory)) is not None:
-        return code
+    directory = args.dir
     names = [n for n in (args.servers or "").split(",") if n] or None
     if _pid(directory) is None:  # lab down: write the journal directly (the lab is the only other writer)
         state = State(directory / "lab.sqlite")
@@ -211,10 +237,9 @@ def cmd_activity(args: argparse.Namespace) -> int:
     return 0
 
 
+@needs_lab
 def cmd_fault(args: argparse.Namespace) -> int:
-    directory = args.dir.resolve()
-    if (code := _no_lab(directory)) is not None:
-        return code
+    directory = args.dir
     try:
         if args.clear:
             if args.kind:
@@ -234,10 +259,9 @@ def cmd_fault(args: argparse.Namespace) -> int:
     return 0
 
 
+@needs_lab
 def cmd_config(args: argparse.Namespace) -> int:
-    directory = args.dir.resolve()
-    if (code := _no_lab(directory)) is not None:
-        return code
+    directory = args.dir
     body = {"reupload": args.reupload, "page_size": args.page_size, "token_ttl": args.token_ttl}
     if _pid(directory) is None:
         state = State(directory / "lab.sqlite")
@@ -266,10 +290,9 @@ def _flush(directory: Path) -> None:
             control(directory, "/flush", {}, timeout=5)
 
 
+@needs_lab
 def cmd_state(args: argparse.Namespace) -> int:
-    directory = args.dir.resolve()
-    if (code := _no_lab(directory)) is not None:
-        return code
+    directory = args.dir
     _flush(directory)
     db = connect(directory / "lab.sqlite", readonly=True)
     snap = snapshot(db)
@@ -288,12 +311,11 @@ def cmd_state(args: argparse.Namespace) -> int:
     return 0
 
 
+@needs_lab
 def cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify
 
-    if (code := _no_lab(args.dir.resolve())) is not None:
-        return code
-    report = verify(args.dir.resolve() / "lab.sqlite", complete=args.complete)
+    report = verify(args.dir / "lab.sqlite", complete=args.complete)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -331,9 +353,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--security", type=_fraction, nargs="?", const=1.0, default=0.0, metavar="FRACTION")
     up.add_argument("--https", type=_fraction, nargs="?", const=1.0, default=0.0, metavar="FRACTION")
     up.add_argument("--address-base", default=None)
-    up.add_argument("--page-size", type=int)
+    up.add_argument("--page-size", type=_positive(int))
     up.add_argument("--records", type=int, default=0, help="records created on each server of a new lab")
-    up.add_argument("--token-ttl", type=float)
+    up.add_argument("--token-ttl", type=_positive(float))
     up.add_argument("--reupload", choices=("accept", "reject"))
     up.add_argument("--fault", action="append", default=[], metavar="NAME:KIND[=VALUE][:COUNT]")
     st = command("status", cmd_status, "is the lab running")
@@ -351,8 +373,8 @@ def parser() -> argparse.ArgumentParser:
     fa.add_argument("--clear", action="store_true")
     co = command("config", cmd_config, "change live settings")
     co.add_argument("--reupload", choices=("accept", "reject"))
-    co.add_argument("--page-size", type=int)
-    co.add_argument("--token-ttl", type=float)
+    co.add_argument("--page-size", type=_positive(int))
+    co.add_argument("--token-ttl", type=_positive(float))
     de = command("decode", cmd_decode, "print a message or acknowledgment as Key=Value lines", needs_dir=False)
     de.add_argument("file")
     sta = command("state", cmd_state, "per-server state")

@@ -38,6 +38,14 @@ def _error(status: int, key: str, message: str) -> web.Response:
     return web.json_response({"key": key, "message": message}, status=status)
 
 
+def _wrong_media_type(request: web.Request, expected: str) -> str | None:
+    """The complaint when the request body is not declared as `expected` (a real REST server answers 415)."""
+    if request.content_type == expected:  # aiohttp: the media type alone, lower case, without parameters
+        return None
+    declared = request.headers.get("Content-Type") or "none"
+    return f"Unsupported Content-Type {declared}: expected {expected}."
+
+
 class Lab:
     def __init__(self, directory: Path, start_faults: list[str]):
         self.dir = directory
@@ -99,7 +107,7 @@ class Lab:
             return web.json_response({"key": "fnelab.injectedFault", "message": f"injected status {other.value}"},
                                      status=int(other.value), headers=headers)
         if other.kind == "html":
-            return web.Response(body=HTML_502, status=502, content_type="text/html")
+            return web.Response(body=HTML_502, status=502, content_type="text/html", headers={"Server": "nginx"})
         response = await handler(request)  # drop and truncate: the work is done and committed first
         body = getattr(response, "body", None) or b""
         if other.kind == "truncate" and body:
@@ -132,6 +140,8 @@ class Lab:
 
     async def authorize(self, request: web.Request) -> web.Response:
         s = self._server(request)
+        if wrong := _wrong_media_type(request, "application/json"):
+            return _error(415, "glsErr.unsupportedMediaType", wrong)
         try:
             body = await request.json()
             user, password = body["user"], body["password"]
@@ -164,6 +174,8 @@ class Lab:
         s = self._server(request)
         if not self._authorized(request, s):
             return _error(401, "glsErr.notAuthorized", "Not authorized: authorize again.")
+        if wrong := _wrong_media_type(request, "application/octet-stream"):
+            return _error(415, "glsErr.unsupportedMediaType", wrong)
         try:
             ack = Ack.decode(await request.read())
             last, processed, purged = self.state.process_ack(s, ack)
@@ -175,6 +187,8 @@ class Lab:
 
     # --- back office ------------------------------------------------------------------------------------
     async def upload(self, request: web.Request) -> web.Response:
+        if wrong := _wrong_media_type(request, "application/octet-stream"):
+            return web.json_response({"Unsupported media type": wrong}, status=415)
         raw = await request.read()
         try:
             msg = Message.decode(raw)
@@ -229,14 +243,17 @@ class Lab:
 
     async def c_config(self, request: web.Request) -> web.Response:
         body = await request.json()
-        if body.get("reupload") is not None:
-            if body["reupload"] not in ("accept", "reject"):
-                return web.json_response({"error": "reupload is accept or reject"}, status=400)
-            self.reupload = body["reupload"]
-        if body.get("page_size") is not None:
-            self.page_size = int(body["page_size"])
-        if body.get("token_ttl") is not None:
-            self.token_ttl = float(body["token_ttl"])
+        reupload = body.get("reupload") or self.reupload
+        if reupload not in ("accept", "reject"):
+            return web.json_response({"error": "reupload is accept or reject"}, status=400)
+        try:
+            page_size = int(body["page_size"]) if body.get("page_size") is not None else self.page_size
+            token_ttl = float(body["token_ttl"]) if body.get("token_ttl") is not None else self.token_ttl
+        except (TypeError, ValueError):
+            page_size = token_ttl = 0
+        if page_size < 1 or token_ttl <= 0:  # a page of 0 records would be handed out forever
+            return web.json_response({"error": "page_size must be at least 1 and token_ttl above 0"}, status=400)
+        self.reupload, self.page_size, self.token_ttl = reupload, page_size, token_ttl
         self.state.put(reupload=self.reupload, page_size=self.page_size, token_ttl=self.token_ttl)
         return await self.c_status(request)
 

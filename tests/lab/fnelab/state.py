@@ -250,7 +250,15 @@ class _Tx:
 
 
 def snapshot(db: sqlite3.Connection) -> dict:
-    """Everything `fnelab state` shows."""
+    """Everything `fnelab state` shows, from one read transaction (a consistent snapshot of a running lab)."""
+    db.execute("BEGIN")
+    try:
+        return _snapshot(db)
+    finally:
+        db.execute("COMMIT")
+
+
+def _snapshot(db: sqlite3.Connection) -> dict:
     counters: dict[str, dict[str, int]] = {}
     for target, endpoint, count in db.execute("SELECT target, endpoint, count FROM counters"):
         counters.setdefault(target, {})[endpoint] = count

@@ -249,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     except ToolError as exc:
         print(f"ERROR: {exc}" if not str(exc).startswith('"') else str(exc), file=sys.stderr)
         return 1
+    except OSError as exc:  # a folder or -out file that cannot be written: an error message, not a traceback
+        print(f"ERROR: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -32,6 +32,9 @@ def verify(db_path: Path, complete: bool = False) -> dict:
     """
     db = connect(db_path, readonly=True)
     try:
+        # One read transaction: every query below sees the same snapshot, even while the lab keeps working
+        # (otherwise a record created, uploaded and acknowledged between two queries could look "unknown").
+        db.execute("BEGIN")
         servers = db.execute("SELECT id, name, host_id FROM servers ORDER BY id").fetchall()
         report: dict = {"ok": True, "servers": {}, "violations": []}
         by_host = {s["host_id"]: s for s in servers}
@@ -71,4 +74,4 @@ def verify(db_path: Path, complete: bool = False) -> dict:
         report["ok"] = not report["violations"]
         return report
     finally:
-        db.close()
+        db.close()  # ends the read transaction

@@ -52,8 +52,7 @@ class Api:
     def __init__(self, lab, server: str):
         self.info = lab.info["servers"][server]
         self.url = self.info["url"]
-        self.session = requests.Session()
-        self.session.verify = str(lab.dir / "ca.pem")
+        self.session = session(lab)
         if self.info["security"]:
             self.login()
 
@@ -75,12 +74,23 @@ class Api:
         assert r.status_code == 204, r.text
         return out
 
-    def ack(self, data: bytes) -> requests.Response:
-        return self.session.post(self.url + ACK, data=data, timeout=10)
+    def ack(self, data: bytes, content_type: str | None = "application/octet-stream") -> requests.Response:
+        headers = {"Content-Type": content_type} if content_type else {}
+        return self.session.post(self.url + ACK, data=data, headers=headers, timeout=10)
 
 
-def upload(lab, body: bytes) -> requests.Response:
-    return requests.post(lab.info["backoffice"]["url"], data=body, verify=str(lab.dir / "ca.pem"), timeout=10)
+def session(lab) -> requests.Session:
+    """A session that trusts the lab CA and nothing from the environment: with trust_env, requests lets
+    REQUESTS_CA_BUNDLE override Session.verify, and an HTTP(S)_PROXY would route loopback calls elsewhere."""
+    s = requests.Session()
+    s.trust_env = False
+    s.verify = str(lab.dir / "ca.pem")
+    return s
+
+
+def upload(lab, body: bytes, content_type: str | None = "application/octet-stream") -> requests.Response:
+    headers = {"Content-Type": content_type} if content_type else {}
+    return session(lab).post(lab.info["backoffice"]["url"], data=body, headers=headers, timeout=10)
 
 
 def decode(data: bytes) -> Message:

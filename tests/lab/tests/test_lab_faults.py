@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import ssl
 import time
 
 import pytest
@@ -10,11 +11,17 @@ import requests
 from labhelp import Api, decode, upload
 
 
-def raw_post(url: str, path: str) -> tuple[int, dict, bytes, bool]:
+def raw_post(url: str, path: str, body: bytes | None = None, ca: str | None = None
+             ) -> tuple[int, dict, bytes, bool]:
     """POST with http.client; (status, headers, bytes received, complete?) to see truncation for what it is."""
-    host, port = url.split("//")[1].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=5)
-    conn.request("POST", path)
+    scheme, rest = url.split("://")
+    host, port = rest.split("/")[0].split(":")
+    if scheme == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, int(port), timeout=5, context=ssl.create_default_context(cafile=ca))
+    else:
+        conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    conn.request("POST", path, body=body, headers={"Content-Type": "application/octet-stream"} if body else {})
     resp = conn.getresponse()
     try:
         return resp.status, dict(resp.getheaders()), resp.read(), True
@@ -48,6 +55,7 @@ def test_latency_status_html_and_filters(lab_factory):
     lab.fault("lls001", "html", "--count", "1")
     r = api.generate()
     assert r.status_code == 502 and r.headers["Content-Type"].startswith("text/html") and "<html>" in r.text
+    assert r.headers["Server"] == "nginx" and "502 Bad Gateway" in r.text  # what a proxy in front would send
     assert lab.state()["servers"]["lls001"]["cursor"] == 1
 
     lab.fault("lls001", "status=429")  # no --count: until cleared
@@ -73,6 +81,37 @@ def test_truncate_sends_half_the_body(lab_factory):
     assert status == 200 and not complete
     assert len(body) == int(headers["Content-Length"]) // 2
     assert lab.state()["servers"]["lls001"]["cursor"] == 2
+
+
+def test_truncate_a_large_answer_and_the_backoffice_acknowledgment(lab_factory):
+    lab = lab_factory(1, "--records", "800", "--page-size", "800")
+    url = lab.info["servers"]["lls001"]["url"]
+    lab.fault("lls001", "truncate", "--count", "1")
+    status, headers, body, complete = raw_post(url, "/api/1.0/sync_message/offline")
+    assert status == 200 and not complete and int(headers["Content-Length"]) > 100_000
+    assert len(body) == int(headers["Content-Length"]) // 2  # really sent, then cut: not an empty answer
+    message = Api(lab, "lls001").generate(force=True).content  # the lost page again, from the epoch
+    lab.fault("backoffice", "truncate", "--count", "1")
+    bo = lab.info["backoffice"]["url"]
+    status, headers, body, complete = raw_post(bo, "/deviceservices", message, ca=str(lab.dir / "ca.pem"))
+    assert status == 200 and not complete and 0 < len(body) == int(headers["Content-Length"]) // 2
+    assert lab.state()["backoffice"]["messages_accepted"] == 1  # stored before the answer broke off
+
+
+def test_drop_on_the_acknowledgment_commits_it(lab_factory):
+    lab = lab_factory(1, "--records", "4", "--page-size", "2")
+    api = Api(lab, "lls001")
+    m1, m2 = api.drain()
+    upload(lab, m1)
+    ack = upload(lab, m2).content
+    lab.fault("lls001", "drop", "--count", "1", "--endpoint", "ack")
+    with pytest.raises(requests.exceptions.ConnectionError):
+        api.ack(ack)
+    state = lab.state()["servers"]["lls001"]
+    assert state["held"] == 0 and state["acked_seq"] == 4 and state["last_ack_time"]  # processed, answer lost
+    again = api.ack(ack).json()  # sending it again is harmless: a no-op
+    assert again["processed"] is False and again["lastSyncTime"] == state["last_ack_time"]
+    lab.verify(complete=True)
 
 
 def test_down_and_up(lab_factory):

@@ -179,3 +179,14 @@ def test_tools_need_the_lab_ca_for_https(lab_factory, work):
     untrusted = run_tool(lab, "backofficeofflinesynctool.sh", "-url", lab.info["backoffice"]["url"], "out",
                          cwd=work, ca=False)
     assert untrusted.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+
+
+def test_unwritable_paths_are_error_messages_not_tracebacks(lab_factory, work):
+    lab = lab_factory(1, "--records", "1")
+    assert server_tool(lab, "lls001", "-generate", "out", cwd=work).returncode == 0
+    up = backoffice_tool(lab, "-out", str(work / "no" / "such" / "folder" / "ack.bin"), "out", cwd=work)
+    assert up.returncode == 1 and up.stderr.startswith("ERROR: ") and "Traceback" not in up.stderr
+    assert "No such file or directory" in up.stderr
+    (work / "blocker").write_text("a file where a folder should be")
+    gen = server_tool(lab, "lls001", "-generate", str(work / "blocker" / "out"), cwd=work)
+    assert gen.returncode == 1 and "Traceback" not in gen.stderr
