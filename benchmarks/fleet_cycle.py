@@ -37,13 +37,24 @@ def env() -> dict:
     return out
 
 
+PHASES: dict[str, dict[str, float]] = {}
+
+
 def timed(cmd: list[str], log: Path) -> float:
+    """Run cmd, return its wall time; remember how long each task took (from when its banner was printed)."""
     start = time.perf_counter()
+    marks: list[tuple[str, float]] = []
     with log.open("w") as handle:
-        proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env(), check=False)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env(), text=True)
+        for line in proc.stdout:
+            handle.write(line)
+            if line.startswith(("TASK [", "PLAY RECAP")):
+                marks.append((line.split("]")[0][6:] if line.startswith("TASK") else "end", time.perf_counter()))
+        proc.wait()
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} exited {proc.returncode}; see {log}")
+    PHASES[log.stem] = {name: round(marks[i + 1][1] - at, 2) for i, (name, at) in enumerate(marks[:-1])}
     return elapsed
 
 
@@ -87,6 +98,7 @@ def main() -> int:
             "target_s": scaled_target,
             "first_run_vs_target": round(first / scaled_target, 2),
             "verify_complete": "ok" if verify.returncode == 0 else "VIOLATIONS",
+            "task_seconds": PHASES,
         }
         print(json.dumps(result, indent=2))
         if verify.returncode != 0:

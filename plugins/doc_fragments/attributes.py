@@ -9,7 +9,13 @@ class ModuleDocFragment:
     DOCUMENTATION = r"""
 attributes:
   action_group:
-    description: Use C(group/fne.offline_sync.fne) in C(module_defaults) to set defaults for this module.
+    description:
+      - Use C(group/fne.offline_sync.fne) in C(module_defaults) to set defaults for this module.
+      - The group holds all four modules, so put there only the options all of them take (O(validate_certs),
+        O(timeout), O(retries), O(max_retry_wait), O(backend), O(tool_path)). O(url) names a license server for three
+        of them and the back office for M(fne.offline_sync.upload), which has no O(username) or O(password) (an
+        unsupported option fails the task). Set those per module (a C(module_defaults) entry per module name) or with
+        the E(FNE_LLS_URL), E(FNE_LLS_USERNAME), E(FNE_LLS_PASSWORD) and E(FNE_BACKOFFICE_URL) environment variables.
     support: full
     membership:
       - fne.offline_sync.fne

@@ -171,27 +171,9 @@ def _retry_after(response: Any) -> Optional[float]:
     return max(0.0, (when - _utc_now()).total_seconds())
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost useful reason behind a requests/urllib3 exception."""
-    seen = set()
-    current: BaseException = exc
-    while id(current) not in seen:
-        seen.add(id(current))
-        reason = getattr(current, "reason", None)
-        if isinstance(reason, BaseException):
-            current = reason
-            continue
-        if current.args and isinstance(current.args[0], BaseException):
-            current = current.args[0]
-            continue
-        if len(current.args) > 1 and isinstance(current.args[1], BaseException):
-            current = current.args[1]
-            continue
-        break
-    return current
-
-
 def _chain(exc: BaseException) -> list[BaseException]:
+    """exc and the exceptions behind it (requests wraps urllib3, which wraps the socket or ssl error), outermost
+    first."""
     out: list[BaseException] = []
     current: Optional[BaseException] = exc
     while current is not None and current not in out:
@@ -233,7 +215,7 @@ def _is_certificate_failure(exc: BaseException) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
-    root = _root_cause(exc)
+    root = _chain(exc)[-1]  # the innermost, most specific reason
     text = str(root) or type(root).__name__
     # urllib3 prefixes reasons with an object repr; keep the readable tail.
     text = re.sub(r"<[^>]+>:\s*", "", text)

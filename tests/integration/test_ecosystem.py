@@ -306,13 +306,17 @@ def test_schedule_role_systemd(tmp_path):
 
 
 def test_schedule_role_cron(tmp_path):
+    units = tmp_path / "root" / "etc" / "systemd" / "system"
+    units.mkdir(parents=True)
+    for unit in ("fne-sync-eu.timer", "fne-sync-eu.service"):  # left by an earlier systemd install
+        (units / unit).write_text("[Unit]\n")
     _schedule(tmp_path, "cron", fne_sync_schedule_name="fne-sync-eu", fne_sync_schedule_user="fnesync",
               fne_sync_schedule_cron={"minute": "*/30", "hour": "1-5"})
     root = tmp_path / "root"
     lines = [x for x in (root / "etc" / "cron.d" / "fne-sync-eu").read_text().splitlines()
              if x and not x.startswith("#") and "=" not in x.split()[0]]
     assert lines == ["*/30 1-5 * * * fnesync /usr/local/bin/fne-sync-eu --quiet"]
-    assert not (root / "etc" / "systemd").exists()
+    assert not list(units.iterdir())  # one scheduler at a time
     wrapper = (root / "usr" / "local" / "bin" / "fne-sync-eu").read_text()
     assert wrapper.startswith("#!/bin/bash\n# Ansible managed")
     assert "-i /etc/fne/inventory.yml" in wrapper and "-i '/etc/fne/more inventory.yml'" in wrapper

@@ -59,13 +59,23 @@ def _positive(kind):
     return parse
 
 
+def _is_lab_process(pid: int) -> bool:
+    """pid runs `fnelab.server` (a pid file that outlived its lab, e.g. across a machine restart, may name an
+    unrelated process by now)."""
+    try:
+        return b"fnelab.server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return not Path("/proc/self").exists()  # no /proc: trust the pid
+
+
 def _pid(directory: Path) -> int | None:
-    """The running lab's pid, or None (a stale pid file, or a dead or zombie lab process, is ignored)."""
+    """The running lab's pid, or None (a stale pid file, a dead or zombie lab process, or a pid now used by
+    another program, is ignored)."""
     try:
         pid = int((directory / "lab.pid").read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if alive(pid) else None
+    return pid if alive(pid) and _is_lab_process(pid) else None
 
 
 def _control_url(directory: Path) -> str:

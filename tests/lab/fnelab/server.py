@@ -94,23 +94,23 @@ class Lab:
             raise asyncio.CancelledError
         request["target"] = target
         faults = self.faults.take(target, endpoint)
-        other = None
+        injected = None
         for f in faults:
             if f.kind == "latency":
                 await asyncio.sleep(float(f.value))
             else:
-                other = f
-        if other is None:
+                injected = f
+        if injected is None:
             return await handler(request)
-        if other.kind == "status":
-            headers = {"Retry-After": other.retry_after} if other.retry_after else {}
-            return web.json_response({"key": "fnelab.injectedFault", "message": f"injected status {other.value}"},
-                                     status=int(other.value), headers=headers)
-        if other.kind == "html":
+        if injected.kind == "status":
+            headers = {"Retry-After": injected.retry_after} if injected.retry_after else {}
+            return web.json_response({"key": "fnelab.injectedFault", "message": f"injected status {injected.value}"},
+                                     status=int(injected.value), headers=headers)
+        if injected.kind == "html":
             return web.Response(body=HTML_502, status=502, content_type="text/html", headers={"Server": "nginx"})
         response = await handler(request)  # drop and truncate: the work is done and committed first
         body = getattr(response, "body", None) or b""
-        if other.kind == "truncate" and body:
+        if injected.kind == "truncate" and body:
             partial = web.StreamResponse(status=response.status, headers=response.headers)
             partial.content_length = len(body)
             await partial.prepare(request)

@@ -119,14 +119,14 @@ def _sync_files(path: Path) -> list[Path]:
 
 def generate(url: str, path: Path, force: bool, auth: tuple[str, str] | None) -> int:
     path.mkdir(parents=True, exist_ok=True)
-    http_ = Http(_base(url, GENERATE_PATH))
+    client = Http(_base(url, GENERATE_PATH))
     if auth:
-        http_.authorize(*auth)
+        client.authorize(*auth)
     total, first = 0, True
     while True:
         # force only on the first call: it resets the server's cursor; the rest page on from there
         query = "?force=true" if force and first else ""
-        status, headers, data = http_.request(GENERATE_PATH + query)
+        status, headers, data = client.request(GENERATE_PATH + query)
         first = False
         if status == 204:
             break
@@ -148,10 +148,10 @@ def process(url: str, ack_file: Path, path: Path, auth: tuple[str, str] | None) 
         data = ack_file.read_bytes()
     except OSError as exc:
         raise ToolError(f"cannot read acknowledgment {ack_file}: {exc.strerror}") from None
-    http_ = Http(_base(url, ACK_PATH))
+    client = Http(_base(url, ACK_PATH))
     if auth:
-        http_.authorize(*auth)
-    status, _, body = http_.request(ACK_PATH, data)
+        client.authorize(*auth)
+    status, _, body = client.request(ACK_PATH, data)
     if status != 200:
         raise ToolError(f"sync acknowledgment rejected (HTTP {status}): {_error_text(body)}")
     last = parse_iso(json.loads(body)["lastSyncTime"])
@@ -170,11 +170,11 @@ def upload(url: str, path: Path, out: Path) -> int:
     if not files:
         raise ToolError(f"{path}: no sync files to upload")
     parts = urlsplit(url)
-    http_ = Http(url)
+    client = Http(url)
     ack: bytes | None = None
     try:
         for f in files:
-            status, _, body = http_.request(parts.path or "/deviceservices", f.read_bytes())
+            status, _, body = client.request(parts.path or "/deviceservices", f.read_bytes())
             if status == 200:
                 ack = body
                 continue

@@ -176,6 +176,12 @@ def test_a_killed_lab_restarts_with_nothing_lost(lab_factory):
     assert api.ack(acks[-1]).json()["processed"] is True
     assert lab.cli("down", "--dir", str(lab.dir)).returncode == 0  # and a clean stop is quick and clean
     assert not (lab.dir / "lab.pid").exists()
+    # a pid file left behind, naming a live process that is no lab by now (pid reuse): not a running lab
+    (lab.dir / "lab.pid").write_text(f"{os.getpid()}\n")
+    assert lab.cli("status", "--dir", str(lab.dir), check=False).returncode == 3
+    lab.up(2)
+    assert int((lab.dir / "lab.pid").read_text()) != os.getpid()
+    lab.down()
     assert lab.cli("verify", "--dir", str(lab.dir), "--json", check=False).returncode == 0  # judge on a stopped lab
 
 
