@@ -22,6 +22,7 @@ class ActionModule(ActionBase):
     def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         task_vars = task_vars or {}
         result = super().run(tmp, task_vars)
+        result["_ansible_verbose_always"] = True  # show the message for ok and changed hosts too, as debug does
         name = str(self._task.args.get("var") or "__fne_report")
         host = task_vars.get("inventory_hostname")
         registered = task_vars.get(name)

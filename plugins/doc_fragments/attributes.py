@@ -19,4 +19,8 @@ attributes:
     support: full
     membership:
       - fne.offline_sync.fne
+notes:
+  - When the task runs on the controller (connection local, or delegated to localhost), the action plugin runs the
+    client in the controller process instead of shipping the module; results are the same. Set the variable
+    C(fne_offline_sync_in_process=false) to ship the module anyway.
 """

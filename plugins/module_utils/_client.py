@@ -325,23 +325,20 @@ class _Http:
                     continue
             return response
 
-    def raise_for_status(self, method: str, url: str, response: Any) -> None:
+    def raise_for_status(self, method: str, url: str, response: Any, hint: Optional[str] = None) -> None:
+        """FneError "Request METHOD URL failed: [status key] the server's words. hint" for any non-2xx answer."""
         status = response.status_code
         if 200 <= status < 300:
             return
         key, text = _error_text(response)
         shown_key = " " + key if key and not text.startswith('"') else ""
-        text = text.rstrip(".")
-        label = f"[{status}{shown_key}] {text}"
-        if status == 401:
-            raise self.fail(f"Request {method} {url} failed: {label}. The {self.what} refused the credentials: "
-                            "check username and password (administrative security).",
-                            url, status=status, key=key)
-        if status == 404:
-            raise self.fail(f"Request {method} {url} failed: {label}. Is url the {self.what}'s base URL (for a "
-                            "license server http://HOST:7070, or https://HOST:1443)?",
-                            url, status=status, key=key)
-        raise self.fail(f"Request {method} {url} failed: {label}", url, status=status, key=key)
+        if hint is None:
+            hint = {401: f"The {self.what} refused the credentials: check username and password (administrative "
+                         "security).",
+                    404: f"Is url the {self.what}'s base URL (for a license server http://HOST:7070, or "
+                         "https://HOST:1443)?"}.get(status, "")
+        msg = f"Request {method} {url} failed: [{status}{shown_key}] {text.rstrip('.')}"
+        raise self.fail(f"{msg}. {hint}" if hint else msg, url, status=status, key=key)
 
 
 # One token per (base URL, user name, password) for the life of the process. The fleet calls the client from a
@@ -387,11 +384,6 @@ class LicenseServer:
         url = self.base + AUTHORIZE
         response = self.http.request("POST", url, json_body={"user": self.conn.username,
                                                               "password": self.conn.password or ""})
-        if response.status_code == 401:
-            rkey, text = _error_text(response)
-            text = text.rstrip(".")
-            raise self.http.fail(f"Authorization at {url} failed: [401 {rkey or ''}] {text}. Check username and "
-                                 "password.", url, status=401, key=rkey)
         self.http.raise_for_status("POST", url, response)
         try:
             return response.json()["token"]
@@ -417,11 +409,8 @@ class LicenseServer:
                 refused = token
                 continue
             if response.status_code == 401 and not self.conn.username:
-                key, text = _error_text(response)
-                text = text.rstrip(".")
-                raise self.http.fail(f"Request {method} {url} failed: [401 {key or ''}] {text}. The server has "
-                                     "administrative security enabled: set username and password.",
-                                     url, status=401, key=key)
+                self.http.raise_for_status(method, url, response, hint="The server has administrative security "
+                                           "enabled: set username and password.")
             self.http.raise_for_status(method, url, response)
             return response
 
@@ -462,16 +451,8 @@ class LicenseServer:
     # -- step 1 --------------------------------------------------------------------------------------------
     def generate(self, path: str, force: bool = False) -> dict:
         """Download every pending message into path until the server answers 204."""
-        path = os.path.abspath(os.path.expanduser(path))
-        _prepare_folder(path)
-        before = list_sync_files(path)
-        files: list[dict] = []
-        result: dict = {"changed": False, "records": 0, "files": files, "folder": path}
-        # Only a forced download may write over a file that was there before (its records come again); any other
-        # existing file is never overwritten, whatever name the server hands out.
-        replaceable = set(before) if force else set()
-        if force:
-            result["superseded"] = before
+        path, result, replaceable = start_generate(path, force)
+        files: list[dict] = result["files"]
         first = True
         while True:
             query = "?force=true" if force and first else ""
@@ -494,9 +475,7 @@ class LicenseServer:
                 raise FneError(f"POST {url} handed out {entry['name']} twice in one run; stopped downloading.",
                                url=url, result=dict(result))
             files.append(entry)
-            if entry["path"] in replaceable:  # a forced message took the old file's name: it is not superseded
-                replaceable.discard(entry["path"])
-                before.remove(entry["path"])
+            take_replaced(result, replaceable, entry["path"])
             result["records"] += entry["records"] or 0
             result["changed"] = True
         return _finish_generate(result)
@@ -584,6 +563,26 @@ def purge_covered(path: str, last_time: datetime) -> tuple[list[str], list[str]]
     if purged:
         fsync_dir(path)
     return purged, lines
+
+
+def start_generate(path: str, force: bool) -> tuple[str, dict, set]:
+    """The folder (created when missing), the result to fill, and the files a download may write over: only a
+    forced download may, and only the files that were there before it (their records come again). Any other
+    existing file is never overwritten, whatever name the server hands out."""
+    path = os.path.abspath(os.path.expanduser(path))
+    _prepare_folder(path)
+    before = list_sync_files(path)
+    result: dict = {"changed": False, "records": 0, "files": [], "folder": path}
+    if force:
+        result["superseded"] = before
+    return path, result, set(before) if force else set()
+
+
+def take_replaced(result: dict, replaceable: set, path: str) -> None:
+    """A forced message took an old file's name: that file is no longer superseded (playbooks may delete those)."""
+    if path in replaceable:
+        replaceable.discard(path)
+        result["superseded"].remove(path)
 
 
 def _finish_generate(result: dict) -> dict:

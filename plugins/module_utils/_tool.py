@@ -32,11 +32,12 @@ from ._client import (
     FneError,
     MismatchError,
     _noop_warn,
-    _prepare_folder,
     conflict_path,
     lls_base_url,
     name_conflict,
     scrub,
+    start_generate,
+    take_replaced,
     upload_files,
 )
 from ._files import list_sync_files, move_atomic, sha256_file
@@ -105,14 +106,8 @@ class ToolLicenseServer:
         self.tool = _Tool(conn, tool_path, SERVER_TOOL, warn)
 
     def generate(self, path: str, force: bool = False) -> dict:
-        path = os.path.abspath(os.path.expanduser(path))
-        _prepare_folder(path)
-        before = list_sync_files(path)
-        files: list[dict] = []
-        result: dict = {"changed": False, "records": 0, "files": files, "folder": path}
-        replaceable = set(before) if force else set()  # as LicenseServer.generate: only superseded files
-        if force:
-            result["superseded"] = before
+        path, result, replaceable = start_generate(path, force)
+        files: list[dict] = result["files"]
         # The tool writes straight into its folder; give it a private one and move finished files atomically.
         staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=path)
         try:
@@ -121,14 +116,14 @@ class ToolLicenseServer:
                 # already handed out. Take them first (they are older than anything this run downloads).
                 for leftover in sorted(glob.glob(os.path.join(path, STAGING_PREFIX + "*"))):
                     if leftover != staging:
-                        self._collect(leftover, path, files, replaceable, before)
+                        self._collect(leftover, result, replaceable)
                         shutil.rmtree(leftover, ignore_errors=True)
                 args = ["-url", self.base + SYNC_MESSAGE, "-generate", staging] + (["-force"] if force else [])
                 output = self.tool.run(args, f"Generating sync data from {self.base}")
-                self._collect(staging, path, files, replaceable, before)
+                self._collect(staging, result, replaceable)
             except FneError as exc:
                 with contextlib.suppress(FneError):
-                    self._collect(staging, path, files, replaceable, before)
+                    self._collect(staging, result, replaceable)
                 exc.msg += " " + FORCE_HINT
                 exc.args = (exc.msg,)
                 result["changed"] = bool(files)
@@ -145,16 +140,15 @@ class ToolLicenseServer:
         result["lines"] = [line for line in output.splitlines() if line.strip()]
         return result
 
-    def _collect(self, staging: str, path: str, files: list[dict], replaceable: set, superseded: list) -> None:
+    def _collect(self, staging: str, result: dict, replaceable: set) -> None:
         """Move the tool's finished files into path; never over an existing file but a superseded one (a different
         message under a taken name is kept beside it, then reported once every file is safe)."""
         conflicts = []
         for tmp in list_sync_files(staging):
-            final = os.path.join(path, os.path.basename(tmp))
+            final = os.path.join(result["folder"], os.path.basename(tmp))
             digest = sha256_file(tmp)
             if final in replaceable:
-                replaceable.discard(final)
-                superseded.remove(final)
+                take_replaced(result, replaceable, final)
             elif os.path.exists(final):
                 if sha256_file(final) != digest:
                     kept = conflict_path(final, digest)
@@ -164,8 +158,8 @@ class ToolLicenseServer:
                 os.unlink(tmp)  # the very same message is already there
             if os.path.exists(tmp):
                 move_atomic(tmp, final)
-            files.append({"path": final, "name": os.path.basename(final), "size": os.path.getsize(final),
-                          "sha256": digest, "records": None})
+            result["files"].append({"path": final, "name": os.path.basename(final),
+                                    "size": os.path.getsize(final), "sha256": digest, "records": None})
         if conflicts:
             raise conflicts[0]
 

@@ -81,6 +81,11 @@ options:
     type: list
     elements: raw
     default: []
+  result_vars:
+    description: For C(report), names of registered fleet results of this run, read without templating them.
+    type: list
+    elements: str
+    default: []
   stale_days:
     description: For C(report), servers without a successful sync for longer than this stand out.
     type: float

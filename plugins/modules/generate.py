@@ -20,9 +20,6 @@ description:
     server hand out a different message under a name already in O(path), the new message is kept beside it as
     C(NAME.fnesync.HASH.conflict) and the module fails with C(error.type=LostResponseError); upload never sends such
     a file, so recover with O(force=true).
-  - When the task runs on the controller (connection local, or delegated to localhost), the action plugin runs the
-    client in the controller process instead of shipping the module; results are the same. Set the variable
-    C(fne_offline_sync_in_process=false) to ship the module anyway.
 extends_documentation_fragment:
   - fne.offline_sync.connection
   - fne.offline_sync.connection.lls

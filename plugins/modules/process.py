@@ -18,9 +18,6 @@ description:
   - Processing an acknowledgment older than one already processed is a no-op on the server.
   - Sync file names are UTC. When the server answers a last sync time without a time zone (it could be local time,
     hours later than the real one), nothing is purged and the module warns.
-  - When the task runs on the controller (connection local, or delegated to localhost), the action plugin runs the
-    client in the controller process instead of shipping the module; results are the same. Set the variable
-    C(fne_offline_sync_in_process=false) to ship the module anyway.
 extends_documentation_fragment:
   - fne.offline_sync.connection
   - fne.offline_sync.connection.lls

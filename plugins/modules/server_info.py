@@ -15,9 +15,6 @@ description:
   - Lists the sync files waiting in O(path), oldest first.
   - Changes nothing. An unreachable server is reported (RV(reachable=false), RV(error)), not a failure.
   - Always uses the REST API, also with O(backend=tool); the vendor tool has no health command.
-  - When the task runs on the controller (connection local, or delegated to localhost), the action plugin runs the
-    client in the controller process instead of shipping the module; results are the same. Set the variable
-    C(fne_offline_sync_in_process=false) to ship the module anyway.
 extends_documentation_fragment:
   - fne.offline_sync.connection
   - fne.offline_sync.connection.lls

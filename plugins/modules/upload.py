@@ -20,9 +20,6 @@ description:
     fails naming that file, and RV(ack) points to it.
   - Files in a O(src) folder whose names contain C(.fnesync) but are not C(yyyyMMddTHHmmss.fnesync) are not sent;
     the module warns with their names.
-  - When the task runs on the controller (connection local, or delegated to localhost), the action plugin runs the
-    client in the controller process instead of shipping the module; results are the same. Set the variable
-    C(fne_offline_sync_in_process=false) to ship the module anyway.
 extends_documentation_fragment:
   - fne.offline_sync.connection
   - fne.offline_sync.backoffice

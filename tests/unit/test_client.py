@@ -275,6 +275,8 @@ def test_refused_password_is_never_echoed(server, tmp_path):
     with pytest.raises(client.FneError) as err:
         client.LicenseServer(conn(server.url, username="admin", password=secret)).generate(str(tmp_path))
     assert secret not in err.value.msg and "glsErr.userAuthFailed" in err.value.msg and "********" in err.value.msg
+    assert err.value.msg.startswith(f"Request POST {server.url}/api/1.0/instances/~/authorize failed: "
+                                    "[401 glsErr.userAuthFailed] bad password ********.")
 
 
 def test_process_purges_only_covered_files(server, tmp_path):
