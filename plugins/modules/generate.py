@@ -24,6 +24,7 @@ extends_documentation_fragment:
   - fne.offline_sync.connection
   - fne.offline_sync.connection.lls
   - fne.offline_sync.attributes
+  - fne.offline_sync.attributes.lls
 attributes:
   check_mode:
     support: partial

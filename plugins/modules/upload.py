@@ -24,6 +24,7 @@ extends_documentation_fragment:
   - fne.offline_sync.connection
   - fne.offline_sync.backoffice
   - fne.offline_sync.attributes
+  - fne.offline_sync.attributes.back_office
 attributes:
   check_mode:
     support: partial

@@ -290,6 +290,29 @@ def test_module_defaults_group(lab_factory, sshd, tmp_path):
         assert res.get("info", host)["pending_count"] == len(generated["files"])
 
 
+def test_module_defaults_lls_and_backoffice_groups(lab_factory, sshd, tmp_path):
+    """`group/fne.offline_sync.lls` sets a license server's url and credentials once for generate, process and
+    server_info; `group/fne.offline_sync.backoffice` sets upload's url. Tasks name no connection option at all."""
+    lab = lab_factory(2, "--records", "5", "--security", "--https")
+    inv = inventory(tmp_path, lab, BOTH, sshd)
+    res = playbook(tmp_path, inv, [{
+        "name": "defaults",
+        "module_defaults": {
+            "group/fne.offline_sync.lls": {k: v for k, v in LLS.items()},
+            "group/fne.offline_sync.backoffice": {k: v for k, v in BO.items()},
+        },
+        "block": [task("info", "server_info", {}),
+                  task("generate", "generate", {"path": "{{ out }}"}),
+                  task("upload", "upload", {"src": "{{ out }}"}),
+                  task("process", "process", {"src": "{{ out }}/syncack.bin", "path": "{{ out }}"})],
+    }])
+    for host in BOTH:
+        assert res.get("info", host)["authorized"] is True
+        assert res.get("generate", host)["records"] == 5
+        assert res.get("process", host)["purged"]
+    lab.verify(complete=True)
+
+
 def test_returned_keys_are_documented(lab_factory, tmp_path):
     """Every key a module returns is in its RETURN, and every RETURN key marked `always` is returned."""
     lab = lab_factory(1, "--records", "3")
