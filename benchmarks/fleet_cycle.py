@@ -9,6 +9,11 @@ Measured side by side in the same run, on the same inventory:
     on this machine (the sync playbook has exactly one per-host task);
   * the documented target (30 s for 1,000 servers).
 Exits non-zero when `fnelab verify --complete` finds a violation after the cycle.
+
+Measured on the 2-core development machine (shared), 1,000 servers, 20 records each, 16 workers:
+  quiet machine (load ~3): first run 26.3 s, second run 18.7 s, one per-host debug task 11.1 s;
+  per task: collect 4.7 s, upload 3.0 s, acknowledge 3.6 s, report 1.0 s, the per-host result task 12.3 s.
+  busy machine (load ~8-10): first run 76-99 s against a 21-43 s one-per-host-task baseline.
 """
 
 from __future__ import annotations

@@ -115,12 +115,9 @@ EXAMPLES = r"""
   delegate_to: localhost
   register: __fne_collect
 
-- name: Show each server's outcome
-  ansible.builtin.debug:
-    msg: "{{ __fne_collect.hosts[inventory_hostname].msg }}"
-  changed_when: __fne_collect.hosts[inventory_hostname].changed
-  failed_when: __fne_collect.hosts[inventory_hostname].failed
-  when: inventory_hostname in __fne_collect.hosts
+- name: Show each server's outcome as ok, changed or failed on its own host
+  fne.offline_sync.result:
+    var: __fne_collect
 """
 
 RETURN = r"""

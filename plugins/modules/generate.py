@@ -21,6 +21,7 @@ description:
     C(NAME.fnesync.HASH.conflict) and the module fails with C(error.type=LostResponseError); upload never sends such
     a file, so recover with O(force=true).
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - fne.offline_sync.connection
   - fne.offline_sync.connection.lls
   - fne.offline_sync.attributes
@@ -61,7 +62,7 @@ seealso:
   - module: fne.offline_sync.process
   - module: fne.offline_sync.server_info
 author:
-  - fne.offline_sync contributors
+  - fne.offline_sync developers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

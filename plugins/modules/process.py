@@ -19,6 +19,7 @@ description:
   - Sync file names are UTC. When the server answers a last sync time without a time zone (it could be local time,
     hours later than the real one), nothing is purged and the module warns.
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - fne.offline_sync.connection
   - fne.offline_sync.connection.lls
   - fne.offline_sync.attributes
@@ -49,7 +50,7 @@ seealso:
   - module: fne.offline_sync.generate
   - module: fne.offline_sync.upload
 author:
-  - fne.offline_sync contributors
+  - fne.offline_sync developers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -16,6 +16,7 @@ description:
   - Changes nothing. An unreachable server is reported (RV(reachable=false), RV(error)), not a failure.
   - Always uses the REST API, also with O(backend=tool); the vendor tool has no health command.
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - fne.offline_sync.connection
   - fne.offline_sync.connection.lls
   - fne.offline_sync.attributes
@@ -33,7 +34,7 @@ options:
 seealso:
   - module: fne.offline_sync.generate
 author:
-  - fne.offline_sync contributors
+  - fne.offline_sync developers (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -21,6 +21,7 @@ description:
   - Files in a O(src) folder whose names contain C(.fnesync) but are not C(yyyyMMddTHHmmss.fnesync) are not sent;
     the module warns with their names.
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - fne.offline_sync.connection
   - fne.offline_sync.backoffice
   - fne.offline_sync.attributes
@@ -63,7 +64,7 @@ seealso:
   - module: fne.offline_sync.generate
   - module: fne.offline_sync.process
 author:
-  - fne.offline_sync contributors
+  - fne.offline_sync developers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
