@@ -23,7 +23,7 @@ description:
     C(FNE_LLS_PASSWORD), C(FNE_LLS_CA_PATH), C(FNE_BACKOFFICE_URL), C(FNE_BACKOFFICE_CA_PATH).
   - Used by the roles of this collection; see docs/design.md for the store and the recovery rules.
 author:
-  - fne.offline_sync contributors
+  - fne.offline_sync developers (!UNKNOWN)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 options:

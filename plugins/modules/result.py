@@ -16,7 +16,7 @@ description:
   - Template-free on purpose (it names the variable instead of templating it), so it stays the cheapest possible
     per-host task on fleets of thousands of hosts.
 author:
-  - fne.offline_sync contributors
+  - fne.offline_sync developers (!UNKNOWN)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 options:
