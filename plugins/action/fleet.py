@@ -46,8 +46,6 @@ HOST_VARS = {
     "fne_lls_ca_path": "lls_ca_path",
     "fne_lls_validate_certs": "lls_validate_certs",
     "fne_backoffice_url": "backoffice_url",
-    "fne_backoffice_username": "backoffice_username",
-    "fne_backoffice_password": "backoffice_password",
     "fne_backoffice_ca_path": "backoffice_ca_path",
     "fne_backoffice_validate_certs": "backoffice_validate_certs",
     "fne_sync_timeout": "timeout",

@@ -382,8 +382,8 @@ class LicenseServer:
 
     def _authorize(self) -> str:
         url = self.base + AUTHORIZE
-        response = self.http.request("POST", url, json_body={"user": self.conn.username,
-                                                              "password": self.conn.password or ""})
+        credentials = {"user": self.conn.username, "password": self.conn.password or ""}
+        response = self.http.request("POST", url, json_body=credentials)
         self.http.raise_for_status("POST", url, response)
         try:
             return response.json()["token"]

@@ -70,12 +70,12 @@ class AtomicWriter:
     temporary file, so no partial file ever sits under the final name.
     """
 
-    def __init__(self, final_path: str):
+    def __init__(self, final_path: str, mode: int = FILE_MODE):
         self.final_path = os.path.abspath(final_path)
         self.folder = os.path.dirname(self.final_path)
         fd, self.tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(self.final_path)}.", suffix=".tmp",
                                              dir=self.folder)
-        os.fchmod(fd, FILE_MODE)
+        os.fchmod(fd, mode)
         self._file = os.fdopen(fd, "wb")
         self._digest = hashlib.sha256()
         self.size = 0
@@ -127,9 +127,9 @@ class AtomicWriter:
             self.abort()
 
 
-def write_atomic(final_path: str, chunks: Iterable[bytes]) -> dict:
+def write_atomic(final_path: str, chunks: Iterable[bytes], mode: int = FILE_MODE) -> dict:
     """Write chunks to final_path atomically; returns {path, name, size, sha256}."""
-    with AtomicWriter(final_path) as writer:
+    with AtomicWriter(final_path, mode) as writer:
         for chunk in chunks:
             writer.write(chunk)
         return writer.commit()

@@ -26,7 +26,14 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
+from ansible_collections.fne.offline_sync.plugins.module_utils import _client as client_mod
 from ansible_collections.fne.offline_sync.plugins.module_utils import _store as store_mod
+from ansible_collections.fne.offline_sync.plugins.module_utils._client import (
+    FneError,
+    LostResponseError,
+    MismatchError,
+)
+from ansible_collections.fne.offline_sync.plugins.module_utils._files import sha256_file, write_atomic
 from ansible_collections.fne.offline_sync.plugins.module_utils._store import (
     LockedError,
     ServerStore,
@@ -35,30 +42,6 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._store import (
     stamp_of,
     stamp_time,
 )
-
-try:  # the client is written by another part of the project; fail per host with a clear message without it
-    from ansible_collections.fne.offline_sync.plugins.module_utils import _client as client_mod
-    from ansible_collections.fne.offline_sync.plugins.module_utils._client import (
-        FneError,
-        LostResponseError,
-        MismatchError,
-    )
-
-    CLIENT_IMPORT_ERROR: Optional[str] = None
-except ImportError as _exc:  # pragma: no cover - only while the client is missing
-    client_mod = None
-    CLIENT_IMPORT_ERROR = f"cannot import the client (plugins/module_utils/_client.py): {_exc}"
-
-    class FneError(Exception):  # type: ignore[no-redef]
-        msg = ""
-
-    class MismatchError(FneError):  # type: ignore[no-redef]
-        expected = ""
-        received = ""
-
-    class LostResponseError(FneError):  # type: ignore[no-redef]
-        pass
-
 
 STEPS = ("collect", "upload", "acknowledge", "recover", "status", "admit", "prepare_ack", "complete_ack",
          "supersede", "mark_force")
@@ -70,8 +53,6 @@ ENV = {
     "lls_password": "FNE_LLS_PASSWORD",
     "lls_ca_path": "FNE_LLS_CA_PATH",
     "backoffice_url": "FNE_BACKOFFICE_URL",
-    "backoffice_username": "FNE_BACKOFFICE_USERNAME",
-    "backoffice_password": "FNE_BACKOFFICE_PASSWORD",
     "backoffice_ca_path": "FNE_BACKOFFICE_CA_PATH",
 }
 
@@ -88,8 +69,6 @@ class ServerConfig:
     lls_ca_path: Optional[str] = None
     lls_validate_certs: bool = True
     backoffice_url: Optional[str] = None
-    backoffice_username: Optional[str] = None
-    backoffice_password: Optional[str] = None
     backoffice_ca_path: Optional[str] = None
     backoffice_validate_certs: bool = True
     timeout: float = 30
@@ -117,33 +96,10 @@ class Options:
 
 
 def _connection(url: Optional[str], username, password, ca_path, validate_certs, cfg: ServerConfig):
-    kwargs: Dict[str, Any] = {
-        "url": url, "username": username or None, "password": password or None,
-        "validate_certs": bool(validate_certs), "ca_path": ca_path or None, "timeout": float(cfg.timeout),
-        "retries": int(cfg.retries), "max_retry_wait": float(cfg.max_retry_wait),
-    }
-    fields = getattr(client_mod.Connection, "__dataclass_fields__", None)
-    if fields:  # tolerate a Connection with fewer fields than documented
-        kwargs = {k: v for k, v in kwargs.items() if k in fields}
-    return client_mod.Connection(**kwargs)
-
-
-def _pin_verify(client: Any) -> Any:
-    """Pass the TLS setting with every request. requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a
-    session's ``verify`` (set in most execution environments), which would ignore ca_path; a per-request
-    ``verify`` wins over the environment."""
-    session = getattr(getattr(client, "http", None), "session", None)
-    if session is None or getattr(session, "_fne_pinned", False):
-        return client
-    original = session.request
-
-    def request(method, url, **kwargs):
-        kwargs.setdefault("verify", session.verify)
-        return original(method, url, **kwargs)
-
-    session.request = request
-    session._fne_pinned = True
-    return client
+    return client_mod.Connection(
+        url=url, username=username or None, password=password or None, validate_certs=bool(validate_certs),
+        ca_path=ca_path or None, timeout=float(cfg.timeout), retries=int(cfg.retries),
+        max_retry_wait=float(cfg.max_retry_wait))
 
 
 def _error_text(exc: BaseException) -> str:
@@ -185,7 +141,7 @@ class ServerWork:
                 raise StoreError("no license server URL: set fne_lls_url (or FNE_LLS_URL)")
             conn = _connection(self.cfg.lls_url, self.cfg.lls_username, self.cfg.lls_password, self.cfg.lls_ca_path,
                                self.cfg.lls_validate_certs, self.cfg)
-            self._lls = _pin_verify(client_mod.LicenseServer(conn, warn=self._warn))
+            self._lls = client_mod.LicenseServer(conn, warn=self._warn)
         return self._lls
 
     @property
@@ -193,13 +149,13 @@ class ServerWork:
         if self._bo is None:
             if not self.cfg.backoffice_url:
                 raise StoreError("no back office URL: set fne_backoffice_url (or FNE_BACKOFFICE_URL)")
-            conn = _connection(self.cfg.backoffice_url, self.cfg.backoffice_username, self.cfg.backoffice_password,
-                               self.cfg.backoffice_ca_path, self.cfg.backoffice_validate_certs, self.cfg)
+            conn = _connection(self.cfg.backoffice_url, None, None, self.cfg.backoffice_ca_path,
+                               self.cfg.backoffice_validate_certs, self.cfg)
             # one back office for the whole fleet: reuse its keep-alive TLS session within a worker thread
             cache = _THREAD.__dict__.setdefault("backoffice", {})
-            key = repr(conn) + hashlib.sha256(str(getattr(conn, "password", "")).encode()).hexdigest()
+            key = repr(conn)  # url and TLS settings: the back office takes no credentials
             if key not in cache:
-                cache[key] = _pin_verify(client_mod.BackOffice(conn, warn=self._warn))
+                cache[key] = client_mod.BackOffice(conn, warn=self._warn)
             self._bo = cache[key]
             self._bo.warn = self._bo.http.warn = self._warn
         return self._bo
@@ -273,7 +229,7 @@ class ServerWork:
 
     def _upload_one(self, path: str) -> None:
         name = os.path.basename(path)
-        sha = store_mod.sha256_file(path)
+        sha = sha256_file(path)
         for attempt in (1, 2):
             try:
                 ack = self.backoffice.upload_file(path)
@@ -516,8 +472,6 @@ def describe(entry: Dict[str, Any], notes: Optional[List[str]] = None) -> str:
 
 def work_one(step: str, cfg: ServerConfig, opts: Options) -> Dict[str, Any]:
     work = ServerWork(cfg, opts)
-    if CLIENT_IMPORT_ERROR and step in ("collect", "upload", "acknowledge", "recover"):
-        return work.result(step, CLIENT_IMPORT_ERROR)
     try:
         work.run(step)
     except (StoreError, FneError) as exc:
@@ -679,6 +633,6 @@ def write_report(report: Dict[str, Any]) -> Dict[str, str]:
     body = {k: v for k, v in report.items() if k != "hosts"}
     json_path = os.path.join(root, "report.json")
     html_path = os.path.join(root, "report.html")
-    store_mod.atomic_write(json_path, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8"), 0o644)
-    store_mod.atomic_write(html_path, render_html(report).encode("utf-8"), 0o644)
+    write_atomic(json_path, [(json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8")], 0o644)
+    write_atomic(html_path, [render_html(report).encode("utf-8")], 0o644)
     return {"json": json_path, "html": html_path}

@@ -20,9 +20,10 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from typing import Any, Iterator, List, Optional
+
+from ._files import fsync_dir, sha256_file, write_atomic
 
 SYNC_SUFFIX = ".fnesync"
 ACK_SUFFIX = ".ack"
@@ -75,40 +76,6 @@ def parse_time(text: str) -> Optional[_dt.datetime]:
         parsed = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.timezone.utc)
     return None
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Temporary file in the same folder, fsync, rename, fsync the folder."""
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
 
 
 class ServerStore:
@@ -230,8 +197,8 @@ class ServerStore:
             dest = os.path.join(folder, f"{stem}.{counter}{dot}{suffix}")
             counter += 1
         os.rename(src, dest)
-        _fsync_dir(folder)
-        _fsync_dir(os.path.dirname(src))
+        fsync_dir(folder)
+        fsync_dir(os.path.dirname(src))
         return dest
 
     def admit(self, path: str, *, sha256: Optional[str] = None, records: Optional[int] = None,
@@ -259,7 +226,7 @@ class ServerStore:
         """The back office accepted ``sync_file``: write its acknowledgment atomically, then move the file from
         ``outbox/`` to ``sent/``. Returns the acknowledgment path."""
         ack_path = self.ack_for(sync_file)
-        atomic_write(ack_path, ack)
+        write_atomic(ack_path, [ack])
         self.log("uploaded", file=os.path.basename(sync_file), sha256=sha256, detail=detail)
         self.log("acknowledged", file=os.path.basename(ack_path), sha256=hashlib.sha256(ack).hexdigest())
         if os.path.exists(sync_file):
@@ -304,12 +271,12 @@ class ServerStore:
         return moved
 
     def set_needs_force(self, reason: str) -> None:
-        atomic_write(self.needs_force_path, (reason.strip() + "\n").encode("utf-8"))
+        write_atomic(self.needs_force_path, [(reason.strip() + "\n").encode("utf-8")])
 
     def clear_needs_force(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.needs_force_path)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
 
 
 _SUMMARY_FIELDS = ("records_synchronized", "files_uploaded", "last_sync", "recoveries", "errors", "last_error")
@@ -363,7 +330,7 @@ def summarize(store: ServerStore, now: Optional[_dt.datetime] = None, update_cac
                 _fold(state, json.loads(line))
         state["offset"] = start + end
     if update_cache and store.exists() and state["offset"] != start:
-        atomic_write(cache_path, json.dumps(state, sort_keys=True).encode("utf-8"))
+        write_atomic(cache_path, [json.dumps(state, sort_keys=True).encode("utf-8")])
     age_days = None
     if state["last_sync"]:
         parsed = parse_time(state["last_sync"])

@@ -27,6 +27,8 @@ extends_documentation_fragment:
   - fne.offline_sync.attributes
   - fne.offline_sync.attributes.lls
 attributes:
+  platform:
+    platforms: posix
   check_mode:
     support: partial
     details:

@@ -22,6 +22,8 @@ extends_documentation_fragment:
   - fne.offline_sync.attributes
   - fne.offline_sync.attributes.lls
 attributes:
+  platform:
+    platforms: posix
   check_mode:
     support: full
   diff_mode:

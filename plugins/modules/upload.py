@@ -27,6 +27,8 @@ extends_documentation_fragment:
   - fne.offline_sync.attributes
   - fne.offline_sync.attributes.back_office
 attributes:
+  platform:
+    platforms: posix
   check_mode:
     support: partial
     details:

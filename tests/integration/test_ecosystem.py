@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import BIN, REPO, ansible_env, run
+from fnetest import BIN, REPO, ansible_env, run
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 GALAXY = yaml.safe_load((REPO / "galaxy.yml").read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, ansible_env, run
+from fnetest import REPO, ansible_env, run
 from test_modules_support import (
     BO_ARGS,
     LLS_ARGS,
@@ -278,8 +278,8 @@ def test_module_defaults_group(lab_factory, sshd, tmp_path):
     url_only = {"url": "{{ fne_url }}", "ca_path": "{{ fne_ca | default(omit, true) }}"}
     res = playbook(tmp_path, inv, [{
         "name": "defaults",
-        "module_defaults": {"group/fne.offline_sync.fne": {"backend": "tool", "tool_path": str(TOOLS),
-                                                            "retries": 1, "max_retry_wait": 1}},
+        "module_defaults": {"group/fne.offline_sync.fne": {
+            "backend": "tool", "tool_path": str(TOOLS), "retries": 1, "max_retry_wait": 1}},
         "block": [task("generate", "generate", dict(url_only, path="{{ out }}")),
                   task("info", "server_info", dict(url_only, path="{{ out }}"))],
     }])
@@ -298,8 +298,8 @@ def test_module_defaults_lls_and_backoffice_groups(lab_factory, sshd, tmp_path):
     res = playbook(tmp_path, inv, [{
         "name": "defaults",
         "module_defaults": {
-            "group/fne.offline_sync.lls": {k: v for k, v in LLS.items()},
-            "group/fne.offline_sync.backoffice": {k: v for k, v in BO.items()},
+            "group/fne.offline_sync.lls": dict(LLS),
+            "group/fne.offline_sync.backoffice": dict(BO),
         },
         "block": [task("info", "server_info", {}),
                   task("generate", "generate", {"path": "{{ out }}"}),

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import REPO, ansible_env, run
+from fnetest import REPO, ansible_env, run
 
 CALLBACKS = Path(__file__).parent / "callback_plugins"
 TOOLS = REPO / "tests" / "lab" / "fnelab" / "tools"

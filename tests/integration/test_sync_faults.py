@@ -152,7 +152,7 @@ def test_killed_run_is_completed_by_the_next(lab_factory, tmp_path, reupload):
     import subprocess
     import time
 
-    from conftest import BIN, ansible_env
+    from fnetest import BIN, ansible_env
 
     lab = lab_factory(4, "--records", "30", "--page-size", "5", "--reupload", reupload)
     store = tmp_path / "store"

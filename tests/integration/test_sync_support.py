@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from conftest import BIN, ansible_env, run
+from fnetest import BIN, ansible_env, run
 
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)\s+skipped=(\d+)", re.M)
 

@@ -251,8 +251,7 @@ def test_bad_answers_leave_no_file(server, tmp_path, answer):
 
 
 def test_token_is_cached_and_renewed_once(server, tmp_path):
-    tokens = iter(["t1", "t2", "t3"])
-    server.on("POST", "/api/1.0/instances/~/authorize", *[json_answer(200, {"token": next(tokens)}) for _ in range(3)])
+    server.on("POST", "/api/1.0/instances/~/authorize", *[json_answer(200, {"token": t}) for t in ("t1", "t2", "t3")])
     expired = json_answer(401, {"key": "glsErr.notAuthorized", "message": "Not authorized"})
     server.on("POST", SYNC, message("20250101T000000.fnesync"), expired, message("20250101T000001.fnesync"),
               NOTHING)
@@ -336,8 +335,8 @@ def test_upload_lost_answer_is_not_resent(server, tmp_path):
 def test_sync_names_and_order(tmp_path):
     for name in ("20250102T000000.fnesync", "20250101T000000.fnesync", "x.fnesync", "20251399T000000.fnesync"):
         (tmp_path / name).write_bytes(b"")
-    assert [Path(p).name for p in files.list_sync_files(str(tmp_path))] == ["20250101T000000.fnesync",
-                                                                           "20250102T000000.fnesync"]
+    names = [Path(p).name for p in files.list_sync_files(str(tmp_path))]
+    assert names == ["20250101T000000.fnesync", "20250102T000000.fnesync"]
     assert files.sync_time_of("20250101T000000.fnesync") == datetime(2025, 1, 1, tzinfo=timezone.utc)
 
 
@@ -429,7 +428,7 @@ def test_threads_share_one_token_per_server(server):
     server is dropped only if nobody renewed it meanwhile."""
     server.on("POST", AUTH, (200, {"Content-Type": "application/json", "_delay": 0.3}, b'{"token": "t1"}'),
               json_answer(200, {"token": "t2"}))
-    lls = [client.LicenseServer(conn(server.url, username="admin", password="pw")) for _ in range(8)]
+    lls = [client.LicenseServer(conn(server.url, username="admin", password="pw")) for _server in range(8)]
     barrier = threading.Barrier(len(lls))
     tokens: list[str] = []
 
@@ -540,7 +539,7 @@ def test_a_failed_purge_still_reports_the_processed_ack(server, tmp_path, monkey
     ack.write_bytes(b"FNEACK1")
     server.on("POST", "/api/1.0/sync_ack/offline",
               json_answer(200, {"lastSyncTime": "2025-01-01T00:00:05Z", "processed": True}))
-    monkeypatch.setattr(client.os, "unlink", lambda _p: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    monkeypatch.setattr(client.os, "unlink", lambda _p: (_item for _item in ()).throw(PermissionError(13, "denied")))
     with pytest.raises(client.FneError) as err:
         client.LicenseServer(conn(server.url)).process(str(ack), str(tmp_path))
     assert err.value.result["changed"] and err.value.result["last_sync_time"] == "2025-01-01T00:00:05Z"
