@@ -92,5 +92,3 @@ class Lab:
         proc = self.cli(*args, check=False)
         assert proc.returncode == 0, f"fnelab verify found violations:\n{proc.stdout}\n{proc.stderr}"
         return json.loads(proc.stdout)
-
-

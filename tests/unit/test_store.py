@@ -15,11 +15,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".venv" / "collections"))
 
 from ansible_collections.fne.offline_sync.plugins.module_utils import _fleet as fleet  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.module_utils._files import write_atomic  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.module_utils._store import (  # noqa: E402
     LockedError,
     ServerStore,
     StoreError,
-    atomic_write,
     parse_time,
     stamp_of,
     stamp_time,
@@ -89,7 +89,7 @@ def test_ack_is_written_before_the_file_leaves_the_outbox(store, monkeypatch):
 def test_crash_after_ack_resume_moves_file(store):
     path = put(store.outbox, "20260101T000000.fnesync")
     put(store.outbox, "20260101T000001.fnesync")
-    atomic_write(store.ack_for(path), b"ACK")  # the run died right after writing the ack
+    write_atomic(store.ack_for(path), [b"ACK"])  # the run died right after writing the ack
     assert store.resume() == ["20260101T000000.fnesync"]
     assert [os.path.basename(p) for p in store.outbox_files()] == ["20260101T000001.fnesync"]
 
