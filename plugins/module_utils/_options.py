@@ -26,7 +26,7 @@ from ._client import (
     resolve_upload,
 )
 from ._files import list_sync_files, sync_time_of
-from ._tool import ToolBackOffice, ToolLicenseServer
+from ._tool import RunCommand, ToolBackOffice, ToolLicenseServer
 
 COMMON_SPEC: dict = dict(
     validate_certs=dict(type="bool", default=True),
@@ -81,17 +81,17 @@ def connection_from_params(params: dict) -> Connection:
     )
 
 
-def _license_server(params: dict, warn: Callable[[str], None]) -> Any:
+def _license_server(params: dict, warn: Callable[[str], None], run_command: RunCommand) -> Any:
     conn = connection_from_params(params)
     if params["backend"] == "tool":
-        return ToolLicenseServer(conn, params.get("tool_path"), warn)
+        return ToolLicenseServer(conn, params.get("tool_path"), warn, run_command)
     return LicenseServer(conn, warn)
 
 
-def _back_office(params: dict, warn: Callable[[str], None]) -> Any:
+def _back_office(params: dict, warn: Callable[[str], None], run_command: RunCommand) -> Any:
     conn = connection_from_params(params)
     if params["backend"] == "tool":
-        return ToolBackOffice(conn, params.get("tool_path"), warn)
+        return ToolBackOffice(conn, params.get("tool_path"), warn, run_command)
     return BackOffice(conn, warn)
 
 
@@ -105,7 +105,7 @@ def _check_folder(path: str) -> None:
         raise FneError(f"Cannot write to the folder {path} ({probe} is not a writable folder).")
 
 
-def _generate(params: dict, check_mode: bool, warn: Callable[[str], None]) -> dict:
+def _generate(params: dict, check_mode: bool, warn: Callable[[str], None], run_command: RunCommand) -> dict:
     if check_mode:
         # Asking for records hands them out (the server advances its cursor), so check mode cannot know whether
         # any are pending: it checks the server answers (and the credentials) and that the folder is usable.
@@ -116,21 +116,21 @@ def _generate(params: dict, check_mode: bool, warn: Callable[[str], None]) -> di
         return {"changed": False, "records": 0, "files": [], "folder": os.path.abspath(params["path"]),
                 "message": f"Check mode: the license server at {lls.base} answers; no records were requested "
                            "(a request hands them out), so whether new data is pending is unknown."}
-    return _license_server(params, warn).generate(params["path"], force=params["force"])
+    return _license_server(params, warn, run_command).generate(params["path"], force=params["force"])
 
 
-def _upload(params: dict, check_mode: bool, warn: Callable[[str], None]) -> dict:
+def _upload(params: dict, check_mode: bool, warn: Callable[[str], None], run_command: RunCommand) -> dict:
     if check_mode:
         files, dest = resolve_upload(params["src"], params["dest"])
         return {"changed": bool(files), "ack": None, "accepted": [], "files": files, "ack_dest": dest,
                 "message": f"Check mode: would send {len(files)} file(s) to {params['url']} and write the "
                            f"acknowledgment to {dest}."}
-    result = _back_office(params, warn).upload(params["src"], params["dest"])
+    result = _back_office(params, warn, run_command).upload(params["src"], params["dest"])
     result.setdefault("mismatch", False)
     return result
 
 
-def _process(params: dict, check_mode: bool, warn: Callable[[str], None]) -> dict:
+def _process(params: dict, check_mode: bool, warn: Callable[[str], None], run_command: RunCommand) -> dict:
     src = os.path.abspath(params["src"])
     if check_mode:
         if not os.path.isfile(src) or not os.access(src, os.R_OK):
@@ -140,10 +140,10 @@ def _process(params: dict, check_mode: bool, warn: Callable[[str], None]) -> dic
                 "message": "Check mode: the acknowledgment was not sent; which files it covers is known only from "
                            "the server's answer, so nothing is reported as purged (candidates lists the sync files "
                            "it could cover)."}
-    return _license_server(params, warn).process(src, params.get("path"))
+    return _license_server(params, warn, run_command).process(src, params.get("path"))
 
 
-def _server_info(params: dict, check_mode: bool, warn: Callable[[str], None]) -> dict:
+def _server_info(params: dict, check_mode: bool, warn: Callable[[str], None], run_command: RunCommand) -> dict:
     # Always over HTTP: the vendor tool has no health command.
     lls = LicenseServer(connection_from_params(params), warn)
     result: dict = {"changed": False}
@@ -175,13 +175,15 @@ def _server_info(params: dict, check_mode: bool, warn: Callable[[str], None]) ->
 RUNNERS: dict = {"generate": _generate, "upload": _upload, "process": _process, "server_info": _server_info}
 
 
-def execute(name: str, params: dict, check_mode: bool, warn: Callable[[str], None]) -> dict:
-    """Run one module's work; raises FneError (with .result holding what to report alongside the failure)."""
+def execute(name: str, params: dict, check_mode: bool, warn: Callable[[str], None], run_command: RunCommand) -> dict:
+    """Run one module's work; raises FneError (with .result holding what to report alongside the failure).
+    run_command runs the vendor tool (backend=tool): AnsibleModule.run_command in a module, a subprocess call in
+    the controller process."""
     if not HAS_REQUESTS:
         raise FneError("The Python library requests is required on the host that runs this module (pip install "
                        "requests).")
     try:
-        return RUNNERS[name](params, check_mode, warn)
+        return RUNNERS[name](params, check_mode, warn, run_command)
     except OSError as exc:  # a local file problem the client did not foresee: the same failure path, no traceback
         where = f" ({exc.filename})" if exc.filename else ""
         raise FneError(f"{name} failed on a local file{where}: {exc.strerror or exc}") from None
@@ -199,6 +201,13 @@ def failure_result(exc: FneError) -> dict:
     return result
 
 
+def module_run_command(module: Any) -> RunCommand:
+    def run(argv: list, environ_update: dict) -> tuple:
+        rc, out, err = module.run_command(argv, environ_update=environ_update, check_rc=False)
+        return rc, out + err
+    return run
+
+
 def run_module(name: str, module: Any = None) -> None:
     """main() of every module (module: an AnsibleModule already built with argument_spec(name), else built here)."""
     if module is None:
@@ -206,7 +215,7 @@ def run_module(name: str, module: Any = None) -> None:
     if not HAS_REQUESTS:
         module.fail_json(msg=missing_required_lib("requests"), exception=REQUESTS_IMPORT_ERROR)
     try:
-        result = execute(name, module.params, module.check_mode, module.warn)
+        result = execute(name, module.params, module.check_mode, module.warn, module_run_command(module))
     except FneError as exc:
         module.fail_json(msg=exc.msg, exception=None, **failure_result(exc))
     module.exit_json(**result)

@@ -15,9 +15,8 @@ import glob
 import os
 import re
 import shutil
-import subprocess
 import tempfile
-from typing import Callable, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ._client import (
     FORCE_HINT,
@@ -31,7 +30,6 @@ from ._client import (
     Connection,
     FneError,
     MismatchError,
-    _noop_warn,
     conflict_path,
     lls_base_url,
     name_conflict,
@@ -50,10 +48,16 @@ STAGING_PREFIX = ".fne-tool-"
 LAST_SYNC_RE = re.compile(r"[Ll]ast ?[Ss]ync ?[Tt]ime\W+(\S+)")
 
 
+# (argv, environment additions) -> (exit code, stdout + stderr as text)
+RunCommand = Callable[[List[str], Dict[str, str]], Tuple[int, str]]
+
+
 class _Tool:
-    def __init__(self, conn: Connection, tool_path: Optional[str], script: str, warn: Callable[[str], None]):
+    def __init__(self, conn: Connection, tool_path: Optional[str], script: str, warn: Callable[[str], None],
+                 run_command: RunCommand):
         self.conn = conn
         self.warn = warn
+        self.run_command = run_command
         folder = os.path.expanduser(tool_path) if tool_path else None
         candidate = os.path.join(folder, script) if folder else shutil.which(script)
         if not candidate or not os.path.isfile(candidate):
@@ -67,7 +71,7 @@ class _Tool:
         argv += args
         if self.conn.username:
             argv += ["-authorize", self.conn.username, self.conn.password or ""]
-        env = dict(os.environ)
+        env: Dict[str, str] = {}
         if self.conn.ca_path:
             # The stand-in and curl/python-based wrappers honour these; the vendor's Java tool uses its truststore.
             env.update(SSL_CERT_FILE=self.conn.ca_path, REQUESTS_CA_BUNDLE=self.conn.ca_path,
@@ -75,13 +79,12 @@ class _Tool:
         if not self.conn.validate_certs:
             env["FNE_INSECURE"] = "1"
         try:
-            proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                  stdin=subprocess.DEVNULL, check=False)
+            rc, output = self.run_command(argv, env)
         except OSError as exc:
             raise FneError(f"Cannot run {self.command}: {exc.strerror or exc}") from None
-        output = scrub(proc.stdout.decode("utf-8", "replace"), self.conn.secrets())
-        if proc.returncode != 0:
-            raise tool_error(output, what, self.command, proc.returncode)
+        output = scrub(output, self.conn.secrets())
+        if rc != 0:
+            raise tool_error(output, what, self.command, rc)
         return output
 
 
@@ -100,10 +103,11 @@ def tool_error(output: str, what: str, command: str, rc: int) -> FneError:
 class ToolLicenseServer:
     """Same interface as _client.LicenseServer, through serverofflinesynctool.sh."""
 
-    def __init__(self, conn: Connection, tool_path: Optional[str] = None, warn: Callable[[str], None] = _noop_warn):
+    def __init__(self, conn: Connection, tool_path: Optional[str], warn: Callable[[str], None],
+                 run_command: RunCommand):
         self.conn = conn
         self.base = lls_base_url(conn.url)
-        self.tool = _Tool(conn, tool_path, SERVER_TOOL, warn)
+        self.tool = _Tool(conn, tool_path, SERVER_TOOL, warn, run_command)
 
     def generate(self, path: str, force: bool = False) -> dict:
         path, result, replaceable = start_generate(path, force)
@@ -191,11 +195,12 @@ class ToolBackOffice:
     """Same interface as _client.BackOffice, through backofficeofflinesynctool.sh (one file per call, so that the
     acknowledgment of everything accepted is kept when a later file fails)."""
 
-    def __init__(self, conn: Connection, tool_path: Optional[str] = None, warn: Callable[[str], None] = _noop_warn):
+    def __init__(self, conn: Connection, tool_path: Optional[str], warn: Callable[[str], None],
+                 run_command: RunCommand):
         self.conn = Connection(**{**conn.__dict__, "username": None, "password": None})
         self.url = conn.url.strip()
         self.warn = warn
-        self.tool = _Tool(self.conn, tool_path, BACKOFFICE_TOOL, warn)
+        self.tool = _Tool(self.conn, tool_path, BACKOFFICE_TOOL, warn, run_command)
 
     def upload_file(self, file: str) -> bytes:
         staging = tempfile.mkdtemp(prefix=".fne-ack-", dir=os.path.dirname(os.path.abspath(file)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import typing as t
 
 from ansible import constants as C
@@ -48,6 +49,13 @@ def task_environment(env: dict[str, str]) -> t.Iterator[None]:
             else:
                 os.environ[key] = value
 
+
+
+def run_command(argv: list[str], environ_update: dict[str, str]) -> tuple[int, str]:
+    """The vendor tool in the controller process: what AnsibleModule.run_command does for a shipped module."""
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                          env=dict(os.environ, **environ_update), check=False)
+    return proc.returncode, proc.stdout.decode("utf-8", "replace")
 
 class FneAction(ActionBase):
     MODULE = ""
@@ -95,7 +103,7 @@ class FneAction(ActionBase):
                 output: dict[str, t.Any] = {"failed": True, "msg": msg}
             else:
                 try:
-                    output = execute(self.MODULE, params, bool(self._task.check_mode), warnings.append)
+                    output = execute(self.MODULE, params, bool(self._task.check_mode), warnings.append, run_command)
                 except FneError as exc:
                     output = failure_result(exc)
                     output.update(failed=True, msg=exc.msg)

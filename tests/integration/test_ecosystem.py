@@ -162,7 +162,7 @@ def test_ansible_test_sanity(tmp_path):
     Python (3.12 or 3.13); the module-side tests (compile, import) would otherwise ask for every Python from 3.9
     up, which this machine does not have.
     No test is skipped: none needs the network once the environments exist (pslint and shellcheck have no
-    PowerShell or .sh files to check here). tests/sanity/ignore-2.21.txt holds one line, with its reason.
+    PowerShell or .sh files to check here). No tests/sanity/ignore file either: the tree is clean as it is.
     The copy leaves out NOT_COLLECTION: sanity holds collection content and its tests to Ansible's rules, which
     the CI script, the benchmarks and the lab (plain Python, not shipped) do not follow (shebangs, pylint names).
     """

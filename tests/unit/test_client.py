@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO / ".venv" / "collections"))
 
 from ansible_collections.fne.offline_sync.plugins.module_utils import _client as client  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.module_utils import _files as files  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._action import run_command  # noqa: E402
 
 OK_HEALTH = {"status": "ok", "version": "1", "instanceId": "i", "hostId": "H", "hostIdType": "Ethernet",
              "database": {"status": "ok"}, "security": {"enabled": False, "https": False}}
@@ -556,7 +557,7 @@ def test_a_local_file_problem_is_a_clean_failure(server, tmp_path):
     params = ArgumentSpecValidator(options.argument_spec("server_info")).validate(
         {"url": server.url, "path": str(not_a_folder)}).validated_parameters
     with pytest.raises(client.FneError) as err:
-        options.execute("server_info", params, False, lambda _m: None)
+        options.execute("server_info", params, False, lambda _m: None, run_command)
     assert str(not_a_folder) in err.value.msg and "Not a directory" in err.value.msg
 
 
@@ -571,7 +572,7 @@ def test_tool_backend_takes_a_killed_runs_files_and_never_overwrites(server, tmp
     server.on("POST", SYNC, message("20250101T000001.fnesync", b"new"), message("20250101T000002.fnesync", b"other"),
               NOTHING)
     with pytest.raises(client.LostResponseError) as err:
-        tool.ToolLicenseServer(conn(server.url), tools).generate(str(tmp_path))
+        tool.ToolLicenseServer(conn(server.url), tools, lambda _m: None, run_command).generate(str(tmp_path))
     assert "force: true" in err.value.msg
     assert sorted(f["name"] for f in err.value.result["files"]) == ["20250101T000000.fnesync",
                                                                     "20250101T000001.fnesync"]
