@@ -50,12 +50,12 @@ def task_environment(env: dict[str, str]) -> t.Iterator[None]:
                 os.environ[key] = value
 
 
-
 def run_command(argv: list[str], environ_update: dict[str, str]) -> tuple[int, str]:
     """The vendor tool in the controller process: what AnsibleModule.run_command does for a shipped module."""
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                           env=dict(os.environ, **environ_update), check=False)
     return proc.returncode, proc.stdout.decode("utf-8", "replace")
+
 
 class FneAction(ActionBase):
     MODULE = ""
