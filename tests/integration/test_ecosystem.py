@@ -25,7 +25,6 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 GALAXY = yaml.safe_load((REPO / "galaxy.yml").read_text())
 VERSION = GALAXY["version"]
 TARBALL = f"{GALAXY['namespace']}-{GALAXY['name']}-{VERSION}.tar.gz"
-SYNC_PLAYBOOK = REPO / "playbooks" / "sync.yml"
 
 LLS_ENV = {"FNE_LLS_URL", "FNE_LLS_USERNAME", "FNE_LLS_PASSWORD", "FNE_LLS_CA_PATH"}
 BACKOFFICE_ENV = {"FNE_BACKOFFICE_URL", "FNE_BACKOFFICE_CA_PATH"}
@@ -346,7 +345,6 @@ def test_schedule_role_rejects_bad_input(tmp_path):
     assert proc.returncode != 0 and "fne_sync_schedule_method" in proc.stdout and "anacron" in proc.stdout
 
 
-@pytest.mark.skipif(not SYNC_PLAYBOOK.exists(), reason="playbooks/sync.yml has not landed yet")
 def test_schedule_wrapper_runs_the_sync(lab_factory, tmp_path):
     """The installed wrapper as the timer runs it: fne.offline_sync.sync against the lab with the environment
     file's settings, one log per run, a second run kept out by the lock (exit 75), old logs pruned."""
@@ -453,7 +451,6 @@ def test_awx_credential_type_definitions(name, expected_env, tmp_path):
 
 # -- AWX-like runs: ansible-runner, private data dirs, job slicing ----------------------------------------------
 
-needs_sync = pytest.mark.skipif(not SYNC_PLAYBOOK.exists(), reason="playbooks/sync.yml has not landed yet")
 
 
 def awx_slices(inventory: dict, count: int) -> list[dict]:
@@ -568,7 +565,6 @@ def strip_secrets(inventory: dict, *keys: str) -> dict:
     return inventory
 
 
-@needs_sync
 def test_awx_job_with_injected_credentials(lab_factory, awx_jobs, tmp_path):
     """One job, everything from credential types: the inventory carries only each server's URL."""
     lab = lab_factory(1, "--security", "--https", "--records", "40", name="awx1")
@@ -590,7 +586,6 @@ def test_awx_job_with_injected_credentials(lab_factory, awx_jobs, tmp_path):
 
 
 @pytest.mark.slow
-@needs_sync
 def test_awx_sliced_job(lab_factory, sshd, awx_jobs, tmp_path):
     """A sliced job template: two slices one after the other, then two slices at once (each with its own SSH
     control path, as AWX gives every job), then an empty slice. Half the fleet is remote-topology (real SSH)."""
@@ -655,7 +650,6 @@ def test_awx_sliced_job(lab_factory, sshd, awx_jobs, tmp_path):
     assert store_snapshot(store) == before
 
 
-@needs_sync
 def test_awx_force_resync_job_needs_a_limit(lab_factory, awx_jobs, tmp_path):
     """The forced-resync job template prompts for a limit: without one the playbook refuses, with one it works
     only the named server."""
