@@ -452,7 +452,6 @@ def test_awx_credential_type_definitions(name, expected_env, tmp_path):
 # -- AWX-like runs: ansible-runner, private data dirs, job slicing ----------------------------------------------
 
 
-
 def awx_slices(inventory: dict, count: int) -> list[dict]:
     """Slice an inventory as AWX does (Inventory.get_script_data): hosts ordered by name, slice k (1-based) gets
     hosts[k-1::count]; every group is kept, with only that slice's hosts; group vars stay."""
