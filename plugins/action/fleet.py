@@ -34,6 +34,7 @@ ARGUMENT_SPEC = {
     "write_report": {"type": "bool", "default": True},
     "generated": {"type": "list", "elements": "raw", "default": []},
     "reason": {"type": "str"},
+    "ack": {"type": "str"},
     "failed_hosts": {"type": "list", "elements": "str", "default": []},
 }
 
@@ -144,19 +145,9 @@ class ActionModule(ActionBase):
             files.append(item)
         opts = fleet.Options(store=store, check_mode=check_mode, auto_recover=args["auto_recover"],
                              lock_timeout=args["lock_timeout"], workers=args["workers"],
-                             remote_files=files, forced=args["forced"], reason=args["reason"])
-        if step == "complete_ack" and args["last_sync_time"]:
-            results = {}
-            for cfg in configs:
-                work = fleet.ServerWork(cfg, opts)
-                work.last_sync_time = args["last_sync_time"]
-                try:
-                    work.run(step)
-                    results[cfg.name] = work.result(step)
-                except Exception as exc:  # noqa: BLE001 - reported per host
-                    results[cfg.name] = work.result(step, fleet._error_text(exc))
-        else:
-            results = fleet.run_fleet(step, configs, opts)
+                             remote_files=files, forced=args["forced"], reason=args["reason"], ack=args["ack"],
+                             last_sync_time=args["last_sync_time"])
+        results = fleet.run_fleet(step, configs, opts)
         results.update(invalid)
         for entry in results.values():
             for warning in entry.get("warnings") or []:

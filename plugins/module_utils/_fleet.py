@@ -93,6 +93,8 @@ class Options:
     remote_files: List[Dict[str, Any]] = field(default_factory=list)  # admit: [{src, sha256, records}]
     forced: bool = False
     reason: Optional[str] = None
+    ack: Optional[str] = None  # complete_ack: the acknowledgment that was processed (newer ones stay pending)
+    last_sync_time: Optional[str] = None  # complete_ack: what the server answered when it processed it
 
 
 def _connection(url: Optional[str], username, password, ca_path, validate_certs, cfg: ServerConfig):
@@ -125,7 +127,7 @@ class ServerWork:
         self.fetched: List[str] = []
         self.uploaded: List[str] = []
         self.processed: List[str] = []
-        self.last_sync_time: Optional[str] = None
+        self.last_sync_time: Optional[str] = opts.last_sync_time
         self.recovered = False
         self._lls = None
         self._bo = None
@@ -162,6 +164,11 @@ class ServerWork:
 
     # ---- building blocks ----------------------------------------------------------------------------------
     def resume(self) -> None:
+        if self.opts.check_mode:  # check mode writes nothing: say what a real run would finish
+            done = [os.path.basename(f) for f in self.store.outbox_files() if os.path.exists(self.store.ack_for(f))]
+            if done:
+                self.plan.append(f"move {len(done)} accepted file(s) to sent/: {', '.join(done)}")
+            return
         moved = self.store.resume()
         if moved:
             self.changed = True
@@ -272,6 +279,7 @@ class ServerWork:
                              "process")
             return
         self.store.log("mismatch" if "mismatch" in reason.lower() else "error", detail=f"recovery starts: {reason}")
+        self.resume()  # an accepted file (its ack exists) goes to sent/, never to superseded/
         self.process_pending()
         moved = self.store.supersede(reason)
         before_fetched = len(self.fetched)
@@ -338,7 +346,7 @@ class ServerWork:
 
     def _run_step(self, step: str) -> None:
         if step == "collect":
-            self.resume() if not self.opts.check_mode else None
+            self.resume()
             self.process_pending()
             reason = self.store.needs_force()
             if reason:
@@ -357,8 +365,7 @@ class ServerWork:
         elif step == "upload":
             self.upload_step()
         elif step == "acknowledge":
-            if not self.opts.check_mode:
-                self.resume()
+            self.resume()
             self.process_pending()
         elif step == "recover":
             self.recover(self.store.needs_force() or "forced resynchronization requested")
@@ -387,9 +394,13 @@ class ServerWork:
                 self.records += int(item.get("records") or 0)
                 self.changed = True
         elif step == "prepare_ack":
-            pass  # the entry carries the newest pending acknowledgment, see result()
+            # the entry carries the newest pending acknowledgment, see result(); a dead run's accepted file goes to
+            # sent/ first, before that acknowledgment is processed (force_resync supersedes the outbox next)
+            self.resume()
         elif step == "complete_ack":
             acks = self.store.pending_acks()
+            if self.opts.ack:
+                acks = [a for a in acks if os.path.basename(a) <= os.path.basename(self.opts.ack)]
             if acks and not self.opts.check_mode:
                 self.store.complete_acks(acks[-1], self.last_sync_time)
                 self.processed.append(os.path.basename(acks[-1]))
@@ -400,8 +411,9 @@ class ServerWork:
                 self.store.set_needs_force(self.opts.reason or "forced download requested")
         elif step == "supersede":
             if not self.opts.check_mode:
+                self.resume()  # an accepted file (its ack exists) goes to sent/, never to superseded/
                 moved = self.store.supersede(self.store.needs_force() or "forced resynchronization requested")
-                self.changed = bool(moved)
+                self.changed = self.changed or bool(moved)
         else:
             raise StoreError(f"unknown fleet step {step!r}")
 
@@ -414,6 +426,10 @@ class ServerWork:
         return sorted(n for n in names if n.endswith(store_mod.SYNC_SUFFIX))
 
     def result(self, step: str, error: Optional[str] = None) -> Dict[str, Any]:
+        secrets = [self.cfg.lls_password] if self.cfg.lls_password else []
+        if error is not None:
+            error = client_mod.scrub(error, secrets)
+        self.warnings = [client_mod.scrub(w, secrets) for w in self.warnings]
         acks = self.store.pending_acks()
         entry: Dict[str, Any] = {
             "host": self.cfg.name,

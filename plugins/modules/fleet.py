@@ -35,10 +35,12 @@ options:
       - C(acknowledge) processes the newest pending acknowledgment on the server.
       - C(recover) runs the documented forced re-download unconditionally.
       - C(status) reads the store only. C(report) builds (and writes) the fleet report.
-      - C(admit), C(prepare_ack), C(complete_ack), C(supersede) are the store operations of the remote topology.
+      - C(admit), C(prepare_ack), C(complete_ack), C(supersede), C(mark_force) are the store operations of the remote
+        topology.
     type: str
     required: true
-    choices: [collect, upload, acknowledge, recover, status, admit, prepare_ack, complete_ack, supersede, report]
+    choices: [collect, upload, acknowledge, recover, status, admit, prepare_ack, complete_ack, supersede, mark_force,
+              report]
   hosts:
     description: Inventory names to work. Defaults to C(ansible_play_hosts).
     type: list
@@ -76,6 +78,24 @@ options:
   last_sync_time:
     description: For C(complete_ack), the last sync time the server answered.
     type: str
+  ack:
+    description:
+      - For C(complete_ack), the name of the acknowledgment the server processed; it and the older ones move to
+        C(sent/), newer ones stay pending. Unset, the newest pending acknowledgment.
+    type: str
+  reason:
+    description: For C(mark_force), why a forced download is needed (written to C(needs_force) and the ledger).
+    type: str
+  generated:
+    description: For C(admit), the C(files) that M(fne.offline_sync.generate) returned on the host (records, sha256).
+    type: list
+    elements: raw
+    default: []
+  failed_hosts:
+    description: For C(report), hosts that failed earlier in this run.
+    type: list
+    elements: str
+    default: []
   results:
     description: For C(report), the registered results of this run's fleet steps.
     type: list

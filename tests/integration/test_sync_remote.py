@@ -103,3 +103,23 @@ def test_remote_mismatch_and_force_resync(lab_factory, sshd, tmp_path):
     lab.verify(complete=True)
     again = run(lab, inventory, store)
     assert again.changed() == set() and not again.failed(), again
+
+
+def test_remote_upload_failure_shows_when_the_first_remote_host_is_unreachable(lab_factory, sshd, tmp_path):
+    """The remote upload is one run_once task; its result must reach the report even when the first remote host
+    of the play is unreachable (an unreachable host gets no registered result)."""
+    from test_sync_support import playbook
+
+    lab = lab_factory(3, "--records", "6", "--page-size", "5")
+    inventory = remote_inventory(lab, sshd, tmp_path)
+    import json
+
+    data = json.loads(inventory.read_text())
+    hosts = data["all"]["children"]["license_servers"]["hosts"]
+    hosts["lls001"].update(ansible_port=1, ansible_ssh_common_args="-o ConnectTimeout=3")  # nothing listens there
+    hosts["lls002"].update(fne_backoffice_url="http://127.0.0.1:1/deviceservices", fne_sync_retries=0,
+                           fne_sync_max_retry_wait=1)
+    inventory.write_text(json.dumps(data, indent=1))
+    result = playbook("sync", inventory, tmp_path / "store", expect_rc=None)
+    assert {"lls001", "lls002"} <= result.failed(), result
+    assert "lls003" not in result.failed(), result

@@ -209,3 +209,74 @@ def test_summary_cache_reads_only_new_lines(store, tmp_path):
     assert json.loads(cache.read_text())["records_synchronized"] == 4
     assert summarize(store, update_cache=True)["files_uploaded"] == 2
     assert summarize(store)["files_uploaded"] == 2
+
+
+def test_check_mode_upload_does_not_resume(store):
+    """A dead run's accepted file (ack written, file still in the outbox): check mode only plans the move."""
+    path = put(store.outbox, "20260101T000000.fnesync")
+    Path(store.ack_for(path)).write_bytes(b"ACK")
+    ledger_before = store.ledger()
+    results = fleet.run_fleet("upload", [fleet.ServerConfig(name="lls001")],
+                              fleet.Options(store=store.root, check_mode=True))
+    entry = results["lls001"]
+    assert not entry["failed"] and entry["changed"]
+    assert os.path.exists(path) and not os.listdir(store.sent), "check mode must not move store files"
+    assert store.ledger() == ledger_before
+    assert any("sent/" in p for p in entry["plan"])
+
+
+def test_unexpected_error_text_never_carries_the_password(store, monkeypatch):
+    secret = "s3cret-Pa55"
+
+    def boom(self, step):
+        raise RuntimeError(f"cannot log in as admin with {secret}")
+
+    monkeypatch.setattr(fleet.ServerWork, "run", boom)
+    cfg = fleet.ServerConfig(name="lls001", lls_username="admin", lls_password=secret)
+    entry = fleet.run_fleet("collect", [cfg], fleet.Options(store=store.root))["lls001"]
+    assert entry["failed"] and secret not in json.dumps(entry)
+
+
+class _FakeLls:
+    def __init__(self):
+        self.calls = []
+
+    def process(self, ack, path):
+        self.calls.append(("process", os.path.basename(ack)))
+        return {"last_sync_time": "2026-01-01T00:00:00Z"}
+
+    def generate(self, folder, force=False):
+        self.calls.append(("generate", force))
+        return {"files": []}
+
+
+@pytest.mark.parametrize("step", ["recover", "supersede", "prepare_ack"])
+def test_recovery_never_supersedes_an_accepted_file(store, monkeypatch, step):
+    """A dead run left an accepted file in the outbox (its ack exists): it belongs in sent/, not superseded/."""
+    path = put(store.outbox, "20260101T000000.fnesync")
+    Path(store.ack_for(path)).write_bytes(b"ACK")
+    fake = _FakeLls()
+    monkeypatch.setattr(fleet.ServerWork, "lls", property(lambda self: fake))
+    store.set_needs_force("test")
+    entry = fleet.run_fleet(step, [fleet.ServerConfig(name="lls001")], fleet.Options(store=store.root))["lls001"]
+    assert not entry["failed"], entry["msg"]
+    assert not os.listdir(store.superseded)
+    assert os.path.exists(os.path.join(store.sent, os.path.basename(path)))
+
+
+def test_complete_ack_moves_only_the_processed_acknowledgment(store):
+    """Remote topology: a newer acknowledgment written after prepare_ack (another run) was not processed."""
+    for stem in ("20260101T000000", "20260102T000000", "20260103T000000"):
+        Path(store.acks, stem + ".ack").write_bytes(b"ACK")
+    opts = fleet.Options(store=store.root, ack="20260102T000000.ack")
+    entry = fleet.run_fleet("complete_ack", [fleet.ServerConfig(name="lls001", topology="remote")], opts)["lls001"]
+    assert not entry["failed"] and entry["processed"] == ["20260102T000000.ack"]
+    assert [os.path.basename(a) for a in store.pending_acks()] == ["20260103T000000.ack"]
+
+
+def test_complete_ack_records_the_last_sync_time(store):
+    Path(store.acks, "20260101T000000.ack").write_bytes(b"ACK")
+    opts = fleet.Options(store=store.root, last_sync_time="2026-01-01T00:00:00Z")
+    entry = fleet.run_fleet("complete_ack", [fleet.ServerConfig(name="lls001", topology="remote")], opts)["lls001"]
+    assert entry["last_sync_time"] == "2026-01-01T00:00:00Z"
+    assert store.ledger()[-1]["detail"] == "lastSyncTime 2026-01-01T00:00:00Z"
