@@ -33,14 +33,12 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._client import (
     LostResponseError,
     MismatchError,
 )
-from ansible_collections.fne.offline_sync.plugins.module_utils._files import sha256_file, write_atomic
+from ansible_collections.fne.offline_sync.plugins.module_utils._files import sha256_file, sync_time_of, write_atomic
 from ansible_collections.fne.offline_sync.plugins.module_utils._store import (
     LockedError,
     ServerStore,
     StoreError,
     parse_time,
-    stamp_of,
-    stamp_time,
 )
 
 STEPS = ("collect", "upload", "acknowledge", "recover", "status", "admit", "prepare_ack", "complete_ack",
@@ -259,9 +257,9 @@ class ServerWork:
         """The re-upload rule (docs/design.md): a mismatch whose expected time is at or after this file's own
         sync time means the back office already holds this file (an earlier answer was lost)."""
         name = os.path.basename(path)
-        stamp = stamp_of(name)
+        file_time = sync_time_of(name)
         expected = parse_time(getattr(exc, "expected", "") or "")
-        if not stamp or expected is None or expected < stamp_time(stamp):
+        if file_time is None or expected is None or expected < file_time:
             return False
         detail = (f"already accepted by the back office (re-upload answered: expected sync time "
                   f"{getattr(exc, 'expected', '')}); its acknowledgment was lost, a later acknowledgment covers it")

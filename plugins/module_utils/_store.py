@@ -19,16 +19,13 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import time
 from typing import Any, Iterator, List, Optional
 
-from ._files import fsync_dir, sha256_file, write_atomic
+from ._files import SYNC_SUFFIX, fsync_dir, sha256_file, write_atomic
 
-SYNC_SUFFIX = ".fnesync"
 ACK_SUFFIX = ".ack"
-_STAMP_RE = re.compile(r"^(\d{8}T\d{6})")
-_STAMP_FORMAT = "%Y%m%dT%H%M%S"
+_STAMP_FORMAT = "%Y%m%dT%H%M%S"  # a sync file's name
 EVENTS = ("generated", "fetched", "uploaded", "acknowledged", "processed", "purged", "mismatch", "lost_response",
           "recovered", "superseded", "error")
 
@@ -47,16 +44,6 @@ class LockedError(StoreError):
 
 def utcnow() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def stamp_of(name: str) -> Optional[str]:
-    """``20140613T105312`` from ``20140613T105312.fnesync`` (or ``.ack``); None for other names."""
-    match = _STAMP_RE.match(os.path.basename(name))
-    return match.group(1) if match else None
-
-
-def stamp_time(stamp: str) -> _dt.datetime:
-    return _dt.datetime.strptime(stamp, _STAMP_FORMAT).replace(tzinfo=_dt.timezone.utc)
 
 
 def parse_time(text: str) -> Optional[_dt.datetime]:

@@ -15,14 +15,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".venv" / "collections"))
 
 from ansible_collections.fne.offline_sync.plugins.module_utils import _fleet as fleet  # noqa: E402
-from ansible_collections.fne.offline_sync.plugins.module_utils._files import write_atomic  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.module_utils._files import sync_time_of, write_atomic  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.module_utils._store import (  # noqa: E402
     LockedError,
     ServerStore,
     StoreError,
     parse_time,
-    stamp_of,
-    stamp_time,
     summarize,
 )
 
@@ -155,11 +153,10 @@ def test_parse_time(text, expected):
     assert parse_time(text) == expected
 
 
-def test_stamps():
-    assert stamp_of("/x/20140613T105312.fnesync") == "20140613T105312"
-    assert stamp_of("20140613T105312.ack") == "20140613T105312"
-    assert stamp_of("other") is None
-    assert stamp_time("20140613T105312") == dt.datetime(2014, 6, 13, 10, 53, 12, tzinfo=dt.timezone.utc)
+def test_sync_file_times():
+    """The re-upload rule compares a file's name time with the back office's expected time."""
+    assert sync_time_of("/x/20140613T105312.fnesync") == dt.datetime(2014, 6, 13, 10, 53, 12, tzinfo=dt.timezone.utc)
+    assert sync_time_of("other") is None
 
 
 def _mismatch(expected: str) -> fleet.MismatchError:
