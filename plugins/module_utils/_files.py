@@ -14,6 +14,7 @@ from typing import Iterable, Optional
 
 SYNC_SUFFIX = ".fnesync"
 SYNC_NAME_RE = re.compile(r"^(\d{8}T\d{6})\.fnesync$")
+STAMP_FORMAT = "%Y%m%dT%H%M%S"  # a sync file's name: its sync time in UTC
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 CHUNK = 1024 * 1024
@@ -25,9 +26,30 @@ def sync_time_of(name: str) -> Optional[datetime]:
     if not match:
         return None
     try:
-        return datetime.strptime(match.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+        return datetime.strptime(match.group(1), STAMP_FORMAT).replace(tzinfo=timezone.utc)
     except ValueError:
         return None
+
+
+def parse_time(text: str) -> Optional[datetime]:
+    """The times the protocol prints, in UTC: ISO 8601 (`2026-11-25T14:03:05Z`, an offset, or none: then UTC),
+    file stamps (`20261125T140305`), and the back office's mismatch text (`Jan 24, 2019 11:04:09 AM`, UTC). None
+    when the text is none of these."""
+    text = (text or "").strip().replace("\u202f", " ")
+    if not text:
+        return None
+    parsed = None
+    for fmt in (STAMP_FORMAT, "%b %d, %Y %I:%M:%S %p", "%b %d, %Y, %I:%M:%S %p", "%b %d, %Y %H:%M:%S"):
+        with contextlib.suppress(ValueError):
+            parsed = datetime.strptime(text, fmt)
+            break
+    if parsed is None:
+        iso = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
+        try:
+            parsed = datetime.fromisoformat(iso)
+        except ValueError:
+            return None
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
 
 
 def list_sync_files(folder: str) -> list[str]:

@@ -18,27 +18,31 @@ import shutil
 import tempfile
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ._client import (
-    FORCE_HINT,
-    GENERATE_NOTHING,
-    GENERATE_SUCCESS,
-    MISMATCH_KEY,
-    MISMATCH_RE,
+from ansible_collections.fne.offline_sync.plugins.module_utils._connection import (
     SYNC_ACK,
     SYNC_MESSAGE,
-    UPLOAD_SUCCESS,
     Connection,
+    lls_base_url,
+)
+from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
+    FORCE_HINT,
+    MISMATCH_KEY,
     FneError,
     MismatchError,
-    conflict_path,
-    lls_base_url,
-    name_conflict,
+    mismatch_times,
     scrub,
+)
+from ansible_collections.fne.offline_sync.plugins.module_utils._files import list_sync_files, move_atomic, sha256_file
+from ansible_collections.fne.offline_sync.plugins.module_utils._folder import (
+    GENERATE_NOTHING,
+    GENERATE_SUCCESS,
+    UPLOAD_SUCCESS,
+    conflict_path,
+    name_conflict,
     start_generate,
     take_replaced,
     upload_files,
 )
-from ._files import list_sync_files, move_atomic, sha256_file
 
 SERVER_TOOL = "serverofflinesynctool.sh"
 BACKOFFICE_TOOL = "backofficeofflinesynctool.sh"
@@ -91,9 +95,7 @@ class _Tool:
 def tool_error(output: str, what: str, command: str, rc: int) -> FneError:
     if MISMATCH_KEY in output:
         line = next((item for item in output.splitlines() if "Expected sync time" in item), "")
-        match = MISMATCH_RE.search(line.strip().rstrip('"}').rstrip())
-        expected = match.group("expected") if match else ""
-        received = match.group("received") if match else ""
+        expected, received = mismatch_times(line)
         text = f'"{MISMATCH_KEY}": "Expected sync time {expected}, got {received}"'
         return MismatchError(f"{what} failed: {text}", expected, received)
     tail = "\n".join(line for line in output.strip().splitlines()[-8:])
@@ -101,7 +103,7 @@ def tool_error(output: str, what: str, command: str, rc: int) -> FneError:
 
 
 class ToolLicenseServer:
-    """Same interface as _client.LicenseServer, through serverofflinesynctool.sh."""
+    """The LicenseServerBackend (_backend.py), through serverofflinesynctool.sh."""
 
     def __init__(self, conn: Connection, tool_path: Optional[str], warn: Callable[[str], None],
                  run_command: RunCommand):
@@ -128,8 +130,7 @@ class ToolLicenseServer:
             except FneError as exc:
                 with contextlib.suppress(FneError):
                     self._collect(staging, result, replaceable)
-                exc.msg += " " + FORCE_HINT
-                exc.args = (exc.msg,)
+                exc.amend(FORCE_HINT)
                 result["changed"] = bool(files)
                 exc.result = result
                 raise
@@ -192,7 +193,7 @@ class ToolLicenseServer:
 
 
 class ToolBackOffice:
-    """Same interface as _client.BackOffice, through backofficeofflinesynctool.sh (one file per call, so that the
+    """The BackOfficeBackend (_backend.py), through backofficeofflinesynctool.sh (one file per call, so that the
     acknowledgment of everything accepted is kept when a later file fails)."""
 
     def __init__(self, conn: Connection, tool_path: Optional[str], warn: Callable[[str], None],

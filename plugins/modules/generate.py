@@ -172,7 +172,7 @@ error:
       type: str
 """
 
-from ansible_collections.fne.offline_sync.plugins.module_utils._options import run_module  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.module_utils._modules import run_module  # noqa: E402
 
 
 def main() -> None:

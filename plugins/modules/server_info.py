@@ -131,7 +131,7 @@ pending_count:
   type: int
 """
 
-from ansible_collections.fne.offline_sync.plugins.module_utils._options import run_module  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.module_utils._modules import run_module  # noqa: E402
 
 
 def main() -> None:

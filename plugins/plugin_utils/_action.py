@@ -18,8 +18,8 @@ from ansible.module_utils.errors import UnsupportedError
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
-from ansible_collections.fne.offline_sync.plugins.module_utils._client import FneError
-from ansible_collections.fne.offline_sync.plugins.module_utils._options import (
+from ansible_collections.fne.offline_sync.plugins.module_utils._errors import FneError
+from ansible_collections.fne.offline_sync.plugins.module_utils._modules import (
     MODULE_OPTIONS,
     argument_spec,
     execute,

@@ -20,7 +20,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / ".venv" / "collections"))
 
 from ansible_collections.fne.offline_sync.plugins.module_utils import _client as client  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.module_utils import _connection as connection  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.module_utils import _errors as errors  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.module_utils import _files as files  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.module_utils import _folder as folder  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.module_utils import _http as http  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._action import run_command  # noqa: E402
 
 OK_HEALTH = {"status": "ok", "version": "1", "instanceId": "i", "hostId": "H", "hostIdType": "Ethernet",
@@ -91,16 +95,16 @@ def server():
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     script.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    client._TOKENS.clear()
+    http.TOKENS.clear()
     yield script
     httpd.shutdown()
     httpd.server_close()
 
 
-def conn(url: str, **kw) -> client.Connection:
+def conn(url: str, **kw) -> connection.Connection:
     kw.setdefault("retries", 2)
     kw.setdefault("max_retry_wait", 0.05)
-    return client.Connection(url=url, **kw)
+    return connection.Connection(url=url, **kw)
 
 
 def json_answer(status: int, data: dict, **headers) -> tuple:
@@ -120,7 +124,7 @@ SYNC = "/api/1.0/sync_message/offline"
                                  "http://h:7070/api/1.0/sync_ack/offline", "http://h:7070/api/1.0/sync_message/offline"
                                  "?force=true"])
 def test_base_url(url):
-    assert client.lls_base_url(url) == "http://h:7070"
+    assert connection.lls_base_url(url) == "http://h:7070"
 
 
 @pytest.mark.parametrize("status", [408, 429, 502, 503, 504])
@@ -141,7 +145,7 @@ def test_retry_after_is_capped(server):
 
 def test_retries_run_out(server):
     server.on("GET", "/api/1.0/health", json_answer(503, {"key": "busy", "message": "try later"}))
-    with pytest.raises(client.FneError) as err:
+    with pytest.raises(errors.FneError) as err:
         client.LicenseServer(conn(server.url, retries=2)).health()
     assert server.count("GET", "/api/1.0/health") == 3
     assert "[503 busy] try later" in err.value.msg and server.url in err.value.msg
@@ -150,14 +154,14 @@ def test_retries_run_out(server):
 @pytest.mark.parametrize("status", [400, 500])
 def test_other_errors_are_not_retried(server, status):
     server.on("GET", "/api/1.0/health", json_answer(status, {"key": "glsErr.x", "message": "broken"}))
-    with pytest.raises(client.FneError) as err:
+    with pytest.raises(errors.FneError) as err:
         client.LicenseServer(conn(server.url)).health()
     assert server.count("GET", "/api/1.0/health") == 1
     assert err.value.status == status and err.value.key == "glsErr.x" and "broken" in err.value.msg
 
 
 def test_404_hints_at_the_base_url(server):
-    with pytest.raises(client.FneError) as err:
+    with pytest.raises(errors.FneError) as err:
         client.LicenseServer(conn(server.url + "/prefix")).health()
     assert "404" in err.value.msg and "base URL" in err.value.msg
 
@@ -167,10 +171,10 @@ def test_unreachable_is_retried_then_clear():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     warnings: list[str] = []
-    with pytest.raises(client.FneError) as err:
+    with pytest.raises(errors.FneError) as err:
         client.LicenseServer(conn(f"http://127.0.0.1:{port}"), warnings.append).health()
     assert "Cannot reach the license server at http://127.0.0.1" in err.value.msg
-    assert not isinstance(err.value, client.LostResponseError)
+    assert not isinstance(err.value, errors.LostResponseError)
     assert len(warnings) == 2
 
 
@@ -188,12 +192,12 @@ def test_tls_failure_hints_at_ca_path(tmp_path):
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         url = f"https://127.0.0.1:{httpd.server_address[1]}"
-        with pytest.raises(client.FneError) as err:
+        with pytest.raises(errors.FneError) as err:
             client.LicenseServer(conn(url)).health()
         assert "TLS failure" in err.value.msg and "ca_path" in err.value.msg
         ca_file = tmp_path / "ca.pem"
         ca.cert_pem.write_to_path(str(ca_file))
-        with pytest.raises(client.FneError) as err:  # reachable with the CA; 404 is the fake server's answer
+        with pytest.raises(errors.FneError) as err:  # reachable with the CA; 404 is the fake server's answer
             client.LicenseServer(conn(url, ca_path=str(ca_file))).health()
         assert "404" in err.value.msg
     finally:
@@ -221,7 +225,7 @@ def test_force_only_on_the_first_request(server, tmp_path):
 
 def test_dropped_answer_is_a_lost_response_not_retried(server, tmp_path):
     server.on("POST", SYNC, message("20250101T000000.fnesync"), "drop")
-    with pytest.raises(client.LostResponseError) as err:
+    with pytest.raises(errors.LostResponseError) as err:
         client.LicenseServer(conn(server.url, retries=3)).generate(str(tmp_path))
     assert server.count("POST", SYNC) == 2
     assert "force: true" in err.value.msg and "1 file(s) downloaded before it are kept" in err.value.msg
@@ -232,7 +236,7 @@ def test_dropped_answer_is_a_lost_response_not_retried(server, tmp_path):
 @pytest.mark.parametrize("status", [502, 504])
 def test_gateway_error_on_download_is_a_lost_response(server, tmp_path, status):
     server.on("POST", SYNC, (status, {"Content-Type": "text/html"}, b"<html><title>Bad Gateway</title></html>"))
-    with pytest.raises(client.LostResponseError) as err:
+    with pytest.raises(errors.LostResponseError) as err:
         client.LicenseServer(conn(server.url)).generate(str(tmp_path))
     assert server.count("POST", SYNC) == 1 and "Bad Gateway" in err.value.msg
     assert os.listdir(tmp_path) == []
@@ -246,7 +250,7 @@ def test_gateway_error_on_download_is_a_lost_response(server, tmp_path, status):
 ])
 def test_bad_answers_leave_no_file(server, tmp_path, answer):
     server.on("POST", SYNC, answer)
-    with pytest.raises(client.LostResponseError):
+    with pytest.raises(errors.LostResponseError):
         client.LicenseServer(conn(server.url)).generate(str(tmp_path))
     assert os.listdir(tmp_path) == []
 
@@ -263,7 +267,7 @@ def test_token_is_cached_and_renewed_once(server, tmp_path):
     assert server.count("POST", "/api/1.0/instances/~/authorize") == 2
 
     server.on("POST", SYNC, expired)  # refused again after renewing: an error, not a loop
-    with pytest.raises(client.FneError) as err:
+    with pytest.raises(errors.FneError) as err:
         lls.generate(str(tmp_path))
     assert err.value.status == 401 and server.count("POST", "/api/1.0/instances/~/authorize") == 3
 
@@ -272,7 +276,7 @@ def test_refused_password_is_never_echoed(server, tmp_path):
     secret = "S3cr3t-pw"
     server.on("POST", "/api/1.0/instances/~/authorize",
               json_answer(401, {"key": "glsErr.userAuthFailed", "message": f"bad password {secret}"}))
-    with pytest.raises(client.FneError) as err:
+    with pytest.raises(errors.FneError) as err:
         client.LicenseServer(conn(server.url, username="admin", password=secret)).generate(str(tmp_path))
     assert secret not in err.value.msg and "glsErr.userAuthFailed" in err.value.msg and "********" in err.value.msg
     assert err.value.msg.startswith(f"Request POST {server.url}/api/1.0/instances/~/authorize failed: "
@@ -315,11 +319,11 @@ def test_upload_mismatch_keeps_the_ack_for_what_was_accepted(server, tmp_path):
         (tmp_path / f"{name}.fnesync").write_bytes(b"m")
     text = "Expected sync time Jan 24, 2019 11:04:09 AM, got Jan 24, 2019 11:05:00 AM"
     server.on("POST", "/deviceservices", (200, {"Content-Type": "application/octet-stream"}, b"ACK1"),
-              json_answer(400, {client.MISMATCH_KEY: text}))
-    with pytest.raises(client.MismatchError) as err:
+              json_answer(400, {errors.MISMATCH_KEY: text}))
+    with pytest.raises(errors.MismatchError) as err:
         client.BackOffice(conn(server.url + "/deviceservices")).upload(str(tmp_path), "acks/ack.bin")
     assert err.value.expected == "Jan 24, 2019 11:04:09 AM" and err.value.received == "Jan 24, 2019 11:05:00 AM"
-    assert f'"{client.MISMATCH_KEY}": "{text}"' in err.value.msg
+    assert f'"{errors.MISMATCH_KEY}": "{text}"' in err.value.msg
     assert err.value.result["accepted"] == [str(tmp_path / "20250101T000000.fnesync")]
     assert (tmp_path / "acks" / "ack.bin").read_bytes() == b"ACK1"
     assert server.count("POST", "/deviceservices") == 2
@@ -328,7 +332,7 @@ def test_upload_mismatch_keeps_the_ack_for_what_was_accepted(server, tmp_path):
 def test_upload_lost_answer_is_not_resent(server, tmp_path):
     (tmp_path / "20250101T000000.fnesync").write_bytes(b"m")
     server.on("POST", "/deviceservices", "drop")
-    with pytest.raises(client.LostResponseError):
+    with pytest.raises(errors.LostResponseError):
         client.BackOffice(conn(server.url + "/deviceservices", retries=3)).upload(str(tmp_path))
     assert server.count("POST", "/deviceservices") == 1 and not (tmp_path / "syncack.bin").exists()
 
@@ -359,7 +363,7 @@ def test_full_disk_is_a_clear_error_and_leaves_nothing(server, tmp_path, monkeyp
 
     monkeypatch.setattr(files.AtomicWriter, "write", full)  # a real full disk needs a mount; the error path is ours
     server.on("POST", SYNC, message("20250101T000000.fnesync"), NOTHING)
-    with pytest.raises(client.LostResponseError) as err:
+    with pytest.raises(errors.LostResponseError) as err:
         client.LicenseServer(conn(server.url)).generate(str(tmp_path))
     assert "No space left on device" in err.value.msg and str(tmp_path) in err.value.msg
     assert "force: true" in err.value.msg
@@ -368,7 +372,7 @@ def test_full_disk_is_a_clear_error_and_leaves_nothing(server, tmp_path, monkeyp
 
 def test_a_server_that_never_says_204_does_not_loop(server, tmp_path):
     server.on("POST", SYNC, message("20250101T000000.fnesync"))
-    with pytest.raises(client.FneError) as err:
+    with pytest.raises(errors.FneError) as err:
         client.LicenseServer(conn(server.url)).generate(str(tmp_path))
     assert "twice" in err.value.msg and server.count("POST", SYNC) == 2
 
@@ -379,7 +383,7 @@ def test_an_existing_sync_file_is_never_overwritten(server, tmp_path):
     old = tmp_path / "20250101T000000.fnesync"
     old.write_bytes(b"old message")
     server.on("POST", SYNC, message("20250101T000000.fnesync", b"new message"), NOTHING)
-    with pytest.raises(client.LostResponseError) as err:
+    with pytest.raises(errors.LostResponseError) as err:
         client.LicenseServer(conn(server.url)).generate(str(tmp_path))
     assert old.read_bytes() == b"old message"
     kept = [p for p in tmp_path.iterdir() if p.name.endswith(".conflict")]
@@ -390,7 +394,7 @@ def test_an_existing_sync_file_is_never_overwritten(server, tmp_path):
 def test_the_same_name_twice_in_one_run_keeps_both(server, tmp_path):
     server.on("POST", SYNC, message("20250101T000000.fnesync", b"first"),
               message("20250101T000000.fnesync", b"second"), NOTHING)
-    with pytest.raises(client.LostResponseError) as err:
+    with pytest.raises(errors.LostResponseError) as err:
         client.LicenseServer(conn(server.url)).generate(str(tmp_path))
     assert (tmp_path / "20250101T000000.fnesync").read_bytes() == b"first"
     assert [p.read_bytes() for p in tmp_path.glob("*.conflict")] == [b"second"]
@@ -415,11 +419,11 @@ def test_a_changed_password_authorizes_again(server, tmp_path):
               json_answer(401, {"key": "glsErr.userAuthFailed", "message": "Authentication failed"}))
     server.on("POST", SYNC, NOTHING)
     client.LicenseServer(conn(server.url, username="admin", password="old")).generate(str(tmp_path))
-    with pytest.raises(client.FneError) as err:  # the new password is wrong: the old token must not hide it
+    with pytest.raises(errors.FneError) as err:  # the new password is wrong: the old token must not hide it
         client.LicenseServer(conn(server.url, username="admin", password="new")).generate(str(tmp_path))
     assert err.value.key == "glsErr.userAuthFailed" and server.count("POST", AUTH) == 2
     assert server.count("POST", SYNC) == 1
-    with pytest.raises(client.FneError):  # check_authorization asks the server, it does not trust the cache
+    with pytest.raises(errors.FneError):  # check_authorization asks the server, it does not trust the cache
         client.LicenseServer(conn(server.url, username="admin", password="old")).check_authorization()
     assert server.count("POST", AUTH) == 3
 
@@ -467,7 +471,7 @@ def test_an_accepted_files_ack_survives_an_unwritable_dest(server, tmp_path):
     (tmp_path / "20250101T000010.fnesync").write_bytes(b"m")
     (tmp_path / "blocker").write_text("a file, not a folder")
     server.on("POST", "/deviceservices", (200, {"Content-Type": "application/octet-stream"}, b"ACK1"))
-    with pytest.raises(client.FneError) as err:
+    with pytest.raises(errors.FneError) as err:
         client.BackOffice(conn(server.url + "/deviceservices")).upload(str(tmp_path), "blocker/ack.bin")
     kept = tmp_path / "20250101T000000.syncack.bin"
     assert kept.read_bytes() == b"ACK1" and str(kept) in err.value.msg
@@ -505,7 +509,7 @@ def test_a_tls_error_after_the_request_is_a_lost_response(tmp_path):
     ca.cert_pem.write_to_path(str(ca_file))
     try:
         url = f"https://127.0.0.1:{httpd.server_address[1]}"
-        with pytest.raises(client.LostResponseError) as err:
+        with pytest.raises(errors.LostResponseError) as err:
             client.LicenseServer(conn(url, ca_path=str(ca_file), retries=3)).generate(str(tmp_path / "out"))
         assert "force: true" in err.value.msg and served == [SYNC]
     finally:
@@ -517,7 +521,7 @@ def test_a_tls_error_after_the_request_is_a_lost_response(tmp_path):
 def test_an_empty_acknowledgment_is_a_lost_response(server, tmp_path, answer):
     (tmp_path / "20250101T000000.fnesync").write_bytes(b"m")
     server.on("POST", "/deviceservices", answer)
-    with pytest.raises(client.LostResponseError):
+    with pytest.raises(errors.LostResponseError):
         client.BackOffice(conn(server.url + "/deviceservices")).upload(str(tmp_path))
     assert not (tmp_path / "syncack.bin").exists() and server.count("POST", "/deviceservices") == 1
 
@@ -540,8 +544,8 @@ def test_a_failed_purge_still_reports_the_processed_ack(server, tmp_path, monkey
     ack.write_bytes(b"FNEACK1")
     server.on("POST", "/api/1.0/sync_ack/offline",
               json_answer(200, {"lastSyncTime": "2025-01-01T00:00:05Z", "processed": True}))
-    monkeypatch.setattr(client.os, "unlink", lambda _p: (_item for _item in ()).throw(PermissionError(13, "denied")))
-    with pytest.raises(client.FneError) as err:
+    monkeypatch.setattr(folder.os, "unlink", lambda _p: (_item for _item in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(errors.FneError) as err:
         client.LicenseServer(conn(server.url)).process(str(ack), str(tmp_path))
     assert err.value.result["changed"] and err.value.result["last_sync_time"] == "2025-01-01T00:00:05Z"
 
@@ -549,14 +553,14 @@ def test_a_failed_purge_still_reports_the_processed_ack(server, tmp_path, monkey
 def test_a_local_file_problem_is_a_clean_failure(server, tmp_path):
     """One failure path: an OSError the client did not foresee becomes an FneError (fail_json), not a traceback."""
     from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-    from ansible_collections.fne.offline_sync.plugins.module_utils import _options as options
+    from ansible_collections.fne.offline_sync.plugins.module_utils import _modules as options
 
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
     server.on("GET", "/api/1.0/health", json_answer(200, OK_HEALTH))
     params = ArgumentSpecValidator(options.argument_spec("server_info")).validate(
         {"url": server.url, "path": str(not_a_folder)}).validated_parameters
-    with pytest.raises(client.FneError) as err:
+    with pytest.raises(errors.FneError) as err:
         options.execute("server_info", params, False, lambda _m: None, run_command)
     assert str(not_a_folder) in err.value.msg and "Not a directory" in err.value.msg
 
@@ -571,7 +575,7 @@ def test_tool_backend_takes_a_killed_runs_files_and_never_overwrites(server, tmp
     (tmp_path / "20250101T000002.fnesync").write_bytes(b"old")
     server.on("POST", SYNC, message("20250101T000001.fnesync", b"new"), message("20250101T000002.fnesync", b"other"),
               NOTHING)
-    with pytest.raises(client.LostResponseError) as err:
+    with pytest.raises(errors.LostResponseError) as err:
         tool.ToolLicenseServer(conn(server.url), tools, lambda _m: None, run_command).generate(str(tmp_path))
     assert "force: true" in err.value.msg
     assert sorted(f["name"] for f in err.value.result["files"]) == ["20250101T000000.fnesync",

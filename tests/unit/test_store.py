@@ -14,14 +14,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".venv" / "collections"))
 
-from ansible_collections.fne.offline_sync.plugins.module_utils import _fleet as fleet  # noqa: E402
-from ansible_collections.fne.offline_sync.plugins.module_utils._files import sync_time_of, write_atomic  # noqa: E402
-from ansible_collections.fne.offline_sync.plugins.module_utils._store import (  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.module_utils._errors import MismatchError  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.module_utils._files import (  # noqa: E402
+    parse_time,
+    sync_time_of,
+    write_atomic,
+)
+from ansible_collections.fne.offline_sync.plugins.plugin_utils import _fleet as fleet  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._report import summarize  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import (  # noqa: E402
     LockedError,
     ServerStore,
     StoreError,
-    parse_time,
-    summarize,
 )
 
 
@@ -159,13 +163,13 @@ def test_sync_file_times():
     assert sync_time_of("other") is None
 
 
-def _mismatch(expected: str) -> fleet.MismatchError:
-    return fleet.MismatchError("mismatch", expected, "")
+def _mismatch(expected: str) -> MismatchError:
+    return MismatchError("mismatch", expected, "")
 
 
 def test_reupload_rule(store, tmp_path):
     """Expected at or after the file's own time: already accepted. Before it: a real gap."""
-    work = fleet.ServerWork(fleet.ServerConfig(name="lls001"), fleet.Options(store=store.root))
+    work = fleet.ServerWork(fleet.server_config("lls001", {}), fleet.Options(store=store.root), "upload")
     path = put(store.outbox, "20190124T110500.fnesync")
     assert not work._already_accepted(path, _mismatch("Jan 24, 2019 11:04:09 AM"))
     assert os.path.exists(path)
@@ -187,7 +191,7 @@ def test_summarize_counts_uploaded_records(store, tmp_path):
 
 def test_check_mode_touches_nothing(tmp_path):
     root = tmp_path / "store"
-    results = fleet.run_fleet("upload", [fleet.ServerConfig(name="lls001")],
+    results = fleet.run_fleet("upload", [fleet.server_config("lls001", {})],
                               fleet.Options(store=str(root), check_mode=True))
     assert not results["lls001"]["failed"] and not root.exists()
 
@@ -213,7 +217,7 @@ def test_check_mode_upload_does_not_resume(store):
     path = put(store.outbox, "20260101T000000.fnesync")
     Path(store.ack_for(path)).write_bytes(b"ACK")
     ledger_before = store.ledger()
-    results = fleet.run_fleet("upload", [fleet.ServerConfig(name="lls001")],
+    results = fleet.run_fleet("upload", [fleet.server_config("lls001", {})],
                               fleet.Options(store=store.root, check_mode=True))
     entry = results["lls001"]
     assert not entry["failed"] and entry["changed"]
@@ -225,11 +229,11 @@ def test_check_mode_upload_does_not_resume(store):
 def test_unexpected_error_text_never_carries_the_password(store, monkeypatch):
     secret = "s3cret-Pa55"
 
-    def boom(self, step):
+    def boom(self):
         raise RuntimeError(f"cannot log in as admin with {secret}")
 
-    monkeypatch.setattr(fleet.ServerWork, "run", boom)
-    cfg = fleet.ServerConfig(name="lls001", lls_username="admin", lls_password=secret)
+    monkeypatch.setitem(fleet.STEPS, "collect", (fleet.ServerWork, boom))
+    cfg = fleet.server_config("lls001", {"fne_lls_username": "admin", "fne_lls_password": secret})
     entry = fleet.run_fleet("collect", [cfg], fleet.Options(store=store.root))["lls001"]
     assert entry["failed"] and secret not in json.dumps(entry)
 
@@ -255,7 +259,7 @@ def test_recovery_never_supersedes_an_accepted_file(store, monkeypatch, step):
     fake = _FakeLls()
     monkeypatch.setattr(fleet.ServerWork, "lls", property(lambda self: fake))
     store.set_needs_force("test")
-    entry = fleet.run_fleet(step, [fleet.ServerConfig(name="lls001")], fleet.Options(store=store.root))["lls001"]
+    entry = fleet.run_fleet(step, [fleet.server_config("lls001", {})], fleet.Options(store=store.root))["lls001"]
     assert not entry["failed"], entry["msg"]
     assert not os.listdir(store.superseded)
     assert os.path.exists(os.path.join(store.sent, os.path.basename(path)))
@@ -266,7 +270,7 @@ def test_complete_ack_moves_only_the_processed_acknowledgment(store):
     for stem in ("20260101T000000", "20260102T000000", "20260103T000000"):
         Path(store.acks, stem + ".ack").write_bytes(b"ACK")
     opts = fleet.Options(store=store.root, ack="20260102T000000.ack")
-    entry = fleet.run_fleet("complete_ack", [fleet.ServerConfig(name="lls001", topology="remote")], opts)["lls001"]
+    entry = fleet.run_fleet("complete_ack", [fleet.server_config("lls001", {"fne_sync_topology": "remote"})], opts)["lls001"]
     assert not entry["failed"] and entry["processed"] == ["20260102T000000.ack"]
     assert [os.path.basename(a) for a in store.pending_acks()] == ["20260103T000000.ack"]
 
@@ -274,6 +278,29 @@ def test_complete_ack_moves_only_the_processed_acknowledgment(store):
 def test_complete_ack_records_the_last_sync_time(store):
     Path(store.acks, "20260101T000000.ack").write_bytes(b"ACK")
     opts = fleet.Options(store=store.root, last_sync_time="2026-01-01T00:00:00Z")
-    entry = fleet.run_fleet("complete_ack", [fleet.ServerConfig(name="lls001", topology="remote")], opts)["lls001"]
+    entry = fleet.run_fleet("complete_ack", [fleet.server_config("lls001", {"fne_sync_topology": "remote"})], opts)["lls001"]
     assert entry["last_sync_time"] == "2026-01-01T00:00:00Z"
     assert store.ledger()[-1]["detail"] == "lastSyncTime 2026-01-01T00:00:00Z"
+
+
+def test_a_typo_in_a_host_variable_fails_that_host_with_the_validators_words():
+    """`fne_lls_validate_certs: ture` must never turn certificate checks off."""
+    with pytest.raises(StoreError, match="fne_lls_validate_certs.*ture"):
+        fleet.server_config("lls001", {"fne_lls_validate_certs": "ture"})
+    for bad in ({"fne_sync_timeout": "soon"}, {"fne_sync_topology": "cloud"}, {"fne_sync_retries": "3.5"}):
+        with pytest.raises(StoreError, match=next(iter(bad))):
+            fleet.server_config("lls001", bad)
+    cfg = fleet.server_config("lls001", {"fne_lls_validate_certs": "no", "fne_backoffice_validate_certs": "yes",
+                                         "fne_sync_timeout": "7"})
+    assert cfg.lls["validate_certs"] is False and cfg.backoffice["validate_certs"] is True
+    assert cfg.lls["timeout"] == cfg.backoffice["timeout"] == 7.0
+
+
+def test_host_settings_fall_back_to_the_environment_as_the_modules_do(monkeypatch):
+    monkeypatch.setenv("FNE_LLS_URL", "http://lls.example:7070")
+    monkeypatch.setenv("FNE_LLS_PASSWORD", "from-env")
+    monkeypatch.setenv("FNE_BACKOFFICE_URL", "https://bo.example/deviceservices")
+    cfg = fleet.server_config("lls001", {"fne_lls_url": "", "fne_lls_username": "admin"})
+    assert cfg.lls["url"] == "http://lls.example:7070" and cfg.lls["password"] == "from-env"
+    assert cfg.backoffice["url"] == "https://bo.example/deviceservices" and "from-env" in cfg.secrets
+    assert fleet.server_config("lls002", {"fne_lls_url": "http://given:7070"}).lls["url"] == "http://given:7070"

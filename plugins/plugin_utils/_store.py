@@ -22,12 +22,16 @@ import os
 import time
 from typing import Any, Iterator, List, Optional
 
-from ._files import SYNC_SUFFIX, fsync_dir, sha256_file, write_atomic
+from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
+    SYNC_SUFFIX,
+    fsync_dir,
+    sha256_file,
+    write_atomic,
+)
 
 ACK_SUFFIX = ".ack"
-_STAMP_FORMAT = "%Y%m%dT%H%M%S"  # a sync file's name
 EVENTS = ("generated", "fetched", "uploaded", "acknowledged", "processed", "purged", "mismatch", "lost_response",
-          "recovered", "superseded", "error")
+          "recovery_started", "recovered", "superseded", "error")
 
 
 class StoreError(Exception):
@@ -44,25 +48,6 @@ class LockedError(StoreError):
 
 def utcnow() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str) -> Optional[_dt.datetime]:
-    """Parse the times the protocol prints: ISO 8601 (``2026-11-25T14:03:05Z``), file stamps, and the back
-    office's mismatch text (``Jan 24, 2019 11:04:09 AM``, UTC). None when the text is none of these."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    for fmt in ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%fZ", _STAMP_FORMAT,
-                "%b %d, %Y %I:%M:%S %p", "%b %d, %Y, %I:%M:%S %p", "%b %d, %Y %H:%M:%S"):
-        try:
-            parsed = _dt.datetime.strptime(text.replace("\u202f", " "), fmt)
-        except ValueError:
-            continue
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.timezone.utc)
-    with contextlib.suppress(ValueError):
-        parsed = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=_dt.timezone.utc)
-    return None
 
 
 class ServerStore:
@@ -264,66 +249,3 @@ class ServerStore:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.needs_force_path)
             fsync_dir(self.dir)
-
-
-_SUMMARY_FIELDS = ("records_synchronized", "files_uploaded", "last_sync", "recoveries", "errors", "last_error")
-
-
-def _fold(state: dict, entry: dict) -> None:
-    event = entry.get("event")
-    if event == "fetched":
-        state["records_by_file"][entry.get("file")] = int(entry.get("records") or 0)
-    elif event == "uploaded":
-        state["files_uploaded"] += 1
-        state["records_synchronized"] += state["records_by_file"].get(entry.get("file"), 0)
-    elif event == "processed":
-        state["last_sync"] = entry.get("time")
-    elif event == "recovered":
-        state["recoveries"] += 1
-    elif event == "error":
-        state["errors"] += 1
-        state["last_error"] = entry.get("detail")
-
-
-def summarize(store: ServerStore, now: Optional[_dt.datetime] = None, update_cache: bool = False) -> dict:
-    """Per-server figures for the report, from the ledger and the folders.
-
-    The ledger grows with every run; ``.summary.json`` remembers the figures and how far the ledger was read, so a
-    report reads only the new lines. Written only with ``update_cache`` (never in check mode or by status)."""
-    now = now or _dt.datetime.now(_dt.timezone.utc)
-    cache_path = os.path.join(store.dir, ".summary.json")
-    fresh = {"offset": 0, "records_by_file": {}, "records_synchronized": 0, "files_uploaded": 0, "last_sync": None,
-             "recoveries": 0, "errors": 0, "last_error": None}
-    state = dict(fresh, records_by_file={})
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        with open(cache_path, encoding="utf-8") as handle:
-            cached = json.load(handle)
-        if set(fresh) <= set(cached):
-            state = cached
-    try:
-        size = os.path.getsize(store.ledger_path)
-    except OSError:
-        size = 0
-    if size < state["offset"]:  # a replaced ledger: read it again from the start
-        state = dict(fresh, records_by_file={})
-    start = state["offset"]
-    if size > start:
-        with open(store.ledger_path, "rb") as handle:
-            handle.seek(start)
-            data = handle.read()
-        end = data.rfind(b"\n") + 1  # only whole lines: a line being written is read next time
-        for line in data[:end].splitlines():
-            with contextlib.suppress(ValueError):
-                _fold(state, json.loads(line))
-        state["offset"] = start + end
-    if update_cache and store.exists() and state["offset"] != start:
-        write_atomic(cache_path, [json.dumps(state, sort_keys=True).encode("utf-8")])
-    age_days = None
-    if state["last_sync"]:
-        parsed = parse_time(state["last_sync"])
-        if parsed:
-            age_days = round((now - parsed).total_seconds() / 86400, 3)
-    out = {name: state[name] for name in _SUMMARY_FIELDS}
-    out.update(age_days=age_days, outbox=len(store.outbox_files()), pending_acks=len(store.pending_acks()),
-               needs_force=store.needs_force())
-    return out

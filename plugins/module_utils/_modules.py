@@ -1,8 +1,8 @@
 # Copyright: fne.offline_sync contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Shared argument specs (connection, TLS, auth) with environment fallbacks, and the one place that turns module
-parameters into a client call and a client exception into a failure. Used by the modules (on any host) and by the
-action plugins (in the controller process). Private to the collection."""
+"""What each module does: its argument spec (the connection table plus its own options), its work in normal and
+check mode, and the one path from a client exception to a failure result. Used by the modules (on any host) and by
+the action plugins (in the controller process). Private to the collection."""
 
 from __future__ import annotations
 
@@ -10,51 +10,26 @@ import copy
 import os
 from typing import Any, Callable
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
-
-from ._client import (
-    DEFAULT_LLS_URL,
-    HAS_REQUESTS,
-    REQUESTS_IMPORT_ERROR,
-    BackOffice,
-    Connection,
-    FneError,
-    LicenseServer,
-    LostResponseError,
-    MismatchError,
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.fne.offline_sync.plugins.module_utils._backend import back_office, license_server
+from ansible_collections.fne.offline_sync.plugins.module_utils._client import LicenseServer
+from ansible_collections.fne.offline_sync.plugins.module_utils._connection import (
+    connection_from_params,
     lls_base_url,
-    resolve_upload,
+    module_spec,
 )
-from ._files import list_sync_files, sync_time_of
-from ._tool import RunCommand, ToolBackOffice, ToolLicenseServer
-
-COMMON_SPEC: dict = dict(
-    validate_certs=dict(type="bool", default=True),
-    timeout=dict(type="float", default=30),
-    retries=dict(type="int", default=3),
-    max_retry_wait=dict(type="float", default=60),
-    backend=dict(type="str", default="http", choices=["http", "tool"]),
-    tool_path=dict(type="path", fallback=(env_fallback, ["FNE_TOOL_PATH"])),
-)
-
-LLS_SPEC: dict = dict(
-    url=dict(type="str", default=DEFAULT_LLS_URL, fallback=(env_fallback, ["FNE_LLS_URL"])),
-    username=dict(type="str", fallback=(env_fallback, ["FNE_LLS_USERNAME"])),
-    password=dict(type="str", no_log=True, fallback=(env_fallback, ["FNE_LLS_PASSWORD"])),
-    ca_path=dict(type="path", fallback=(env_fallback, ["FNE_LLS_CA_PATH"])),
-)
-
-BACKOFFICE_SPEC: dict = dict(
-    url=dict(type="str", required=True, fallback=(env_fallback, ["FNE_BACKOFFICE_URL"])),
-    ca_path=dict(type="path", fallback=(env_fallback, ["FNE_BACKOFFICE_CA_PATH"])),
-)
+from ansible_collections.fne.offline_sync.plugins.module_utils._errors import FneError, LostResponseError, MismatchError
+from ansible_collections.fne.offline_sync.plugins.module_utils._files import list_sync_files, sync_time_of
+from ansible_collections.fne.offline_sync.plugins.module_utils._folder import resolve_upload
+from ansible_collections.fne.offline_sync.plugins.module_utils._http import HAS_REQUESTS, REQUESTS_IMPORT_ERROR
+from ansible_collections.fne.offline_sync.plugins.module_utils._tool import RunCommand
 
 MODULE_SPECS: dict = {
-    "generate": dict(LLS_SPEC, path=dict(type="path", required=True), force=dict(type="bool", default=False)),
-    "upload": dict(BACKOFFICE_SPEC, src=dict(type="path", required=True),
+    "generate": dict(module_spec("lls"), path=dict(type="path", required=True), force=dict(type="bool", default=False)),
+    "upload": dict(module_spec("backoffice"), src=dict(type="path", required=True),
                    dest=dict(type="path", default="syncack.bin")),
-    "process": dict(LLS_SPEC, src=dict(type="path", required=True), path=dict(type="path")),
-    "server_info": dict(LLS_SPEC, path=dict(type="path")),
+    "process": dict(module_spec("lls"), src=dict(type="path", required=True), path=dict(type="path")),
+    "server_info": dict(module_spec("lls"), path=dict(type="path")),
 }
 
 MODULE_OPTIONS: dict = {
@@ -65,34 +40,7 @@ MODULE_OPTIONS: dict = {
 
 def argument_spec(name: str) -> dict:
     """The full argument spec of one module (a deep copy: AnsibleModule mutates what it gets)."""
-    return copy.deepcopy(dict(COMMON_SPEC, **MODULE_SPECS[name]))
-
-
-def connection_from_params(params: dict) -> Connection:
-    return Connection(
-        url=params["url"],
-        username=params.get("username"),
-        password=params.get("password"),
-        validate_certs=params["validate_certs"],
-        ca_path=params.get("ca_path"),
-        timeout=params["timeout"],
-        retries=params["retries"],
-        max_retry_wait=params["max_retry_wait"],
-    )
-
-
-def _license_server(params: dict, warn: Callable[[str], None], run_command: RunCommand) -> Any:
-    conn = connection_from_params(params)
-    if params["backend"] == "tool":
-        return ToolLicenseServer(conn, params.get("tool_path"), warn, run_command)
-    return LicenseServer(conn, warn)
-
-
-def _back_office(params: dict, warn: Callable[[str], None], run_command: RunCommand) -> Any:
-    conn = connection_from_params(params)
-    if params["backend"] == "tool":
-        return ToolBackOffice(conn, params.get("tool_path"), warn, run_command)
-    return BackOffice(conn, warn)
+    return copy.deepcopy(MODULE_SPECS[name])
 
 
 def _check_folder(path: str) -> None:
@@ -116,7 +64,7 @@ def _generate(params: dict, check_mode: bool, warn: Callable[[str], None], run_c
         return {"changed": False, "records": 0, "files": [], "folder": os.path.abspath(params["path"]),
                 "message": f"Check mode: the license server at {lls.base} answers; no records were requested "
                            "(a request hands them out), so whether new data is pending is unknown."}
-    return _license_server(params, warn, run_command).generate(params["path"], force=params["force"])
+    return license_server(params, warn, run_command).generate(params["path"], force=params["force"])
 
 
 def _upload(params: dict, check_mode: bool, warn: Callable[[str], None], run_command: RunCommand) -> dict:
@@ -125,7 +73,7 @@ def _upload(params: dict, check_mode: bool, warn: Callable[[str], None], run_com
         return {"changed": bool(files), "ack": None, "accepted": [], "files": files, "ack_dest": dest,
                 "message": f"Check mode: would send {len(files)} file(s) to {params['url']} and write the "
                            f"acknowledgment to {dest}."}
-    result = _back_office(params, warn, run_command).upload(params["src"], params["dest"])
+    result = back_office(params, warn, run_command).upload(params["src"], params["dest"])
     result.setdefault("mismatch", False)
     return result
 
@@ -140,7 +88,7 @@ def _process(params: dict, check_mode: bool, warn: Callable[[str], None], run_co
                 "message": "Check mode: the acknowledgment was not sent; which files it covers is known only from "
                            "the server's answer, so nothing is reported as purged (candidates lists the sync files "
                            "it could cover)."}
-    return _license_server(params, warn, run_command).process(src, params.get("path"))
+    return license_server(params, warn, run_command).process(src, params.get("path"))
 
 
 def _server_info(params: dict, check_mode: bool, warn: Callable[[str], None], run_command: RunCommand) -> dict:
@@ -220,5 +168,3 @@ def run_module(name: str, module: Any = None) -> None:
         module.fail_json(msg=exc.msg, exception=None, **failure_result(exc))
     module.exit_json(**result)
 
-
-__all__ = ["argument_spec", "connection_from_params", "execute", "failure_result", "run_module", "MODULE_OPTIONS"]

@@ -1,0 +1,125 @@
+# Copyright: fne.offline_sync contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Connection settings, in one table: each module option with the inventory variable the fleet reads it from and
+its environment fallback (``url`` <-> ``fne_lls_url`` <-> ``FNE_LLS_URL``). The modules' argument specs and the
+fleet's per-host specs are both built from it; the doc fragments and the role argument spec are held to it by
+tests. Also the base-URL rules and the API paths. Private to the collection."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
+
+from ansible.module_utils.basic import env_fallback
+
+DEFAULT_LLS_URL = "http://localhost:7070"
+API = "/api/1.0"
+HEALTH = API + "/health"
+AUTHORIZE = API + "/instances/~/authorize"
+SYNC_MESSAGE = API + "/sync_message/offline"
+SYNC_ACK = API + "/sync_ack/offline"
+
+
+class Setting(NamedTuple):
+    option: str                # the module option
+    spec: dict                 # its argument spec entry, without the environment fallback
+    host_var: str              # the inventory variable the fleet reads it from
+    env: Optional[str] = None  # the environment fallback, for modules and fleet alike
+
+
+# The license server (generate, process, server_info).
+LLS_SETTINGS = (
+    Setting("url", {"type": "str", "default": DEFAULT_LLS_URL}, "fne_lls_url", "FNE_LLS_URL"),
+    Setting("username", {"type": "str"}, "fne_lls_username", "FNE_LLS_USERNAME"),
+    Setting("password", {"type": "str", "no_log": True}, "fne_lls_password", "FNE_LLS_PASSWORD"),
+    Setting("ca_path", {"type": "path"}, "fne_lls_ca_path", "FNE_LLS_CA_PATH"),
+    Setting("validate_certs", {"type": "bool", "default": True}, "fne_lls_validate_certs"),
+)
+# The back office (upload).
+BACKOFFICE_SETTINGS = (
+    Setting("url", {"type": "str", "required": True}, "fne_backoffice_url", "FNE_BACKOFFICE_URL"),
+    Setting("ca_path", {"type": "path"}, "fne_backoffice_ca_path", "FNE_BACKOFFICE_CA_PATH"),
+    Setting("validate_certs", {"type": "bool", "default": True}, "fne_backoffice_validate_certs"),
+)
+# How requests are made, for either side.
+TRANSPORT_SETTINGS = (
+    Setting("timeout", {"type": "float", "default": 30}, "fne_sync_timeout"),
+    Setting("retries", {"type": "int", "default": 3}, "fne_sync_retries"),
+    Setting("max_retry_wait", {"type": "float", "default": 60}, "fne_sync_max_retry_wait"),
+    Setting("backend", {"type": "str", "default": "http", "choices": ["http", "tool"]}, "fne_sync_backend"),
+    Setting("tool_path", {"type": "path"}, "fne_sync_tool_path", "FNE_TOOL_PATH"),
+)
+SIDES = {"lls": LLS_SETTINGS + TRANSPORT_SETTINGS, "backoffice": BACKOFFICE_SETTINGS + TRANSPORT_SETTINGS}
+
+
+def _entry(setting: Setting) -> dict:
+    entry = copy.deepcopy(setting.spec)
+    if setting.env:
+        entry["fallback"] = (env_fallback, [setting.env])
+    return entry
+
+
+def module_spec(side: str) -> dict:
+    """The connection options of a module that talks to `side` ("lls" or "backoffice")."""
+    return {s.option: _entry(s) for s in SIDES[side]}
+
+
+def host_spec(side: str) -> dict:
+    """The same settings keyed by inventory variable, for the fleet: an error names the variable the user set.
+    The URL has neither a default nor `required` there (a fleet never means localhost, and a step that does not
+    talk to that side does not need it): the step that needs it says so."""
+    spec = {}
+    for setting in SIDES[side]:
+        entry = _entry(setting)
+        if setting.option == "url":
+            entry.pop("default", None)
+            entry.pop("required", None)
+        spec[setting.host_var] = entry
+    return spec
+
+
+def params_from_host(side: str, validated: dict) -> dict:
+    """Module-style params (option -> value) from the validated host variables of `side`."""
+    return {s.option: validated.get(s.host_var) for s in SIDES[side]}
+
+
+@dataclass
+class Connection:
+    url: str
+    username: Optional[str] = None
+    password: Optional[str] = field(default=None, repr=False)
+    validate_certs: bool = True
+    ca_path: Optional[str] = None
+    timeout: float = 30
+    retries: int = 3
+    max_retry_wait: float = 60
+
+    def secrets(self) -> list[str]:
+        return [s for s in (self.password,) if s]
+
+
+def connection_from_params(params: dict) -> Connection:
+    """A Connection from module-style params (a module's, or params_from_host's)."""
+    return Connection(
+        url=params["url"],
+        username=params.get("username") or None,
+        password=params.get("password") or None,
+        validate_certs=params["validate_certs"],
+        ca_path=params.get("ca_path") or None,
+        timeout=params["timeout"],
+        retries=params["retries"],
+        max_retry_wait=params["max_retry_wait"],
+    )
+
+
+def lls_base_url(url: str) -> str:
+    """The license server's base URL; a full documented endpoint URL is reduced to it."""
+    url = (url or DEFAULT_LLS_URL).strip()
+    url = url.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    index = url.find(API + "/")
+    if index < 0 and url.endswith(API):
+        index = len(url) - len(API)
+    if index >= 0:
+        url = url[:index]
+    return url

@@ -1,0 +1,64 @@
+# Copyright: fne.offline_sync contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The client's errors, the back office's mismatch text, and scrubbing secrets out of messages. Private to the
+collection."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Optional
+
+# The back office's documented out-of-order answer, and the two times it prints.
+MISMATCH_KEY = "Mismatched or out of order time stamp in sync message"
+MISMATCH_RE = re.compile(r"Expected sync time (?P<expected>.+?), got (?P<received>.+?)\s*$")
+FORCE_HINT = ("The server may already have handed out the records in that answer and will not send them again by "
+              "itself: run generate with force: true to download every record since the last acknowledged sync time.")
+MASK = "********"
+
+
+class FneError(Exception):
+    """An error with a message fit for the user: names the URL and the cause, never a secret."""
+
+    def __init__(self, msg: str, url: Optional[str] = None, status: Optional[int] = None,
+                 key: Optional[str] = None, result: Optional[dict] = None):
+        super().__init__(msg)
+        self.msg = msg
+        self.url = url
+        self.status = status
+        self.key = key
+        self.result = result if result is not None else {}  # return values to report with the failure
+
+    def amend(self, text: str) -> None:
+        """Add a sentence to the message (str(exc) follows)."""
+        self.msg = f"{self.msg} {text}"
+        self.args = (self.msg,)
+
+
+class MismatchError(FneError):
+    """The back office's documented out-of-order answer."""
+
+    def __init__(self, msg: str, expected: str, received: str, **kwargs: Any):
+        super().__init__(msg, **kwargs)
+        self.expected = expected
+        self.received = received
+
+
+class LostResponseError(FneError):
+    """The request reached the server but its answer did not come back whole."""
+
+
+def mismatch_times(text: str) -> tuple[str, str]:
+    """(expected, received) as the back office printed them in its mismatch text; empty when not found."""
+    match = MISMATCH_RE.search(text.strip().rstrip('"}').rstrip())
+    return (match.group("expected"), match.group("received")) if match else ("", "")
+
+
+def noop_warn(msg: str) -> None:
+    """The default `warn` callback: a caller that shows no warnings."""
+
+
+def scrub(text: str, secrets: Iterable[Optional[str]]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, MASK)
+    return text

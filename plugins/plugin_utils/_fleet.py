@@ -1,0 +1,553 @@
+# Copyright: fne.offline_sync contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The fleet cycle: the offline synchronization steps for many license servers in one controller process.
+
+Used by the ``fne.offline_sync.fleet`` action plugin. Each server is worked by one thread of a bounded pool,
+under its store lock, with the backend its settings name (module_utils/_backend.py). A server's failure is recorded
+in its own entry and never stops the others.
+
+Cycle steps (``ServerWork``): ``collect`` (finish a dead run, process pending acknowledgments, download new
+messages), ``upload`` (outbox to the back office, oldest first), ``acknowledge`` (process the newest
+acknowledgment), ``recover`` (the documented forced re-download), ``status`` (read-only). The remote topology runs
+generate and process on the host; its store operations are ``RemoteStoreWork``'s steps (``admit``,
+``prepare_ack``, ``complete_ack``, ``supersede``, ``mark_force``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import os
+import threading
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible_collections.fne.offline_sync.plugins.module_utils._backend import (
+    BackOfficeBackend,
+    LicenseServerBackend,
+    back_office,
+    license_server,
+)
+from ansible_collections.fne.offline_sync.plugins.module_utils._connection import host_spec, params_from_host
+from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
+    FneError,
+    LostResponseError,
+    MismatchError,
+    scrub,
+)
+from ansible_collections.fne.offline_sync.plugins.module_utils._files import parse_time, sha256_file, sync_time_of
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._action import run_command
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import (
+    SYNC_SUFFIX,
+    LockedError,
+    ServerStore,
+    StoreError,
+)
+
+TOPOLOGIES = ("api", "remote")
+# Every host variable the fleet reads, validated per host with Ansible's own validator (types, choices, env
+# fallbacks): a host whose variables are invalid fails alone, in the validator's words.
+HOST_SPEC: Dict[str, dict] = dict(
+    host_spec("lls"), **host_spec("backoffice"),
+    fne_sync_topology={"type": "str", "default": "api", "choices": list(TOPOLOGIES)},
+)
+
+
+@dataclass
+class ServerConfig:
+    """Everything one server's step needs: module-style params for each side, from that host's variables."""
+
+    name: str
+    topology: str
+    lls: Dict[str, Any]
+    backoffice: Dict[str, Any]
+    secrets: List[str] = field(default_factory=list, repr=False)  # the no_log values of its settings
+
+
+def _validate(host_vars: Mapping[str, Any]) -> tuple:
+    """(validated variables, no_log values) of one host; unset or empty variables take the environment fallback."""
+    given = {}
+    for var in HOST_SPEC:
+        with contextlib.suppress(KeyError):
+            value = host_vars[var]
+            if value is not None and value != "":
+                given[var] = value
+    validation = ArgumentSpecValidator(HOST_SPEC).validate(given)
+    if validation.errors.errors:
+        raise StoreError(f"invalid host variables: {validation.errors.msg}")
+    return validation.validated_parameters, sorted(str(v) for v in validation._no_log_values if v)
+
+
+def server_config(name: str, host_vars: Mapping[str, Any]) -> ServerConfig:
+    """A server's settings from its host variables; raises StoreError naming the variable when one is invalid."""
+    validated, secrets = _validate(host_vars)
+    return ServerConfig(name=name, topology=validated["fne_sync_topology"],
+                        lls=params_from_host("lls", validated), backoffice=params_from_host("backoffice", validated),
+                        secrets=secrets)
+
+
+@dataclass
+class Options:
+    store: str
+    check_mode: bool = False
+    auto_recover: bool = True
+    lock_timeout: float = 5
+    workers: int = 16
+    remote_files: List[Dict[str, Any]] = field(default_factory=list)  # admit: [{src, sha256, records}]
+    forced: bool = False
+    reason: Optional[str] = None
+    ack: Optional[str] = None  # complete_ack: the acknowledgment that was processed (newer ones stay pending)
+    last_sync_time: Optional[str] = None  # complete_ack: what the server answered when it processed it
+
+
+def _error_text(exc: BaseException) -> str:
+    text = getattr(exc, "msg", None) or str(exc) or type(exc).__name__
+    return str(text)
+
+
+_THREAD = threading.local()  # .work: the ServerWork this worker thread runs now
+
+
+def _warn_current_server(text: str) -> None:
+    """Warnings of the back office a worker thread shares between its servers go to the server it works now."""
+    _THREAD.work._warn(text)
+
+
+class ServerWork:
+    """One server's cycle step: the store, the backends, and what happened (the host's entry in the result)."""
+
+    def __init__(self, cfg: ServerConfig, opts: Options, step: str):
+        self.cfg = cfg
+        self.opts = opts
+        self.step = step
+        self.store = ServerStore(opts.store, cfg.name)
+        self.warnings: List[str] = []
+        self.notes: List[str] = []
+        self.plan: List[str] = []
+        self.plan_changes = False  # check mode: whether the plan holds a certain change (not just a maybe)
+        self.changed = False
+        self.records = 0
+        self.fetched: List[str] = []
+        self.uploaded: List[str] = []
+        self.processed: List[str] = []
+        self.last_sync_time: Optional[str] = opts.last_sync_time
+        self.recovered = False
+        self._lls: Optional[LicenseServerBackend] = None
+        self._bo: Optional[BackOfficeBackend] = None
+
+    # ---- backends -----------------------------------------------------------------------------------------
+    def _warn(self, text: str) -> None:
+        self.warnings.append(f"{self.cfg.name}: {text}")
+
+    def _would(self, text: str, certain: bool = True) -> None:
+        """Check mode: note what a real run would do (`certain=False`: it may find nothing to do)."""
+        self.plan.append(text)
+        self.plan_changes = self.plan_changes or certain
+
+    @property
+    def lls(self) -> LicenseServerBackend:
+        if self._lls is None:
+            if not self.cfg.lls["url"]:
+                raise StoreError("no license server URL: set fne_lls_url (or FNE_LLS_URL)")
+            self._lls = license_server(self.cfg.lls, self._warn, run_command)
+        return self._lls
+
+    @property
+    def backoffice(self) -> BackOfficeBackend:
+        if self._bo is None:
+            params = self.cfg.backoffice
+            if not params["url"]:
+                raise StoreError("no back office URL: set fne_backoffice_url (or FNE_BACKOFFICE_URL)")
+            # one back office for the whole fleet: reuse its keep-alive TLS session within a worker thread
+            cache = _THREAD.__dict__.setdefault("backoffice", {})
+            key = repr(sorted(params.items()))  # url, TLS and transport settings: the back office takes no credentials
+            if key not in cache:
+                cache[key] = back_office(params, _warn_current_server, run_command)
+            self._bo = cache[key]
+        return self._bo
+
+    # ---- building blocks ----------------------------------------------------------------------------------
+    def resume(self) -> None:
+        if self.opts.check_mode:  # check mode writes nothing: say what a real run would finish
+            done = [os.path.basename(f) for f in self.store.outbox_files() if os.path.exists(self.store.ack_for(f))]
+            if done:
+                self._would(f"move {len(done)} accepted file(s) to sent/: {', '.join(done)}")
+            return
+        moved = self.store.resume()
+        if moved:
+            self.changed = True
+            self.notes.append(f"resumed: {len(moved)} accepted file(s) moved to sent/")
+
+    def process_pending(self) -> bool:
+        """Process the newest pending acknowledgment (it covers the older ones). False when there is none."""
+        acks = self.store.pending_acks()
+        if not acks:
+            return False
+        newest = acks[-1]
+        if self.opts.check_mode:
+            self._would(f"process acknowledgment {os.path.basename(newest)}")
+            return True
+        answer = self.lls.process(newest, None)
+        self.last_sync_time = answer.get("last_sync_time") or self.last_sync_time
+        self.store.complete_acks(newest, self.last_sync_time)
+        self.processed.append(os.path.basename(newest))
+        self.changed = True
+        return True
+
+    def generate(self, force: bool = False) -> None:
+        if self.opts.check_mode:
+            if force:
+                self._would("download again with force")
+            else:
+                self._would("download new records (if any: unknown in check mode, asking hands them out)",
+                            certain=False)
+            return
+        before = set(self.store.outbox_files())
+        try:
+            answer = self.lls.generate(self.store.outbox, force=force)
+        except LostResponseError as exc:
+            self._admit_new(before, {}, force)
+            reason = (f"lost response while downloading from {self.lls.base}: {_error_text(exc)}; the server may "
+                      "have handed out records that never arrived, a forced download is needed")
+            self.store.log("lost_response", detail=_error_text(exc))
+            self.store.set_needs_force(reason)
+            raise
+        except BaseException:
+            self._admit_new(before, {}, force)
+            raise
+        by_name = {os.path.basename(f.get("path") or f.get("name") or ""): f for f in answer.get("files") or []}
+        self._admit_new(before, by_name, force)
+        if self.fetched:
+            self.changed = True
+
+    def _admit_new(self, before: set, by_name: Dict[str, dict], force: bool) -> None:
+        for path in self.store.outbox_files():
+            if path in before:
+                continue
+            info = by_name.get(os.path.basename(path), {})
+            records = info.get("records")
+            self.store.admit(path, sha256=info.get("sha256"), records=records, forced=force)
+            self.fetched.append(os.path.basename(path))
+            self.records += int(records or 0)
+            self.changed = True
+
+    def upload_outbox(self) -> None:
+        """Upload outbox files oldest first; stop at the first failure (later files must wait for it)."""
+        files = self.store.outbox_files()
+        if self.opts.check_mode:
+            if files:
+                self._would(f"upload {len(files)} file(s): {', '.join(os.path.basename(f) for f in files)}")
+            return
+        for path in files:
+            self._upload_one(path)
+
+    def _upload_one(self, path: str) -> None:
+        name = os.path.basename(path)
+        sha = sha256_file(path)
+        for attempt in (1, 2):
+            try:
+                ack = self.backoffice.upload_file(path)
+            except MismatchError as exc:
+                if self._already_accepted(path, exc):
+                    return
+                raise
+            except LostResponseError as exc:
+                self.store.log("lost_response", file=name, detail=_error_text(exc))
+                if attempt == 1:
+                    self._warn(f"upload of {name}: answer lost ({_error_text(exc)}); uploading it again")
+                    continue
+                raise
+            self.store.record_ack(path, ack, sha256=sha)
+            self.uploaded.append(name)
+            self.changed = True
+            return
+
+    def _already_accepted(self, path: str, exc: MismatchError) -> bool:
+        """The re-upload rule (docs/design.md): a mismatch whose expected time is at or after this file's own
+        sync time means the back office already holds this file (an earlier answer was lost)."""
+        name = os.path.basename(path)
+        file_time = sync_time_of(name)
+        expected = parse_time(exc.expected)
+        if file_time is None or expected is None or expected < file_time:
+            return False
+        detail = (f"already accepted by the back office (re-upload answered: expected sync time "
+                  f"{exc.expected}); its acknowledgment was lost, a later acknowledgment covers it")
+        self.store.mark_accepted(path, detail)
+        self.uploaded.append(name)
+        self.notes.append(f"{name} {detail}")
+        self.changed = True
+        return True
+
+    def recover(self, reason: str) -> None:
+        """The documented procedure: process the newest acknowledgment received so far, set aside what is left
+        in the outbox, download again with force, upload, process the new acknowledgment."""
+        if self.opts.check_mode:
+            self._would(f"recover ({reason}): process newest ack, supersede outbox, forced download, upload, process")
+            return
+        self.store.log("recovery_started", detail=reason)
+        self.resume()  # an accepted file (its ack exists) goes to sent/, never to superseded/
+        self.process_pending()
+        moved = self.store.supersede(reason)
+        before_fetched = len(self.fetched)
+        self.generate(force=True)
+        self.upload_outbox()
+        self.process_pending()
+        self._recovered(f"{reason}; superseded {len(moved)} file(s), {len(self.fetched) - before_fetched} forced "
+                        "file(s)")
+
+    def _recovered(self, detail: str) -> None:
+        self.store.clear_needs_force()
+        self.store.log("recovered", detail=detail)
+        self.recovered = True
+        self.changed = True
+        self.notes.append(f"recovered ({detail})")
+
+    # ---- the cycle steps ----------------------------------------------------------------------------------
+    def collect(self) -> None:
+        self.resume()
+        self.process_pending()
+        reason = self.store.needs_force()
+        if reason:
+            self.notes.append(f"recovery pending: {reason}")
+            if self.opts.check_mode:
+                self._would("recover (forced download)")
+            return
+        try:
+            self.generate()
+        except LostResponseError as exc:
+            if not self.opts.auto_recover:
+                raise
+            self.changed = True
+            self.notes.append(f"answer lost while downloading ({_error_text(exc)}); the documented recovery runs in "
+                              "the upload step")
+
+    def upload(self) -> None:
+        self.resume()
+        reason = self.store.needs_force()
+        if reason and self.opts.forced:
+            # the remote topology's recovery upload: the outbox holds the forced download now
+            self.upload_outbox()
+            if not self.opts.check_mode:
+                self._recovered(reason)
+            return
+        if reason:
+            if self.cfg.topology == "api" and self.opts.auto_recover:
+                self.recover(reason)
+            else:
+                self.notes.append(f"recovery pending: {reason}")
+            return
+        try:
+            self.upload_outbox()
+        except MismatchError as exc:
+            text = _error_text(exc)
+            if self.opts.check_mode:
+                raise
+            self.store.log("mismatch", detail=text)
+            reason = f"back office mismatch: {text}"
+            self.store.set_needs_force(reason)
+            if self.opts.auto_recover and self.cfg.topology == "api":
+                self.recover(reason)
+            elif self.opts.auto_recover:
+                self.notes.append(f"{reason}; the documented recovery follows")
+            else:
+                raise
+
+    def acknowledge(self) -> None:
+        self.resume()
+        self.process_pending()
+
+    def recover_requested(self) -> None:
+        self.recover(self.store.needs_force() or "forced resynchronization requested")
+
+    def status(self) -> None:
+        """Read-only: the entry alone says where the server stands."""
+
+    # ---- the result ---------------------------------------------------------------------------------------
+    def extra_result(self) -> Dict[str, Any]:
+        return {}
+
+    def result(self, step: str, error: Optional[str] = None) -> Dict[str, Any]:
+        secrets = self.cfg.secrets
+        if error is not None:
+            error = scrub(error, secrets)
+        self.warnings = [scrub(w, secrets) for w in self.warnings]
+        acks = self.store.pending_acks()
+        entry: Dict[str, Any] = {
+            "host": self.cfg.name,
+            "topology": self.cfg.topology,
+            "step": step,
+            "changed": self.changed or (self.opts.check_mode and self.plan_changes),
+            "failed": error is not None,
+            "records": self.records,
+            "fetched": self.fetched,
+            "uploaded": self.uploaded,
+            "processed": self.processed,
+            "last_sync_time": self.last_sync_time,
+            "recovered": self.recovered,
+            "needs_force": self.store.needs_force() is not None,
+            "outbox": [os.path.basename(f) for f in self.store.outbox_files()],
+            "pending_ack": acks[-1] if acks else None,
+            "pending_ack_sha1": _sha1(acks[-1]) if acks else None,
+            "warnings": self.warnings,
+            "plan": self.plan,
+        }
+        entry.update(self.extra_result())
+        entry["msg"] = f"{self.cfg.name}: {step} failed: {error}" if error is not None else describe(entry, self.notes)
+        return entry
+
+
+class RemoteStoreWork(ServerWork):
+    """The remote topology's store operations: generate and process run on the license server host (per-host
+    tasks over SSH); these steps keep the control-node store in step with what those tasks did."""
+
+    def admit(self) -> None:
+        """Take the fetched files into the outbox after checking their sha256."""
+        known = self.known_files()
+        for item in self.opts.remote_files:
+            name = os.path.basename(item.get("path") or item.get("src") or "")
+            src = item.get("src") or os.path.join(self.store.dir, ".incoming", name)
+            if name in known:
+                if os.path.exists(src) and not self.opts.check_mode:
+                    os.unlink(src)
+                continue
+            if self.opts.check_mode:
+                self.plan.append(f"take {name} into the outbox")
+                continue
+            if not os.path.exists(src):
+                raise StoreError(f"fetched file {src} is missing")
+            module_sha, host_sha = item.get("module_sha256"), item.get("sha256") or item.get("checksum")
+            if module_sha and host_sha and module_sha.lower() != host_sha.lower():
+                raise StoreError(f"{name} changed on the license server host after generate wrote it: sha256 "
+                                 f"{host_sha} there, {module_sha} when written")
+            self.store.admit(src, sha256=item.get("module_sha256") or item.get("sha256") or item.get("checksum"),
+                             records=item.get("records"),
+                             forced=self.opts.forced)
+            self.fetched.append(os.path.basename(src))
+            self.records += int(item.get("records") or 0)
+            self.changed = True
+
+    def prepare_ack(self) -> None:
+        # the entry carries the newest pending acknowledgment and the new remote files (extra_result); a dead
+        # run's accepted file goes to sent/ first, before that acknowledgment is processed
+        self.resume()
+
+    def complete_ack(self) -> None:
+        acks = self.store.pending_acks()
+        if self.opts.ack:
+            acks = [a for a in acks if os.path.basename(a) <= os.path.basename(self.opts.ack)]
+        if acks and not self.opts.check_mode:
+            self.store.complete_acks(acks[-1], self.last_sync_time)
+            self.processed.append(os.path.basename(acks[-1]))
+            self.changed = True
+
+    def mark_force(self) -> None:
+        if not self.opts.check_mode:
+            self.store.log("lost_response", detail=self.opts.reason)
+            self.store.set_needs_force(self.opts.reason or "forced download requested")
+
+    def supersede(self) -> None:
+        if not self.opts.check_mode:
+            self.resume()  # an accepted file (its ack exists) goes to sent/, never to superseded/
+            moved = self.store.supersede(self.store.needs_force() or "forced resynchronization requested")
+            self.changed = self.changed or bool(moved)
+
+    def known_files(self) -> List[str]:
+        """Names already in the store (outbox, sent, superseded): a remote file with one of them is not new."""
+        names = set()
+        for folder in (self.store.outbox, self.store.sent, self.store.superseded):
+            with contextlib.suppress(FileNotFoundError):
+                names.update(os.listdir(folder))
+        return sorted(n for n in names if n.endswith(SYNC_SUFFIX))
+
+    def extra_result(self) -> Dict[str, Any]:
+        if self.step != "prepare_ack":
+            return {}
+        known = set(self.known_files())
+        return {"new_files": sorted(({"path": f.get("path"), "checksum": f.get("checksum")}
+                                     for f in self.opts.remote_files
+                                     if os.path.basename(str(f.get("path"))) not in known),
+                                    key=lambda f: str(f["path"]))}
+
+
+# step -> (the class that works it, its method); only "status" leaves the store untouched
+STEPS: Dict[str, tuple] = {
+    "collect": (ServerWork, ServerWork.collect),
+    "upload": (ServerWork, ServerWork.upload),
+    "acknowledge": (ServerWork, ServerWork.acknowledge),
+    "recover": (ServerWork, ServerWork.recover_requested),
+    "status": (ServerWork, ServerWork.status),
+    "admit": (RemoteStoreWork, RemoteStoreWork.admit),
+    "prepare_ack": (RemoteStoreWork, RemoteStoreWork.prepare_ack),
+    "complete_ack": (RemoteStoreWork, RemoteStoreWork.complete_ack),
+    "supersede": (RemoteStoreWork, RemoteStoreWork.supersede),
+    "mark_force": (RemoteStoreWork, RemoteStoreWork.mark_force),
+}
+READ_ONLY_STEPS = frozenset(("status",))
+
+
+def _sha1(path: str) -> str:
+    digest = hashlib.sha1()  # the checksum ansible.builtin.copy verifies a transfer with
+    with open(path, "rb") as handle:
+        digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def describe(entry: Dict[str, Any], notes: Optional[List[str]] = None) -> str:
+    parts = []
+    if entry.get("plan"):
+        parts.append("would " + "; ".join(entry["plan"]))
+    if entry.get("fetched"):
+        parts.append(f"downloaded {len(entry['fetched'])} file(s), {entry.get('records', 0)} record(s)")
+    if entry.get("uploaded"):
+        parts.append(f"uploaded {len(entry['uploaded'])} file(s)")
+    if entry.get("processed"):
+        parts.append(f"processed acknowledgment {entry['processed'][-1]}")
+    parts.extend(notes or [])
+    return f"{entry['host']}: {entry['step']}: " + ("; ".join(parts) if parts else "nothing to do")
+
+
+def work_one(step: str, cfg: ServerConfig, opts: Options) -> Dict[str, Any]:
+    """One server's step under its store lock (none for a read-only step or in check mode)."""
+    cls, method = STEPS[step]
+    work = cls(cfg, opts, step)
+    _THREAD.work = work
+    try:
+        if step in READ_ONLY_STEPS or opts.check_mode:
+            method(work)
+        else:
+            work.store.ensure()
+            with work.store.lock(opts.lock_timeout):
+                try:
+                    method(work)
+                except (StoreError, FneError) as exc:
+                    if not isinstance(exc, LockedError):
+                        work.store.log("error", detail=f"{step}: {_error_text(exc)}")
+                    raise
+    except (StoreError, FneError) as exc:
+        return work.result(step, _error_text(exc))
+    except Exception as exc:  # one server's surprise must not stop the fleet
+        return work.result(step, f"unexpected {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
+    return work.result(step)
+
+
+def run_fleet(step: str, configs: List[ServerConfig], opts: Options,
+              worker: Callable[[str, ServerConfig, Options], Dict[str, Any]] = work_one) -> Dict[str, Dict[str, Any]]:
+    """Run ``step`` for every server in a bounded thread pool; one entry per server, in input order."""
+    if step not in STEPS:
+        raise ValueError(f"unknown fleet step {step!r}; expected one of {', '.join(STEPS)}")
+    results: Dict[str, Dict[str, Any]] = {}
+    if not configs:
+        return results
+    workers = max(1, min(int(opts.workers), len(configs)))
+    if workers == 1:
+        for cfg in configs:
+            results[cfg.name] = worker(step, cfg, opts)
+        return results
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fne-fleet") as pool:
+        futures = {cfg.name: pool.submit(worker, step, cfg, opts) for cfg in configs}
+        for cfg in configs:
+            results[cfg.name] = futures[cfg.name].result()
+    return results
