@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from . import fleet
@@ -269,6 +270,71 @@ def cmd_fault(args: argparse.Namespace) -> int:
     return 0
 
 
+def _held(directory: Path, target: str | None, endpoint: str | None) -> list[dict]:
+    return [h for h in control(directory, "/held")["held"] if target in (None, h["target"])
+            and endpoint in (None, h["endpoint"])]
+
+
+@needs_lab
+def cmd_held(args: argparse.Namespace) -> int:
+    """The requests a hold/hold_after fault keeps waiting; with --wait, wait until one (matching) is held, so a
+    test acts exactly while a transfer is in progress."""
+    deadline = time.monotonic() + (args.wait or 0)
+    try:
+        while not (held := _held(args.dir, args.target, args.endpoint)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    except RuntimeError as exc:
+        return fail(str(exc))
+    if args.json:
+        print(json.dumps(held, indent=2))
+    else:
+        for h in held:
+            print(f"{h['id']}: {h['target']} {h['endpoint']} {h['method']} {h['path']} held {h['placement']} the "
+                  f"work for {h['seconds']:.1f}s, client {'connected' if h['connected'] else 'gone'}")
+    if not held and args.wait:
+        return fail(f"nothing held within {args.wait:g}s")
+    return 0
+
+
+def _tell(directory: Path, path: str, body: dict, say: Callable[[dict], str]) -> int:
+    """One control call as a whole command: print say(answer), or fail with the lab's error."""
+    try:
+        answer = control(directory, path, body)
+    except RuntimeError as exc:
+        return fail(str(exc))
+    print(say(answer))
+    return 0
+
+
+@needs_lab
+def cmd_release(args: argparse.Namespace) -> int:
+    body = {"target": args.target, "endpoint": args.endpoint, "id": args.id, "all": args.all}
+    return _tell(args.dir, "/release", body,
+                 lambda a: f"fnelab: released {len(a['released'])} held request(s) {a['released']}")
+
+
+@needs_lab
+def cmd_elsewhere(args: argparse.Namespace) -> int:
+    """What the elsewhere host was sent (redirect faults). Only --json shows the headers and bodies, which hold
+    whatever credentials a client leaked; the plain listing says whether an Authorization header came."""
+    if args.clear:
+        return _tell(args.dir, "/elsewhere/clear", {},
+                     lambda a: f"fnelab: elsewhere record cleared ({a['cleared']} requests)")
+    try:
+        record = control(args.dir, "/elsewhere")
+    except RuntimeError as exc:
+        return fail(str(exc))
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    print(f"elsewhere {record['http']} {record['https']}: {len(record['requests'])} requests")
+    for r in record["requests"]:
+        auth = any(name.lower() == "authorization" for name in r["headers"])
+        print(f"{r['time']} {r['method']} {r['scheme']} {r['path']} body {r['body_length']} bytes"
+              f"{' (JSON)' if r['json'] is not None else ''}, Authorization {'present' if auth else 'absent'}")
+    return 0
+
+
 @needs_lab
 def cmd_config(args: argparse.Namespace) -> int:
     directory = args.dir
@@ -381,6 +447,19 @@ def parser() -> argparse.ArgumentParser:
     fa.add_argument("--endpoint", choices=ENDPOINTS)
     fa.add_argument("--retry-after")
     fa.add_argument("--clear", action="store_true")
+    he = command("held", cmd_held, "list the requests a hold/hold_after fault keeps waiting")
+    he.add_argument("--target", metavar="NAME|backoffice")
+    he.add_argument("--endpoint", choices=ENDPOINTS)
+    he.add_argument("--wait", type=_positive(float), metavar="SECONDS", help="wait until one is held (else exit 1)")
+    he.add_argument("--json", action="store_true")
+    re_ = command("release", cmd_release, "let a held request go on (the oldest matching one, or --all)")
+    re_.add_argument("--target", metavar="NAME|backoffice")
+    re_.add_argument("--endpoint", choices=ENDPOINTS)
+    re_.add_argument("--id", type=int)
+    re_.add_argument("--all", action="store_true")
+    el = command("elsewhere", cmd_elsewhere, "what the elsewhere host (redirect faults) was sent")
+    el.add_argument("--json", action="store_true")
+    el.add_argument("--clear", action="store_true")
     co = command("config", cmd_config, "change live settings")
     co.add_argument("--reupload", choices=("accept", "reject"))
     co.add_argument("--page-size", type=_positive(int))

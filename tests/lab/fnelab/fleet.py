@@ -14,6 +14,8 @@ import yaml
 from .state import Server, State
 
 SERVER_PORT, BACKOFFICE_PORT, CONTROL_PORT = 7070, 8443, 7099
+ELSEWHERE_OFFSET = 2   # the "elsewhere" host that `redirect` faults point to (base+2)
+ELSEWHERE_PORTS = {"http": SERVER_PORT, "https": BACKOFFICE_PORT}
 
 
 def name(index: int) -> str:
@@ -22,6 +24,12 @@ def name(index: int) -> str:
 
 def address(base: str, offset: int) -> str:
     return str(ipaddress.IPv4Address(int(ipaddress.IPv4Address(base)) + offset))
+
+
+def elsewhere(base: str) -> dict[str, str]:
+    """The elsewhere host's address and its two base URLs."""
+    host = address(base, ELSEWHERE_OFFSET)
+    return {"address": host, **{scheme: f"{scheme}://{host}:{port}" for scheme, port in ELSEWHERE_PORTS.items()}}
 
 
 def spread(n: int, fraction: float, at_least: int = 1) -> list[bool]:
@@ -63,13 +71,13 @@ def create(state: State, n: int, base: str, security: float, https: float) -> No
 
 def ensure_tls(state: State, directory: Path) -> None:
     """One trustme CA for the lab (kept in the database so a restart keeps it), one server certificate whose
-    IP SANs cover every server and the back office. Writes DIR/ca.pem."""
+    IP SANs cover every server, the back office and the elsewhere host. Writes DIR/ca.pem."""
     if state.get("ca_pem") is None:
         import trustme
 
         ca = trustme.CA(organization_name="fnelab test CA")
         base = state.get("address_base")
-        ips = [address(base, 1)] + [s.address for s in state.servers()]
+        ips = [address(base, 1), address(base, ELSEWHERE_OFFSET)] + [s.address for s in state.servers()]
         leaf = ca.issue_cert(*ips, "localhost")
         state.put(ca_pem=ca.cert_pem.bytes().decode(), cert_chain_pem=b"".join(
             b.bytes() for b in leaf.cert_chain_pems).decode(), key_pem=leaf.private_key_pem.bytes().decode())
@@ -83,7 +91,8 @@ def write_files(state: State, directory: Path) -> dict:
     ca = str(directory / "ca.pem")
     bo_url = f"https://{address(base, 1)}:{BACKOFFICE_PORT}/deviceservices"
     info: dict = {"backoffice": {"url": bo_url, "ca_path": ca},
-                  "control_url": f"http://{address(base, 1)}:{CONTROL_PORT}", "ca_path": ca, "servers": {}}
+                  "control_url": f"http://{address(base, 1)}:{CONTROL_PORT}", "ca_path": ca,
+                  "elsewhere": elsewhere(base), "servers": {}}
     hosts: dict = {}
     for s in state.servers():
         url = f"{'https' if s.https else 'http'}://{s.address}:{SERVER_PORT}"

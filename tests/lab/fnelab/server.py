@@ -22,8 +22,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import fleet
-from .faults import Fault, FaultError, Faults, parse_start_spec
+from . import fleet, hostile
+from .faults import MODIFIERS, SAME_PREFIX, Fault, FaultError, Faults, parse_start_spec
 from .state import AckError, Mismatch, Server, State
 from .wire import Ack, Message, WireError, file_name, iso, mismatch_body
 
@@ -59,6 +59,9 @@ class Lab:
         self.base = self.state.get("address_base")
         self.bo_address = fleet.address(self.base, 1)
         self.faults = Faults()
+        self.holds = hostile.Holds()
+        self.elsewhere = hostile.Elsewhere(fleet.elsewhere(self.base))
+        self.lingering: dict[asyncio.Task, web.Request] = {}   # requests playing a fault, cut when the lab stops
         self.tokens: dict[str, tuple[str, float]] = {}   # token -> (server name, expiry)
         self.counts: Counter[tuple[str, str]] = Counter()
         self.listeners: dict[str, asyncio.Server | None] = {}   # target -> listening socket (None: down)
@@ -86,39 +89,76 @@ class Lab:
     async def _faulty(self, request: web.Request, handler) -> web.StreamResponse:
         """Count the request and play the faults its target and endpoint meet."""
         target = self._target(request)
-        route = request.match_info.route
-        endpoint = route.name or "other"
+        endpoint = (request.match_info.route.name or "other").rpartition(":")[2]  # "r:generate" is generate too
         self.counts[(target, endpoint)] += 1
         if target in self.listeners and self.listeners[target] is None:  # down: cut keep-alive connections too
             request.transport.abort()
             raise asyncio.CancelledError
         request["target"] = target
-        faults = self.faults.take(target, endpoint)
-        injected = None
+        # under SAME_PREFIX a redirect_same was followed: it is not played again there (no redirect loop)
+        skip = ("redirect_same",) if request.path.startswith(SAME_PREFIX + "/") else ()
+        faults = self.faults.take(target, endpoint, skip)
+        if not faults:
+            return await handler(request)
+        task = asyncio.current_task()
+        assert task is not None
+        self.lingering[task] = request
+        try:
+            return await self._play(request, handler, endpoint, faults)
+        finally:
+            self.lingering.pop(task, None)
+
+    async def _play(self, request: web.Request, handler, endpoint: str, faults: list[Fault]) -> web.StreamResponse:
+        """Modifiers around one answer: latency, hold, the answer (the work, or an injected one), hold_after,
+        then the answer sent (with extra headers, trickled, truncated, or dropped)."""
+        modifiers = {f.kind: f for f in faults if f.kind in MODIFIERS}
+        answer = next((f for f in faults if f.kind not in MODIFIERS), None)
+        kind = answer.kind if answer else None
         for f in faults:
             if f.kind == "latency":
                 await asyncio.sleep(float(f.value))
-            else:
-                injected = f
-        if injected is None:
+        if "hold" in modifiers or "hold_after" in modifiers:
+            await request.read()  # the whole request is received before it waits
+        if "hold" in modifiers:
+            await self.holds.hold(request, endpoint, modifiers["hold"])
+        response = None if kind == "endless" else await self._answer(request, handler, answer)
+        if "hold_after" in modifiers:
+            await self.holds.hold(request, endpoint, modifiers["hold_after"])
+        if kind == "drop":
+            hostile.hang_up(request)
+        pause = float(modifiers["trickle"].value) if "trickle" in modifiers else None
+        headers = hostile.extra_headers(modifiers)
+        if response is None:
+            await hostile.endless(request, endpoint, headers, pause)
+        response.headers.update(headers)
+        if pause is not None or kind == "truncate":
+            return await hostile.send(request, response, pause, truncate=kind == "truncate")
+        return response
+
+    async def _answer(self, request: web.Request, handler, answer: Fault | None) -> web.Response:
+        """The handler's answer (the work done: no answer fault, drop, truncate) or an injected one (nothing done)."""
+        kind = answer.kind if answer else None
+        if answer is None or kind in ("drop", "truncate"):
             return await handler(request)
-        if injected.kind == "status":
-            headers = {"Retry-After": injected.retry_after} if injected.retry_after else {}
-            return web.json_response({"key": "fnelab.injectedFault", "message": f"injected status {injected.value}"},
-                                     status=int(injected.value), headers=headers)
-        if injected.kind == "html":
+        if kind == "status":
+            headers = {"Retry-After": answer.retry_after} if answer.retry_after else {}
+            return web.json_response({"key": "fnelab.injectedFault", "message": f"injected status {answer.value}"},
+                                     status=int(answer.value), headers=headers)
+        if kind == "html":
             return web.Response(body=HTML_502, status=502, content_type="text/html", headers={"Server": "nginx"})
-        response = await handler(request)  # drop and truncate: the work is done and committed first
-        body = getattr(response, "body", None) or b""
-        if injected.kind == "truncate" and body:
-            partial = web.StreamResponse(status=response.status, headers=response.headers)
-            partial.content_length = len(body)
-            await partial.prepare(request)
-            await partial.write(bytes(body[: len(body) // 2]))
-            request.transport.close()  # close() flushes what was written, then hangs up
-        else:
-            request.transport.abort()
-        raise asyncio.CancelledError  # nothing more goes out on this connection
+        if kind == "page200":
+            return hostile.portal_page(answer.value)
+        if kind == "echo_token":
+            return await hostile.echo_token(request, int(answer.value))
+        return hostile.redirect(int(answer.value), self._location(request, same=kind == "redirect_same"))
+
+    def _location(self, request: web.Request, same: bool) -> str:
+        """Where a redirect points: the same path and query on the elsewhere host (same scheme), or under
+        SAME_PREFIX on this very address and port."""
+        if same:
+            host, port = request.transport.get_extra_info("sockname")[:2]
+            return f"{request.scheme}://{host}:{port}{SAME_PREFIX}{request.raw_path}"
+        return f"{self.elsewhere.urls[request.scheme]}{request.raw_path}"
 
     # --- license server ---------------------------------------------------------------------------------
     def _server(self, request: web.Request) -> Server:
@@ -212,7 +252,7 @@ class Lab:
     async def c_status(self, request: web.Request) -> web.Response:
         return web.json_response({"ready": True, "pid": os.getpid(), "servers": len(self.servers),
                                   "down": sorted(t for t, srv in self.listeners.items() if srv is None),
-                                  "faults": self.faults.describe(),
+                                  "faults": self.faults.describe(), "held": len(self.holds.pending()),
                                   "config": {"page_size": self.page_size, "token_ttl": self.token_ttl,
                                              "reupload": self.reupload}})
 
@@ -267,6 +307,26 @@ class Lab:
         made = self.state.add_records(int(body["records"]), ids)
         return web.json_response({"created": made})
 
+    async def c_held(self, request: web.Request) -> web.Response:
+        return web.json_response({"held": self.holds.pending()})
+
+    async def c_release(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        try:
+            id_ = int(body["id"]) if body.get("id") is not None else None
+        except (TypeError, ValueError):
+            return web.json_response({"error": "id is a number"}, status=400)
+        released = self.holds.release(body.get("target"), body.get("endpoint"), id_, bool(body.get("all")))
+        if not released and not body.get("all"):
+            return web.json_response({"error": "no held request matches"}, status=409)
+        return web.json_response({"released": released, "held": self.holds.pending()})
+
+    async def c_elsewhere(self, request: web.Request) -> web.Response:
+        return web.json_response(self.elsewhere.describe())
+
+    async def c_elsewhere_clear(self, request: web.Request) -> web.Response:
+        return web.json_response({"cleared": self.elsewhere.clear()})
+
     async def c_flush(self, request: web.Request) -> web.Response:
         self.flush()
         return web.json_response({"flushed": True})
@@ -289,20 +349,22 @@ class Lab:
                 return
             self.flush()
 
+    async def _bind(self, host: str, port: int, factory, tls: ssl.SSLContext | None, what: str) -> asyncio.Server:
+        try:
+            return await asyncio.get_running_loop().create_server(factory, host, port, ssl=tls, backlog=256,
+                                                                  reuse_address=True)
+        except OSError as exc:
+            raise SystemExit(f"fnelab: cannot listen on {host}:{port} for {what}: "
+                             f"{os.strerror(exc.errno or 0)}") from None
+
     async def _listen(self, target: str) -> None:
-        loop = asyncio.get_running_loop()
         if target == "backoffice":
             host, port, factory, tls = self.bo_address, fleet.BACKOFFICE_PORT, self.bo_runner.server, self.tls
         else:
             s = self.by_name[target]
             host, port, factory = s.address, fleet.SERVER_PORT, self.lls_runner.server
             tls = self.tls if s.https else None
-        try:
-            self.listeners[target] = await loop.create_server(factory, host, port, ssl=tls, backlog=256,
-                                                              reuse_address=True)
-        except OSError as exc:
-            raise SystemExit(f"fnelab: cannot listen on {host}:{port} for {target}: "
-                             f"{os.strerror(exc.errno or 0)}") from None
+        self.listeners[target] = await self._bind(host, port, factory, tls, target)
 
     async def _listen_stop(self, target: str) -> None:
         srv = self.listeners.get(target)
@@ -314,27 +376,37 @@ class Lab:
         started = time.monotonic()
         self.tls = self._ssl()
         lls = web.Application(middlewares=[self._faulty], client_max_size=64 * 1024 * 1024)
-        lls.router.add_get(f"{API}/health", self.health, name="health")
-        lls.router.add_post(f"{API}/instances/~/authorize", self.authorize, name="authorize")
-        lls.router.add_post(f"{API}/sync_message/offline", self.generate, name="generate")
-        lls.router.add_post(f"{API}/sync_ack/offline", self.ack, name="ack")
         bo = web.Application(middlewares=[self._faulty], client_max_size=256 * 1024 * 1024)
-        bo.router.add_post("/deviceservices", self.upload, name="upload")
+        for prefix, tag in (("", ""), (SAME_PREFIX, "r:")):  # SAME_PREFIX: where redirect_same leads, same routes
+            lls.router.add_get(f"{prefix}{API}/health", self.health, name=f"{tag}health")
+            lls.router.add_post(f"{prefix}{API}/instances/~/authorize", self.authorize, name=f"{tag}authorize")
+            lls.router.add_post(f"{prefix}{API}/sync_message/offline", self.generate, name=f"{tag}generate")
+            lls.router.add_post(f"{prefix}{API}/sync_ack/offline", self.ack, name=f"{tag}ack")
+            bo.router.add_post(f"{prefix}/deviceservices", self.upload, name=f"{tag}upload")
+        elsewhere = web.Application(client_max_size=256 * 1024 * 1024)
+        elsewhere.router.add_route("*", "/{tail:.*}", self.elsewhere.handle)
         control = web.Application()
-        for path, handler in (("/status", self.c_status),):
+        for path, handler in (("/status", self.c_status), ("/held", self.c_held), ("/elsewhere", self.c_elsewhere)):
             control.router.add_get(path, handler)
         for path, handler in (("/fault", self.c_fault), ("/clear", self.c_clear), ("/config", self.c_config),
                               ("/activity", self.c_activity), ("/flush", self.c_flush),
+                              ("/release", self.c_release), ("/elsewhere/clear", self.c_elsewhere_clear),
                               ("/shutdown", self.c_shutdown)):
             control.router.add_post(path, handler)
         self.lls_runner = web.AppRunner(lls, access_log=None, handle_signals=False)
         self.bo_runner = web.AppRunner(bo, access_log=None, handle_signals=False)
+        elsewhere_runner = web.AppRunner(elsewhere, access_log=None, handle_signals=False)
         control_runner = web.AppRunner(control, access_log=None, handle_signals=False)
-        for runner in (self.lls_runner, self.bo_runner, control_runner):
+        runners = (control_runner, self.bo_runner, self.lls_runner, elsewhere_runner)
+        for runner in runners:
             await runner.setup()
         for s in self.servers:
             await self._listen(s.name)
         await self._listen("backoffice")
+        elsewhere_listeners = [
+            await self._bind(self.elsewhere.urls["address"], port, elsewhere_runner.server,
+                             self.tls if scheme == "https" else None, "elsewhere")
+            for scheme, port in fleet.ELSEWHERE_PORTS.items()]
         for target, faults in self.faults.active.items():  # `--fault NAME:down` at start
             if any(f.kind == "down" for f in faults):
                 await self._listen_stop(target)
@@ -354,11 +426,15 @@ class Lab:
         await self.stopping.wait()
         log.info("lab stopping")
         flusher.cancel()
-        for srv in self.listeners.values():
+        for srv in [*self.listeners.values(), *elsewhere_listeners]:
             if srv is not None:
                 srv.close()
+        for task, request in list(self.lingering.items()):  # held, trickling, endless: cleanup would wait on them
+            if request.transport is not None:
+                request.transport.abort()
+            task.cancel()
         await asyncio.sleep(0.1)  # let the control endpoint answer the shutdown request
-        for runner in (control_runner, self.bo_runner, self.lls_runner):
+        for runner in runners:
             await runner.cleanup()
         if (self.dir / "lab.sqlite").exists():
             self.flush()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
 import os
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
 import requests
+from fnelab.cli import control
+from fnelab.state import connect, snapshot
 from fnelab.wire import Message
 
 BIN = Path(sys.executable).parent
@@ -15,6 +19,7 @@ TOOLS = Path(subprocess.run([str(BIN / "fnelab"), "tools-path"], capture_output=
                             check=True).stdout.strip())
 GENERATE = "/api/1.0/sync_message/offline"
 ACK = "/api/1.0/sync_ack/offline"
+AUTHORIZE, HEALTH = "/api/1.0/instances/~/authorize", "/api/1.0/health"
 
 
 def tool_env(ca: str | None) -> dict[str, str]:
@@ -95,3 +100,52 @@ def upload(lab, body: bytes, content_type: str | None = "application/octet-strea
 
 def decode(data: bytes) -> Message:
     return Message.decode(data)
+
+
+def raw_request(url: str, path: str, body: bytes | None = None, ca: str | None = None, method: str = "POST",
+                timeout: float = 5) -> tuple[int, dict, bytes, bool]:
+    """One request with http.client (timeout: per socket operation); (status, headers, bytes received,
+    complete?) to see truncation for what it is. http.client's own refusals (too many headers, a header line too
+    long) are raised."""
+    scheme, rest = url.split("://")
+    host, port = rest.split("/")[0].split(":")
+    if scheme == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, int(port), timeout=timeout, context=ssl.create_default_context(cafile=ca))
+    else:
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request(method, path, body=body,
+                     headers={"Content-Type": "application/octet-stream"} if body else {})
+        resp = conn.getresponse()
+        try:
+            return resp.status, dict(resp.getheaders()), resp.read(), True
+        except http.client.IncompleteRead as exc:
+            return resp.status, dict(resp.getheaders()), exc.partial, False
+    finally:
+        conn.close()
+
+
+# In-process equivalents of a few `fnelab` commands, for tests that make many calls (each command is a Python
+# start, about half a second on a busy machine); the commands themselves are tested elsewhere.
+def live_fault(lab, target: str, spec: str, count: int | None = None, endpoint: str | None = None) -> None:
+    kind, _, value = spec.partition("=")
+    control(lab.dir, "/fault", {"target": target, "kind": kind, "value": value or None, "count": count,
+                                "endpoint": endpoint})
+
+
+def live_state(lab) -> dict:
+    control(lab.dir, "/flush", {})
+    db = connect(lab.dir / "lab.sqlite", readonly=True)
+    try:
+        return snapshot(db)
+    finally:
+        db.close()
+
+
+def live_held(lab) -> list[dict]:
+    return control(lab.dir, "/held")["held"]
+
+
+def live_elsewhere(lab) -> list[dict]:
+    return control(lab.dir, "/elsewhere")["requests"]

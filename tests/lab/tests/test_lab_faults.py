@@ -2,33 +2,11 @@
 
 from __future__ import annotations
 
-import http.client
-import ssl
 import time
 
 import pytest
 import requests
-from labhelp import Api, decode, upload
-
-
-def raw_post(url: str, path: str, body: bytes | None = None, ca: str | None = None
-             ) -> tuple[int, dict, bytes, bool]:
-    """POST with http.client; (status, headers, bytes received, complete?) to see truncation for what it is."""
-    scheme, rest = url.split("://")
-    host, port = rest.split("/")[0].split(":")
-    if scheme == "https":
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            host, int(port), timeout=5, context=ssl.create_default_context(cafile=ca))
-    else:
-        conn = http.client.HTTPConnection(host, int(port), timeout=5)
-    conn.request("POST", path, body=body, headers={"Content-Type": "application/octet-stream"} if body else {})
-    resp = conn.getresponse()
-    try:
-        return resp.status, dict(resp.getheaders()), resp.read(), True
-    except http.client.IncompleteRead as exc:
-        return resp.status, dict(resp.getheaders()), exc.partial, False
-    finally:
-        conn.close()
+from labhelp import Api, decode, raw_request, upload
 
 
 def test_latency_status_html_and_filters(lab_factory):
@@ -77,7 +55,7 @@ def test_drop_commits_then_loses_the_answer(lab_factory):
 def test_truncate_sends_half_the_body(lab_factory):
     lab = lab_factory(1, "--records", "4", "--page-size", "2")
     lab.fault("lls001", "truncate", "--count", "1")
-    status, headers, body, complete = raw_post(lab.info["servers"]["lls001"]["url"], "/api/1.0/sync_message/offline")
+    status, headers, body, complete = raw_request(lab.info["servers"]["lls001"]["url"], "/api/1.0/sync_message/offline")
     assert status == 200 and not complete
     assert len(body) == int(headers["Content-Length"]) // 2
     assert lab.state()["servers"]["lls001"]["cursor"] == 2
@@ -87,13 +65,13 @@ def test_truncate_a_large_answer_and_the_backoffice_acknowledgment(lab_factory):
     lab = lab_factory(1, "--records", "800", "--page-size", "800")
     url = lab.info["servers"]["lls001"]["url"]
     lab.fault("lls001", "truncate", "--count", "1")
-    status, headers, body, complete = raw_post(url, "/api/1.0/sync_message/offline")
+    status, headers, body, complete = raw_request(url, "/api/1.0/sync_message/offline")
     assert status == 200 and not complete and int(headers["Content-Length"]) > 100_000
     assert len(body) == int(headers["Content-Length"]) // 2  # really sent, then cut: not an empty answer
     message = Api(lab, "lls001").generate(force=True).content  # the lost page again, from the epoch
     lab.fault("backoffice", "truncate", "--count", "1")
     bo = lab.info["backoffice"]["url"]
-    status, headers, body, complete = raw_post(bo, "/deviceservices", message, ca=str(lab.dir / "ca.pem"))
+    status, headers, body, complete = raw_request(bo, "/deviceservices", message, ca=str(lab.dir / "ca.pem"))
     assert status == 200 and not complete and 0 < len(body) == int(headers["Content-Length"]) // 2
     assert lab.state()["backoffice"]["messages_accepted"] == 1  # stored before the answer broke off
 

@@ -10,9 +10,7 @@ import ssl
 import pytest
 import requests
 from fnelab.wire import EPOCH, Message, record
-from labhelp import ACK, GENERATE, Api, decode, session, upload
-
-AUTHORIZE, HEALTH = "/api/1.0/instances/~/authorize", "/api/1.0/health"
+from labhelp import ACK, AUTHORIZE, GENERATE, HEALTH, Api, decode, session, upload
 
 
 def test_wrong_method_is_405_and_does_nothing(lab_factory):
