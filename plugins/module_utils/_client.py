@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from ansible_collections.fne.offline_sync.plugins.module_utils._connection import (
     AUTHORIZE,
@@ -31,7 +31,6 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
     noop_warn,
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
-    CHUNK,
     SYNC_NAME_RE,
     AtomicWriter,
     parse_time,
@@ -47,7 +46,16 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._folder import (
     take_replaced,
     upload_files,
 )
-from ansible_collections.fne.offline_sync.plugins.module_utils._http import TOKENS, Http, error_text, reason_of, rexc
+from ansible_collections.fne.offline_sync.plugins.module_utils._http import (
+    MAX_ACK,
+    MAX_ERROR,
+    MAX_MESSAGE,
+    TOKENS,
+    Http,
+    error_text,
+    looks_like_html,
+    media_type,
+)
 
 
 class LicenseServer:
@@ -73,13 +81,14 @@ class LicenseServer:
         credentials = {"user": self.conn.username, "password": self.conn.password or ""}
         response = self.http.request("POST", url, json_body=credentials)
         self.http.raise_for_status("POST", url, response)
-        try:
-            return response.json()["token"]
-        except (ValueError, KeyError, TypeError):
-            raise self.http.fail(f"Authorization at {url} answered without a token.", url) from None
+        answer = self.http.json(response, "a token")
+        token = answer.get("token") if isinstance(answer, dict) else None
+        if not isinstance(token, str) or not token:
+            raise self.http.fail(f"Authorization at {url} answered without a token.", url)
+        self.http.secrets.add(token)
+        return token
 
-    def _send(self, method: str, path: str, *, stream: bool = False, repeatable: bool = True,
-              query: str = "", **kwargs: Any) -> Any:
+    def _send(self, method: str, path: str, *, repeatable: bool = True, query: str = "", **kwargs: Any) -> Any:
         url = self.base + path + query
         extra_headers = kwargs.pop("headers", None) or {}
         refused: Optional[str] = None
@@ -87,9 +96,9 @@ class LicenseServer:
             headers = dict(extra_headers)
             token = self._token(stale=refused) if self.conn.username else None
             if token:
+                self.http.secrets.add(token)  # a cached token, authorized by another client of this process
                 headers["Authorization"] = "Bearer " + token
-            response = self.http.request(method, url, headers=headers, stream=stream, repeatable=repeatable,
-                                         **kwargs)
+            response = self.http.request(method, url, headers=headers, repeatable=repeatable, **kwargs)
             if response.status_code == 401 and token and refused is None:
                 # The token expired (security.token.duration): authorize again, once. A 401 means the request
                 # was not carried out, so even a non-repeatable one may be sent again.
@@ -107,11 +116,9 @@ class LicenseServer:
         url = self.base + HEALTH
         response = self.http.request("GET", url)
         self.http.raise_for_status("GET", url, response)
-        try:
-            data = response.json()
-        except ValueError:
-            raise self.http.fail("GET {} did not answer JSON (Content-Type {}): is url the license server's "
-                                 "base URL?".format(url, response.headers.get("Content-Type")), url) from None
+        data = self.http.json(response, "the server's health")
+        if not isinstance(data, dict):
+            raise self.http.fail(f"GET {url} answered {str(data)[:200]!r} instead of the server's health.", url)
         security = data.get("security") or {}
         return {
             "reachable": True,
@@ -166,13 +173,13 @@ class LicenseServer:
         return finish_generate(result)
 
     def _download_one(self, url: str, folder: str, query: str, replaceable: set) -> Optional[dict]:
-        response = self._send("POST", SYNC_MESSAGE, query=query, stream=True, repeatable=False)
+        response = self._send("POST", SYNC_MESSAGE, query=query, repeatable=False)
         try:
             if response.status_code == 204:
                 return None
             ctype = response.headers.get("Content-Type", "")
-            if ctype.split(";")[0].strip().lower() != "application/octet-stream":
-                _key, text = error_text(response)
+            if media_type(response) != "application/octet-stream":
+                _key, text = self.http.error_text(response)
                 raise LostResponseError(
                     f"POST {url} answered {response.status_code} with Content-Type {ctype or '(none)'} instead of a "
                     f"sync message: {text}. Nothing was written.", url=url, status=response.status_code)
@@ -184,7 +191,9 @@ class LicenseServer:
             count = response.headers.get("X-FNE-Record-Count")
             records = int(count) if count and count.strip().isdigit() else None
             final = os.path.join(folder, name)
-            info = _stream_to_file(response, final, url, replace=final in replaceable)
+            body = self.http.iter_body(response, MAX_MESSAGE, "sync message")
+            info = _stream_to_file(body, response.headers.get("Content-Length"), final, url,
+                                   replace=final in replaceable)
             info["records"] = records
             return info
         finally:
@@ -202,15 +211,11 @@ class LicenseServer:
         url = self.base + SYNC_ACK
         response = self._send("POST", SYNC_ACK, data=data,
                               headers={"Content-Type": "application/octet-stream"})
-        try:
-            answer = response.json()
-            last = answer["lastSyncTime"]
-            last_time = parse_time(last)
-            if last_time is None:
-                raise ValueError(last)
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise FneError(f"POST {url} answered without a lastSyncTime ({response.text[:300]}).",
-                           url=url) from None
+        answer = self.http.json(response, "the lastSyncTime")
+        last = answer.get("lastSyncTime") if isinstance(answer, dict) else None
+        last_time = parse_time(last) if isinstance(last, str) else None
+        if last_time is None:
+            raise self.http.fail(f"POST {url} answered without a lastSyncTime ({str(answer)[:300]}).", url)
         processed = bool(answer.get("processed", True))
         purged: list[str] = []
         lines: list[str] = []
@@ -235,25 +240,20 @@ def _disposition_name(header: str) -> Optional[str]:
     return os.path.basename(match.group(1).strip()) if match else None
 
 
-def _stream_to_file(response: Any, final_path: str, url: str, replace: bool = False) -> dict:
-    """Stream a response body into final_path atomically; a short body leaves no file under the final name.
+def _stream_to_file(body: Iterator[bytes], expected: Optional[str], final_path: str, url: str,
+                    replace: bool = False) -> dict:
+    """Write a message body into final_path atomically; a short body leaves no file under the final name.
     An existing final_path is only overwritten with `replace`; a different message under the same name (two
     messages in one second, a server restored from backup) is kept beside it and reported as a LostResponseError."""
-    expected = response.headers.get("Content-Length")
-    encoded = bool(response.headers.get("Content-Encoding"))
     try:
         writer = AtomicWriter(final_path)
     except OSError as exc:
         raise LostResponseError(f"Cannot write {final_path}: {exc.strerror or exc}. The answer of {url} was not "
                                 "saved.", url=url) from None
     try:
-        try:
-            for chunk in response.iter_content(CHUNK):
-                writer.write(chunk)
-        except rexc.RequestException as exc:
-            raise LostResponseError(f"The answer of POST {url} was truncated or broke off ({reason_of(exc)}); "
-                                    "nothing was written.", url=url) from None
-        if expected is not None and not encoded and expected.strip().isdigit() and writer.size != int(expected):
+        for chunk in body:
+            writer.write(chunk)
+        if expected is not None and expected.strip().isdigit() and writer.size != int(expected):
             raise LostResponseError(f"The answer of POST {url} was truncated: {writer.size} of {expected} bytes; "
                                     "nothing was written.", url=url)
         try:
@@ -270,6 +270,20 @@ def _stream_to_file(response: Any, final_path: str, url: str, replace: bool = Fa
                                 "saved.", url=url) from None
     finally:
         writer.abort()
+
+
+def _not_an_ack(ctype: str, body: bytes) -> Optional[str]:
+    """Why an answer is not an acknowledgment, or None. Its format is the vendor's and opaque here, but decoded it
+    names its LastSyncTime: a textual answer (text/*, JSON, XML, HTML) that does not is someone else's page."""
+    if not body:
+        return "an empty body"
+    head = body[:MAX_ERROR].decode("utf-8", "replace")
+    if "html" in ctype or looks_like_html(head):
+        return "an HTML page"
+    textual = ctype.startswith("text/") or "json" in ctype or "xml" in ctype
+    if textual and "lastsynctime" not in head.lower():
+        return f"{ctype} text that names no LastSyncTime"
+    return None
 
 
 class BackOffice:
@@ -292,30 +306,26 @@ class BackOffice:
                                      headers={"Content-Type": "application/octet-stream",
                                               "Content-Length": str(size)})
         try:
-            if response.status_code >= 400:
-                key, text = error_text(response)
+            status = response.status_code
+            if status >= 400:
+                key, text = self.http.error_text(response)
                 if key == MISMATCH_KEY:
                     expected, received = mismatch_times(text)
                     raise MismatchError(f"Upload of {file} to {url} failed: {text}", expected, received,
-                                        url=url, status=response.status_code, key=key)
+                                        url=url, status=status, key=key)
+                raise self.http.status_error("POST", url, status, key, text)
             self.http.raise_for_status("POST", url, response)
-            ctype = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if ctype in ("text/html", "application/json"):
-                _key, text = error_text(response)
-                raise LostResponseError(f"POST {url} answered {ctype} instead of an acknowledgment: {text}",
-                                        url=url, status=response.status_code)
-            body = response.content
+            body = self.http.read(response, MAX_ACK, "acknowledgment")
             expected_len = response.headers.get("Content-Length")
             if expected_len and expected_len.isdigit() and len(body) != int(expected_len):
                 raise LostResponseError(f"The acknowledgment from {url} was truncated ({len(body)} of "
                                         f"{expected_len} bytes).", url=url)
-            if not body:  # an empty "acknowledgment" (a proxy's 200/204) would be written and fail in process
-                raise LostResponseError(f"POST {url} answered {response.status_code} without an acknowledgment.",
-                                        url=url, status=response.status_code)
+            problem = _not_an_ack(media_type(response), body)
+            if problem:  # a proxy's or portal's page must never become an acknowledgment
+                _key, text = error_text(media_type(response), body[:MAX_ERROR].decode("utf-8", "replace"))
+                raise LostResponseError(f"POST {url} answered {status} with {problem} instead of an "
+                                        f"acknowledgment: {text[:300]}", url=url, status=status)
             return body
-        except rexc.RequestException as exc:
-            raise LostResponseError(f"The acknowledgment from {url} broke off ({reason_of(exc)}).",
-                                    url=url) from None
         finally:
             response.close()
 

@@ -57,8 +57,12 @@ def noop_warn(msg: str) -> None:
     """The default `warn` callback: a caller that shows no warnings."""
 
 
+BEARER_RE = re.compile(r"(Bearer\s+)[^\s\"',;]+", re.I)
+
+
 def scrub(text: str, secrets: Iterable[Optional[str]]) -> str:
+    """text without the given secrets, and without any bearer token a careless server echoed back."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, MASK)
-    return text
+    return BEARER_RE.sub(lambda match: match.group(1) + MASK, text)

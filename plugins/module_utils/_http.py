@@ -6,15 +6,20 @@ collection."""
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
+import math
+import os
 import re
+import socket
 import ssl
 import threading
 import time
 import traceback
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
+from urllib.parse import urlsplit
 
 from ansible_collections.fne.offline_sync.plugins.module_utils._connection import Connection
 from ansible_collections.fne.offline_sync.plugins.module_utils._errors import FneError, LostResponseError, scrub
@@ -107,10 +112,154 @@ def reason_of(exc: BaseException) -> str:
     return text
 
 
-def error_text(response: Any) -> tuple[Optional[str], str]:
-    """(key, message) from an error answer: the server's own words."""
-    ctype = response.headers.get("Content-Type", "")
-    body = response.text[:2000] if response.content else ""
+URL_HINTS = {"license server": "Is url the license server's base URL (http://HOST:7070, or https://HOST:1443)?",
+             "back office": "Is url the back office's deviceservices URL "
+                            "(https://SITEID.compliance.flexnetoperations.com/deviceservices)?"}
+MiB = 1 << 20
+READ_SIZE = 64 * 1024  # small reads: the deadline is checked between them
+# The most an answer may weigh, so that an endless body fills neither the disk nor the memory.
+MAX_JSON = MiB
+MAX_ERROR = 64 * 1024   # an error page: read this much for its words, never more
+MAX_ACK = 64 * MiB
+MAX_MESSAGE = 1024 * MiB
+
+
+class Deadline:
+    """When one request must be done: connected, sent and its whole answer received within `timeout` seconds, plus
+    `timeout` for each further MiB sent or received. A per-read socket timeout never fires on a server that trickles
+    its answer a byte at a time: the watchdog shuts the connection down when this deadline passes. Also tracks
+    whether the connection was established (before that, nothing was sent: never a lost answer)."""
+
+    def __init__(self, timeout: float, send_bytes: int = 0):
+        self.timeout = timeout
+        self.start = time.monotonic()
+        self.at = self.start + timeout * (1 + send_bytes / MiB)
+        self.conn: Any = None       # the urllib3 connection carrying the request (set by the tracked pool)
+        self.connected = False      # the connection (TCP and TLS) was established: the request may have left
+        self.expired = False
+
+    def allow(self, received: int) -> None:
+        """More time for a large answer: `timeout` for each MiB received so far."""
+        self.at = max(self.at, self.start + self.timeout * (1 + received / MiB))
+
+    def expire(self) -> None:
+        self.expired = True
+        conn = self.conn
+        if conn is not None and getattr(conn, "fne_deadline", None) is self:  # not yet handed to another request
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # a blocked read or write returns at once
+
+
+class _Watchdog:
+    """One thread watching the deadlines of every request in flight in this process."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active: set = set()
+        self._thread: Optional[threading.Thread] = None
+
+    def watch(self, deadline: Deadline) -> None:
+        with self._cond:
+            self._active.add(deadline)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fne-deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def forget(self, deadline: Deadline) -> None:
+        with self._cond:
+            self._active.discard(deadline)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for deadline in [d for d in self._active if d.at <= now]:
+                    self._active.discard(deadline)
+                    deadline.expire()
+                nearest = min((d.at for d in self._active), default=None)
+                self._cond.wait(None if nearest is None else max(0.01, nearest - now))
+
+
+WATCHDOG = _Watchdog()
+_CURRENT = threading.local()  # .deadline: the request this thread is sending now
+
+
+if HAS_REQUESTS:
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    def _tracked_connection(base: type) -> type:
+        class Tracked(base):  # type: ignore[misc,valid-type]
+            def connect(self) -> None:
+                super().connect()
+                deadline = getattr(self, "fne_deadline", None)
+                if deadline is not None:
+                    deadline.connected = True
+        return Tracked
+
+    def _tracked_pool(base: type, connection: type) -> type:
+        class Tracked(base):  # type: ignore[misc,valid-type]
+            ConnectionCls = _tracked_connection(connection)
+
+            def _get_conn(self, timeout: Any = None) -> Any:
+                conn = super()._get_conn(timeout)
+                deadline = getattr(_CURRENT, "deadline", None)
+                conn.fne_deadline = deadline
+                if deadline is not None:
+                    deadline.conn = conn
+                    deadline.connected = getattr(conn, "sock", None) is not None  # a kept-alive connection
+                return conn
+        return Tracked
+
+    _POOLS = {"http": _tracked_pool(HTTPConnectionPool, HTTPConnection),
+              "https": _tracked_pool(HTTPSConnectionPool, HTTPSConnection)}
+
+    class _Adapter(requests.adapters.HTTPAdapter):
+        """Connections that tell their request's deadline when they are established, and let it shut them down."""
+
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = _POOLS
+
+        def proxy_manager_for(self, proxy: Any, **kwargs: Any) -> Any:
+            manager = super().proxy_manager_for(proxy, **kwargs)
+            manager.pool_classes_by_scheme = _POOLS
+            return manager
+
+
+def check_url(url: str, what: str) -> str:
+    """An http(s) URL with a host and without credentials, else FneError (before any request is made)."""
+    parsed = urlsplit((url or "").strip())
+    if parsed.username is not None or parsed.password is not None:
+        shown = parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
+        raise FneError(f"The {what} URL {shown} carries credentials (user:password@): set username and password "
+                       "instead; credentials in a URL end up in logs.")
+    if parsed.scheme not in ("http", "https"):
+        raise FneError(f"The {what} URL {url!r} must start with http:// or https://.")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if not parsed.hostname or port == -1 or any(c.isspace() for c in url.strip()):
+        raise FneError(f"The {what} URL {url!r} has no valid host and port.")
+    return url.strip()
+
+
+def check_numbers(conn: Connection) -> None:
+    """timeout, retries and max_retry_wait within sense, else FneError (before any request is made)."""
+    for name, value, low, high in (("timeout", conn.timeout, 0.001, 86400.0),
+                                   ("max_retry_wait", conn.max_retry_wait, 0.0, 86400.0),
+                                   ("retries", conn.retries, 0, 100)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+            low_text = "above 0" if name == "timeout" else f"at least {low}"
+            raise FneError(f"{name} must be {low_text} and at most {high:g}, not {value!r}.")
+
+
+def error_text(ctype: str, body: str) -> tuple[Optional[str], str]:
+    """(key, message) from an error answer (its media type and the start of its body): the server's own words."""
     if "json" in ctype or body.startswith("{"):
         try:
             data = json.loads(body)
@@ -122,52 +271,94 @@ def error_text(response: Any) -> tuple[Optional[str], str]:
             if len(data) == 1:
                 key, value = next(iter(data.items()))
                 return key, f'"{key}": "{value}"'
-    if "html" in ctype:
+    if "html" in ctype or looks_like_html(body):
         title = re.search(r"<title>(.*?)</title>", body, re.I | re.S)
         text = title.group(1).strip() if title else "an HTML page"
-        return None, "{} (Content-Type {}: a proxy or a wrong URL?)".format(text, ctype.split(";")[0])
+        return None, "{} (Content-Type {}: a proxy or a wrong URL?)".format(text, ctype.split(";")[0] or "none")
     return None, body.strip()[:500]
 
 
+def looks_like_html(text: str) -> bool:
+    return text.lstrip()[:15].lower().startswith(("<!doctype html", "<html"))
+
+
+def media_type(response: Any) -> str:
+    return response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+
 class Http:
-    """A requests session with the retry policy, TLS settings and the error mapping."""
+    """A requests session with the retry policy, TLS settings, deadlines, size limits and the error mapping. Never
+    follows a redirect: it could carry the password, a token or the records to another host."""
 
     def __init__(self, conn: Connection, warn: Callable[[str], None], what: str):
         if not HAS_REQUESTS:
             raise FneError("The Python library requests is required on the host that runs this module.")
+        check_url(conn.url, what)
+        check_numbers(conn)
+        if conn.validate_certs and conn.ca_path and not os.path.isfile(conn.ca_path):
+            raise FneError(f"ca_path {conn.ca_path} is not a file: set it to the PEM file of the {what}'s CA.")
         self.conn = conn
         self.warn = warn
         self.what = what  # "license server" / "back office", for messages
+        self.secrets = set(conn.secrets())  # kept out of every message; the client adds the tokens it gets
         self.session = requests.Session()
+        self.session.mount("http://", _Adapter())
+        self.session.mount("https://", _Adapter())
         # Passed with every request: a session-level setting loses to REQUESTS_CA_BUNDLE in the environment.
         self.verify = (conn.ca_path or True) if conn.validate_certs else False
         self.session.headers["User-Agent"] = "fne.offline_sync"
+        self.session.headers["Accept-Encoding"] = "identity"  # the bytes as sent: sizes and caps mean what they say
 
-    def fail(self, msg: str, url: str, **kwargs: Any) -> FneError:
-        return FneError(scrub(msg, self.conn.secrets()), url=url, **kwargs)
+    def fail(self, msg: str, url: str, cls: type = FneError, **kwargs: Any) -> FneError:
+        return cls(scrub(msg, self.secrets), url=url, **kwargs)
+
+    def _warn(self, text: str) -> None:
+        self.warn(scrub(text, self.secrets))
 
     def _wait(self, attempt: int, retry_after: Optional[float]) -> float:
         wait = retry_after if retry_after is not None else min(2.0 ** attempt, 30.0)
         return max(0.0, min(wait, self.conn.max_retry_wait))
 
+    def _send(self, method: str, url: str, deadline: Deadline, body_path: Optional[str], **kwargs: Any) -> Any:
+        """One attempt, watched by its deadline; the response's close() ends the watch."""
+        handle = open(body_path, "rb") if body_path else None  # noqa: SIM115 (closed in finally)
+        data = kwargs.pop("data")
+        _CURRENT.deadline = deadline
+        WATCHDOG.watch(deadline)
+        try:
+            response = self.session.request(method, url, data=handle if handle is not None else data,
+                                            timeout=self.conn.timeout, stream=True, allow_redirects=False,
+                                            verify=self.verify, **kwargs)
+        except BaseException:
+            WATCHDOG.forget(deadline)
+            raise
+        finally:
+            _CURRENT.deadline = None
+            if handle is not None:
+                handle.close()
+        close = response.close
+
+        def close_and_forget() -> None:  # every caller closes its response: that ends the watch too
+            WATCHDOG.forget(deadline)
+            close()
+        response.close = close_and_forget
+        response.fne_deadline = deadline
+        return response
+
     def request(self, method: str, url: str, *, body_path: Optional[str] = None, data: Optional[bytes] = None,
-                headers: Optional[dict] = None, json_body: Any = None, stream: bool = False,
-                repeatable: bool = True) -> Any:
-        """Send one request, retrying transient failures. `repeatable=False`: the request changes server state
-        and its answer cannot be asked for again, so a lost answer or a gateway error is a LostResponseError."""
-        retries = max(0, int(self.conn.retries))
+                headers: Optional[dict] = None, json_body: Any = None, repeatable: bool = True) -> Any:
+        """Send one request, retrying transient failures; the answer's body is read with read() / iter_body().
+        `repeatable=False`: the request changes server state and its answer cannot be asked for again, so a lost
+        answer or a gateway error is a LostResponseError."""
+        retries = self.conn.retries
         attempt = 0
+        send_bytes = os.path.getsize(body_path) if body_path else len(data or b"")
         while True:
-            handle = open(body_path, "rb") if body_path else None  # noqa: SIM115 (closed in finally)
+            deadline = Deadline(self.conn.timeout, send_bytes)
             try:
-                response = self.session.request(
-                    method, url, data=handle if handle is not None else data, json=json_body, headers=headers,
-                    timeout=self.conn.timeout, stream=stream, allow_redirects=True, verify=self.verify)
+                response = self._send(method, url, deadline, body_path, data=data, json=json_body, headers=headers)
             except rexc.RequestException as exc:
-                kind = classify_exception(exc)
-                reason = reason_of(exc)
-                if kind == "tls" and not repeatable and not _is_certificate_failure(exc):
-                    kind = "lost"  # a TLS error while reading the answer: the request may have been carried out
+                kind, reason = self._classify(exc, deadline, repeatable)
                 if kind == "tls":
                     raise self.fail(
                         f"TLS failure talking to the {self.what} at {url}: {reason}. If its certificate is signed "
@@ -176,7 +367,7 @@ class Http:
                 if kind == "connect" or repeatable:
                     if attempt < retries:
                         wait = self._wait(attempt, None)
-                        self.warn(f"{method} {url} failed ({reason}); retrying in {wait:.1f}s "
+                        self._warn(f"{method} {url} failed ({reason}); retrying in {wait:.1f}s "
                                   f"(retry {attempt + 1} of {retries})")
                         time.sleep(wait)
                         attempt += 1
@@ -184,25 +375,30 @@ class Http:
                     if kind == "connect":
                         raise self.fail(f"Cannot reach the {self.what} at {url}: {reason}. Check the URL and that "
                                         "the server is running and reachable from this host.", url) from None
-                    raise LostResponseError(
-                        scrub(f"The answer of the {self.what} to {method} {url} was lost: {reason}.",
-                              self.conn.secrets()), url=url) from None
-                raise LostResponseError(
-                    scrub(f"The {self.what} at {url} received the request but its answer was lost ({reason}).",
-                          self.conn.secrets()), url=url) from None
-            finally:
-                if handle is not None:
-                    handle.close()
+                    raise self.fail(f"The answer of the {self.what} to {method} {url} was lost: {reason}.", url,
+                                    LostResponseError) from None
+                raise self.fail(f"The {self.what} at {url} received the request but its answer was lost ({reason}).",
+                                url, LostResponseError) from None
             status = response.status_code
+            if repeatable and status not in RETRY_STATUSES:
+                try:  # read whole inside the retry loop: an answer that breaks off or trickles is retried too
+                    response.fne_body = self._prefix(response) if status >= 300 else self.read(response, MAX_JSON)
+                except LostResponseError as exc:
+                    if attempt < retries:
+                        wait = self._wait(attempt, None)
+                        self._warn(f"{exc.msg} Retrying in {wait:.1f}s (retry {attempt + 1} of {retries})")
+                        time.sleep(wait)
+                        attempt += 1
+                        continue
+                    raise
             if status in RETRY_STATUSES:
                 if not repeatable and status in GATEWAY_STATUSES:
-                    _key, text = error_text(response)
-                    raise LostResponseError(
-                        scrub(f"{method} {url} answered {status} from a gateway: {text}. The request may have "
-                              f"reached the {self.what}.", self.conn.secrets()), url=url, status=status)
+                    _key, text = self.error_text(response)
+                    raise self.fail(f"{method} {url} answered {status} from a gateway: {text}. The request may have "
+                                    f"reached the {self.what}.", url, LostResponseError, status=status)
                 if attempt < retries:
                     wait = self._wait(attempt, _retry_after(response))
-                    self.warn(f"{method} {url} answered {status}; retrying in {wait:.1f}s "
+                    self._warn(f"{method} {url} answered {status}; retrying in {wait:.1f}s "
                               f"(retry {attempt + 1} of {retries})")
                     response.close()
                     time.sleep(wait)
@@ -210,20 +406,98 @@ class Http:
                     continue
             return response
 
+    def _classify(self, exc: BaseException, deadline: Deadline, repeatable: bool) -> tuple[str, str]:
+        """(kind, reason): 'tls' and 'connect' when the connection was never established (nothing was sent: never a
+        lost answer), else 'lost'."""
+        reason = reason_of(exc)
+        if deadline.expired:
+            return "lost", (f"no complete answer within {time.monotonic() - deadline.start:.0f}s (the server is "
+                            "too slow, or sends its answer a byte at a time)")
+        if deadline.conn is not None and not deadline.connected:
+            tls = isinstance(exc, rexc.SSLError) or any(isinstance(e, ssl.SSLError) for e in _chain(exc))
+            return ("tls" if tls else "connect"), reason
+        kind = classify_exception(exc)
+        if kind == "tls" and not repeatable and not _is_certificate_failure(exc):
+            kind = "lost"  # a TLS error while reading the answer: the request may have been carried out
+        return kind, reason
+
+    def iter_body(self, response: Any, limit: int, what: str = "answer") -> Iterator[bytes]:
+        """The body in chunks, within the request's deadline (more time for each MiB) and at most `limit` bytes;
+        LostResponseError when it is larger, breaks off or takes too long."""
+        if getattr(response, "fne_body", None) is not None:  # read already (a repeatable request)
+            yield response.fne_body
+            return
+        deadline: Deadline = response.fne_deadline
+        url = response.url
+        size = 0
+        try:
+            for chunk in response.iter_content(READ_SIZE):
+                size += len(chunk)
+                if size > limit:  # not what was asked for; the request may have been carried out all the same
+                    raise self.fail(f"The {what} of {url} is larger than {limit // MiB or limit} "
+                                    f"{'MiB' if limit >= MiB else 'bytes'}: refused, nothing was kept.", url,
+                                    LostResponseError)
+                deadline.allow(size)
+                yield chunk
+        except (rexc.RequestException, OSError) as exc:
+            why = (f"no complete answer within {time.monotonic() - deadline.start:.0f}s (too slow, or sent a byte "
+                   "at a time)" if deadline.expired else reason_of(exc))
+            raise self.fail(f"The {what} of {url} was truncated or broke off: {why}.", url,
+                            LostResponseError) from None
+        finally:
+            WATCHDOG.forget(deadline)
+
+    def read(self, response: Any, limit: int, what: str = "answer") -> bytes:
+        return b"".join(self.iter_body(response, limit, what))
+
+    def json(self, response: Any, what: str) -> Any:
+        """The answer as JSON (FneError naming `what` was expected when it is not)."""
+        body = self.read(response, MAX_JSON)
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise self.fail(f"{response.request.method} {response.url} did not answer JSON with {what} (Content-Type "
+                            f"{response.headers.get('Content-Type') or 'none'}): {body[:300]!r}. Is url the "
+                            f"{self.what}'s base URL?", response.url) from None
+
+    def _prefix(self, response: Any) -> bytes:
+        """At most MAX_ERROR bytes of an answer, whatever it does after them (an error page: its words)."""
+        body = b""
+        with contextlib.suppress(FneError):
+            for chunk in self.iter_body(response, 1 << 62):
+                body += chunk
+                if len(body) >= MAX_ERROR:
+                    break
+        response.close()
+        return body[:MAX_ERROR]
+
+    def error_text(self, response: Any) -> tuple[Optional[str], str]:
+        """(key, message) of an error answer, from at most MAX_ERROR bytes of it."""
+        return error_text(response.headers.get("Content-Type", ""), self._prefix(response).decode("utf-8", "replace"))
+
     def raise_for_status(self, method: str, url: str, response: Any, hint: Optional[str] = None) -> None:
         """FneError "Request METHOD URL failed: [status key] the server's words. hint" for any non-2xx answer."""
         status = response.status_code
         if 200 <= status < 300:
             return
-        key, text = error_text(response)
+        if 300 <= status < 400:
+            location = response.headers.get("Location") or "(no Location)"
+            response.close()
+            raise self.fail(f"Request {method} {url} was redirected ({status}) to {location}: redirects are not "
+                            f"followed (they could carry credentials or records to another host). Set url to the "
+                            f"{self.what}'s own address.", url, status=status)
+        key, text = self.error_text(response)
+        raise self.status_error(method, url, status, key, text, hint)
+
+    def status_error(self, method: str, url: str, status: int, key: Optional[str], text: str,
+                     hint: Optional[str] = None) -> FneError:
         shown_key = " " + key if key and not text.startswith('"') else ""
         if hint is None:
             hint = {401: f"The {self.what} refused the credentials: check username and password (administrative "
                          "security).",
-                    404: f"Is url the {self.what}'s base URL (for a license server http://HOST:7070, or "
-                         "https://HOST:1443)?"}.get(status, "")
+                    404: URL_HINTS.get(self.what, "Is url right?")}.get(status, "")
         msg = f"Request {method} {url} failed: [{status}{shown_key}] {text.rstrip('.')}"
-        raise self.fail(f"{msg}. {hint}" if hint else msg, url, status=status, key=key)
+        return self.fail(f"{msg}. {hint}" if hint else msg, url, status=status, key=key)
 
 
 class TokenCache:

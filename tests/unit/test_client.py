@@ -71,13 +71,30 @@ def _handler(script: Script):
             status, headers, body = answer
             headers = dict(headers)
             truncate = headers.pop("_truncate", False)
+            trickle = headers.pop("_trickle", 0)  # seconds between the body's bytes
+            endless = headers.pop("_endless", False)  # the body repeats until the client hangs up
             time.sleep(headers.pop("_delay", 0))
             self.send_response(status)
             for key, value in headers.items():
                 self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body)))
+            if not endless:
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body[: len(body) // 2] if truncate else body)
+            try:
+                if endless:
+                    self.close_connection = True
+                    while True:
+                        self.wfile.write(body)
+                if trickle:
+                    for index in range(len(body)):
+                        self.wfile.write(body[index:index + 1])
+                        self.wfile.flush()
+                        time.sleep(trickle)
+            except OSError:  # the client hung up, as it should
+                self.close_connection = True
+                return
+            if not trickle:
+                self.wfile.write(body[: len(body) // 2] if truncate else body)
             if truncate:
                 self.wfile.flush()
                 self.close_connection = True

@@ -270,7 +270,8 @@ def test_complete_ack_moves_only_the_processed_acknowledgment(store):
     for stem in ("20260101T000000", "20260102T000000", "20260103T000000"):
         Path(store.acks, stem + ".ack").write_bytes(b"ACK")
     opts = fleet.Options(store=store.root, ack="20260102T000000.ack")
-    entry = fleet.run_fleet("complete_ack", [fleet.server_config("lls001", {"fne_sync_topology": "remote"})], opts)["lls001"]
+    remote = fleet.server_config("lls001", {"fne_sync_topology": "remote"})
+    entry = fleet.run_fleet("complete_ack", [remote], opts)["lls001"]
     assert not entry["failed"] and entry["processed"] == ["20260102T000000.ack"]
     assert [os.path.basename(a) for a in store.pending_acks()] == ["20260103T000000.ack"]
 
@@ -278,7 +279,8 @@ def test_complete_ack_moves_only_the_processed_acknowledgment(store):
 def test_complete_ack_records_the_last_sync_time(store):
     Path(store.acks, "20260101T000000.ack").write_bytes(b"ACK")
     opts = fleet.Options(store=store.root, last_sync_time="2026-01-01T00:00:00Z")
-    entry = fleet.run_fleet("complete_ack", [fleet.server_config("lls001", {"fne_sync_topology": "remote"})], opts)["lls001"]
+    remote = fleet.server_config("lls001", {"fne_sync_topology": "remote"})
+    entry = fleet.run_fleet("complete_ack", [remote], opts)["lls001"]
     assert entry["last_sync_time"] == "2026-01-01T00:00:00Z"
     assert store.ledger()[-1]["detail"] == "lastSyncTime 2026-01-01T00:00:00Z"
 
