@@ -16,12 +16,16 @@ options:
     default: true
   timeout:
     description:
-      - Seconds to wait to connect and between bytes of an answer.
+      - Seconds one request may take in all, to connect, send and receive its whole answer (and that much again for
+        each further MiB sent or received); a server that trickles its answer is cut off when the time is up. Above
+        0 and at most 86400.
+      - Answers are bounded in size too, so that an endless answer fills no disk; a sync message at most 1 GiB, an
+        acknowledgment 64 MiB, any other answer 1 MiB (of an error page only the first 64 KiB are read).
     type: float
     default: 30
   retries:
     description:
-      - How many times to retry a request that failed transiently; 0 disables retries.
+      - How many times to retry a request that failed transiently; 0 disables retries, at most 100.
       - Only these are retried, each with a warning; a connection that could not be established, and the answers
         408, 429, 502, 503 and 504. A C(Retry-After) header is honoured (capped by O(max_retry_wait)); otherwise
         the wait doubles from 1 second.
@@ -33,7 +37,7 @@ options:
     default: 3
   max_retry_wait:
     description:
-      - The longest wait between two attempts, in seconds, whatever C(Retry-After) asks for.
+      - The longest wait between two attempts, in seconds (0 to 86400), whatever C(Retry-After) asks for.
     type: float
     default: 60
   backend:
@@ -58,6 +62,9 @@ options:
       - If not set, the value of the E(FNE_TOOL_PATH) environment variable is used.
     type: path
 notes:
+  - Redirects are never followed (they could carry the password, a token or the sync records to another host): a
+    3xx answer fails with the C(Location) it named. Set the URL to the server's own address.
+  - A URL must be C(http://) or C(https://) with a host, and may not carry credentials (C(user:password@)).
   - Every error message names the URL and the cause (unreachable, TLS failure, refused credentials, wrong URL, the
     server's own error text); none carries a password or token.
 requirements:
