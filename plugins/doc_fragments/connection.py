@@ -62,8 +62,8 @@ options:
       - If not set, the value of the E(FNE_TOOL_PATH) environment variable is used.
     type: path
 notes:
-  - Redirects are never followed (they could carry the password, a token or the sync records to another host): a
-    3xx answer fails with the C(Location) it named. Set the URL to the server's own address.
+  - Redirects are never followed, since they could carry the password, a token or the sync records to another host;
+    a 3xx answer fails with the C(Location) it named. Set the URL to the server's own address.
   - A URL must be C(http://) or C(https://) with a host, and may not carry credentials (C(user:password@)).
   - Every error message names the URL and the cause (unreachable, TLS failure, refused credentials, wrong URL, the
     server's own error text); none carries a password or token.

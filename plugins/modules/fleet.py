@@ -33,18 +33,25 @@ extends_documentation_fragment:
 options:
   step:
     description:
-      - C(collect) finishes a run that died, processes pending acknowledgments, downloads new messages.
+      - C(collect) finishes a run that died, processes pending acknowledgments, downloads new messages. On first
+        contact (the store has no ledger for that server, being new, wiped, or a fresh AWX container) the download is
+        forced, so that records an earlier run downloaded into a lost store come again.
+      - A sync file the back office, or an acknowledgment the server, refuses as invalid (400, 409, 422) is set
+        aside in C(STORE/<host>/quarantine/) (ledger C(quarantined)); that host fails once with the file named, and
+        the next run goes on without it.
       - C(upload) sends outbox files to the back office, oldest first; runs the documented recovery on a mismatch
         or a recorded gap when I(auto_recover).
       - C(acknowledge) processes the newest pending acknowledgment on the server.
       - C(recover) runs the documented forced re-download unconditionally.
       - C(status) reads the store only. C(report) builds (and writes) the fleet report.
+      - C(release) moves quarantined files back (sync files to C(outbox/), acknowledgments to C(acks/)) for another
+        try.
       - C(admit), C(prepare_ack), C(complete_ack), C(supersede), C(mark_force) are the store operations of the remote
         topology.
     type: str
     required: true
-    choices: [collect, upload, acknowledge, recover, status, admit, prepare_ack, complete_ack, supersede, mark_force,
-              report]
+    choices: [collect, upload, acknowledge, recover, status, release, admit, prepare_ack, complete_ack, supersede,
+              mark_force, report]
   hosts:
     description: Inventory names to work. Defaults to C(ansible_play_hosts).
     type: list

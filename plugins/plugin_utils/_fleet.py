@@ -48,6 +48,8 @@ from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import (
 )
 
 TOPOLOGIES = ("api", "remote")
+# Answers that refuse the content itself (not the request, the credentials or the moment): set the file aside.
+REFUSED_STATUSES = frozenset((400, 409, 422))
 # Every host variable the fleet reads, validated per host with Ansible's own validator (types, choices, env
 # fallbacks): a host whose variables are invalid fails alone, in the validator's words.
 HOST_SPEC: Dict[str, dict] = dict(
@@ -190,16 +192,23 @@ class ServerWork:
         if self.opts.check_mode:
             self._would(f"process acknowledgment {os.path.basename(newest)}")
             return True
-        answer = self.lls.process(newest, None)
+        try:
+            answer = self.lls.process(newest, None)
+        except FneError as exc:
+            self._set_aside_if_refused(newest, exc)
+            raise
         self.last_sync_time = answer.get("last_sync_time") or self.last_sync_time
         self.store.complete_acks(newest, self.last_sync_time)
         self.processed.append(os.path.basename(newest))
         self.changed = True
         return True
 
-    def generate(self, force: bool = False) -> None:
+    def generate(self, force: bool = False, first_contact: bool = False) -> None:
         if self.opts.check_mode:
-            if force:
+            if first_contact:
+                self._would("download every record since the last acknowledged sync (first contact; if any: "
+                            "unknown in check mode)", certain=False)
+            elif force:
                 self._would("download again with force")
             else:
                 self._would("download new records (if any: unknown in check mode, asking hands them out)",
@@ -254,6 +263,9 @@ class ServerWork:
                 if self._already_accepted(path, exc):
                     return
                 raise
+            except FneError as exc:
+                self._set_aside_if_refused(path, exc)
+                raise
             except LostResponseError as exc:
                 self.store.log("lost_response", file=name, detail=_error_text(exc))
                 if attempt == 1:
@@ -264,6 +276,15 @@ class ServerWork:
             self.uploaded.append(name)
             self.changed = True
             return
+
+    def _set_aside_if_refused(self, path: str, exc: FneError) -> None:
+        """A file or acknowledgment the other side refuses as invalid would block this server on every run: set it
+        aside (quarantine/) and say so; the next run goes on without it."""
+        if isinstance(exc, (LostResponseError, MismatchError)) or exc.status not in REFUSED_STATUSES:
+            return
+        kept = self.store.set_aside(path, _error_text(exc))
+        exc.amend(f"{os.path.basename(path)} was set aside as {kept}; the next run goes on without it (release it "
+                  "with the fne.offline_sync.quarantine playbook once the cause is fixed).")
 
     def _already_accepted(self, path: str, exc: MismatchError) -> bool:
         """The re-upload rule (docs/design.md): a mismatch whose expected time is at or after this file's own
@@ -307,6 +328,8 @@ class ServerWork:
 
     # ---- the cycle steps ----------------------------------------------------------------------------------
     def collect(self) -> None:
+        self.warn_strays()
+        first_contact = not os.path.exists(self.store.ledger_path)
         self.resume()
         self.process_pending()
         reason = self.store.needs_force()
@@ -315,14 +338,24 @@ class ServerWork:
             if self.opts.check_mode:
                 self._would("recover (forced download)")
             return
+        if first_contact and not self.opts.check_mode:
+            # A store that has never seen this server (new, wiped, or an AWX job's fresh container) cannot know
+            # what an earlier run downloaded: download everything since the last acknowledged sync; the back
+            # office's answers (the re-upload rule) tell what it already holds. Nothing is lost, only slower.
+            self.notes.append("first contact: forced download since the last acknowledged sync")
         try:
-            self.generate()
+            self.generate(force=first_contact, first_contact=first_contact)
         except LostResponseError as exc:
             if not self.opts.auto_recover:
                 raise
             self.changed = True
             self.notes.append(f"answer lost while downloading ({_error_text(exc)}); the documented recovery runs in "
                               "the upload step")
+
+    def warn_strays(self) -> None:
+        strays = self.store.strays()
+        if strays:
+            self._warn(f"never uploaded, not sync files: {', '.join(strays)} in {self.store.outbox}")
 
     def upload(self) -> None:
         self.resume()
@@ -365,6 +398,18 @@ class ServerWork:
     def status(self) -> None:
         """Read-only: the entry alone says where the server stands."""
 
+    def release(self) -> None:
+        """Quarantined files get another try (the fne.offline_sync.quarantine playbook)."""
+        names = self.store.quarantined()
+        if self.opts.check_mode:
+            if names:
+                self._would(f"release {len(names)} quarantined file(s)")
+            return
+        moved = self.store.release()
+        if moved:
+            self.changed = True
+            self.notes.append(f"released from quarantine: {', '.join(moved)}")
+
     # ---- the result ---------------------------------------------------------------------------------------
     def extra_result(self) -> Dict[str, Any]:
         return {}
@@ -391,6 +436,7 @@ class ServerWork:
             "outbox": [os.path.basename(f) for f in self.store.outbox_files()],
             "pending_ack": acks[-1] if acks else None,
             "pending_ack_sha1": _sha1(acks[-1]) if acks else None,
+            "quarantined": [os.path.basename(f) for f in self.store.quarantined()],
             "warnings": self.warnings,
             "plan": self.plan,
         }
@@ -479,6 +525,7 @@ STEPS: Dict[str, tuple] = {
     "acknowledge": (ServerWork, ServerWork.acknowledge),
     "recover": (ServerWork, ServerWork.recover_requested),
     "status": (ServerWork, ServerWork.status),
+    "release": (ServerWork, ServerWork.release),
     "admit": (RemoteStoreWork, RemoteStoreWork.admit),
     "prepare_ack": (RemoteStoreWork, RemoteStoreWork.prepare_ack),
     "complete_ack": (RemoteStoreWork, RemoteStoreWork.complete_ack),
@@ -512,7 +559,11 @@ def describe(entry: Dict[str, Any], notes: Optional[List[str]] = None) -> str:
 def work_one(step: str, cfg: ServerConfig, opts: Options) -> Dict[str, Any]:
     """One server's step under its store lock (none for a read-only step or in check mode)."""
     cls, method = STEPS[step]
-    work = cls(cfg, opts, step)
+    try:
+        work = cls(cfg, opts, step)
+    except StoreError as exc:  # a host name no folder can carry: this host fails, the others go on
+        return {"host": cfg.name, "topology": cfg.topology, "step": step, "changed": False, "failed": True,
+                "msg": f"{cfg.name}: {step} failed: {exc.msg}"}
     _THREAD.work = work
     try:
         if step in READ_ONLY_STEPS or opts.check_mode:

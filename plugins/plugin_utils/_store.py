@@ -25,13 +25,16 @@ from typing import Any, Iterator, List, Optional
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
     SYNC_SUFFIX,
     fsync_dir,
+    list_sync_files,
     sha256_file,
+    sync_time_of,
     write_atomic,
 )
+from ansible_collections.fne.offline_sync.plugins.module_utils._folder import save_ack_elsewhere
 
 ACK_SUFFIX = ".ack"
 EVENTS = ("generated", "fetched", "uploaded", "acknowledged", "processed", "purged", "mismatch", "lost_response",
-          "recovery_started", "recovered", "superseded", "error")
+          "recovery_started", "recovered", "superseded", "quarantined", "released", "error")
 
 
 class StoreError(Exception):
@@ -65,14 +68,14 @@ class ServerStore:
         self.superseded = os.path.join(self.dir, "superseded")
         self.ledger_path = os.path.join(self.dir, "ledger.jsonl")
         self.needs_force_path = os.path.join(self.dir, "needs_force")
-        self.lock_path = os.path.join(self.dir, ".lock")
+        self.quarantine = os.path.join(self.dir, "quarantine")
 
     # ---- layout -------------------------------------------------------------------------------------------
     def exists(self) -> bool:
         return os.path.isdir(self.dir)
 
     def ensure(self) -> ServerStore:
-        for folder in (self.root, self.dir, self.outbox, self.acks, self.sent, self.superseded):
+        for folder in (self.root, self.dir, self.outbox, self.acks, self.sent, self.superseded, self.quarantine):
             try:
                 os.makedirs(folder, mode=0o700, exist_ok=True)
             except OSError as exc:
@@ -81,9 +84,10 @@ class ServerStore:
 
     @contextlib.contextmanager
     def lock(self, timeout: float = 0) -> Iterator[None]:
-        """Hold this server's fcntl lock; wait up to ``timeout`` seconds, then raise :class:`LockedError`."""
+        """Hold this server's lock; wait up to ``timeout`` seconds, then raise :class:`LockedError`. The lock is on
+        the server's folder itself: no file that someone could delete while a run holds it."""
         self.ensure()
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
         deadline = time.monotonic() + max(0.0, timeout)
         try:
             while True:
@@ -112,7 +116,15 @@ class ServerStore:
 
     def outbox_files(self) -> List[str]:
         """Files waiting for the back office, oldest first (the name is the sync time and the upload order)."""
-        return self._list(self.outbox, SYNC_SUFFIX)
+        return list_sync_files(self.outbox)
+
+    def strays(self) -> List[str]:
+        """Files in outbox/ that are no sync file (never uploaded): named in a warning each run."""
+        try:
+            names = os.listdir(self.outbox)
+        except FileNotFoundError:
+            return []
+        return sorted(n for n in names if not n.startswith(".") and sync_time_of(n) is None)
 
     def pending_acks(self) -> List[str]:
         """Acknowledgments not yet processed on the server, oldest first."""
@@ -147,16 +159,26 @@ class ServerStore:
 
     # ---- changes ------------------------------------------------------------------------------------------
     def log(self, event: str, **fields: Any) -> dict:
-        """Append one event to the ledger (flushed and fsynced: it is the audit trail)."""
+        """Append one event to the ledger (fsynced: it is the audit trail). A line torn by a crash is ended first,
+        so it never swallows this one; a ledger that cannot be written fails the step (StoreError), never silently."""
         entry = {"time": utcnow(), "event": event}
         entry.update({k: v for k, v in fields.items() if v is not None})
-        line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
-        fd = os.open(self.ledger_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        line = (json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
         try:
-            os.write(fd, line.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(self.ledger_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line
+                written = os.write(fd, line)
+                if written != len(line):
+                    raise OSError(errno.ENOSPC, "short write")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StoreError(f"{self.name}: cannot write the ledger {self.ledger_path} ({exc.strerror or exc}); "
+                             f"the {event} event of {fields.get('file') or 'this step'} is not recorded") from None
         return entry
 
     def _move(self, src: str, folder: str) -> str:
@@ -198,7 +220,15 @@ class ServerStore:
         """The back office accepted ``sync_file``: write its acknowledgment atomically, then move the file from
         ``outbox/`` to ``sent/``. Returns the acknowledgment path."""
         ack_path = self.ack_for(sync_file)
-        write_atomic(ack_path, [ack])
+        try:
+            write_atomic(ack_path, [ack])
+        except OSError as exc:
+            # The back office holds the message now: its acknowledgment must not vanish with this error.
+            kept = save_ack_elsewhere(sync_file, ack)
+            where = f"it was saved as {kept}: move it to {ack_path}" if kept else "it could not be saved anywhere"
+            raise StoreError(f"{self.name}: the back office accepted {os.path.basename(sync_file)} but its "
+                             f"acknowledgment could not be written to {ack_path} ({exc.strerror or exc}); "
+                             f"{where}, then run again") from None
         self.log("uploaded", file=os.path.basename(sync_file), sha256=sha256, detail=detail)
         self.log("acknowledged", file=os.path.basename(ack_path), sha256=hashlib.sha256(ack).hexdigest())
         if os.path.exists(sync_file):
@@ -240,6 +270,31 @@ class ServerStore:
             self._move(path, self.superseded)
             moved.append(os.path.basename(path))
             self.log("superseded", file=os.path.basename(path), detail=reason)
+        return moved
+
+    def set_aside(self, path: str, reason: str) -> str:
+        """Move a sync file the back office, or an acknowledgment the server, refused as invalid into quarantine/:
+        the next run goes on without it (for a file, the documented recovery downloads its records again).
+        Returns its new path."""
+        dest = self._move(path, self.quarantine)
+        self.log("quarantined", file=os.path.basename(path), detail=reason)
+        return dest
+
+    def quarantined(self) -> List[str]:
+        try:
+            return sorted(os.path.join(self.quarantine, n) for n in os.listdir(self.quarantine)
+                          if not n.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def release(self) -> List[str]:
+        """Give every quarantined file another try: sync files back to outbox/, acknowledgments to acks/."""
+        moved = []
+        for path in self.quarantined():
+            folder = self.acks if path.endswith(ACK_SUFFIX) else self.outbox
+            self._move(path, folder)
+            moved.append(os.path.basename(path))
+            self.log("released", file=os.path.basename(path))
         return moved
 
     def set_needs_force(self, reason: str) -> None:

@@ -115,7 +115,7 @@ def test_locked_store_fails_that_server_only(lab_factory, tmp_path):
     lab = lab_factory(3, "--records", "4")
     store = tmp_path / "store"
     (store / "lls002").mkdir(parents=True)
-    fd = os.open(store / "lls002" / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(store / "lls002", os.O_RDONLY | os.O_DIRECTORY)  # what a run locks: the server's folder
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         run = sync(lab, store, "-e", "fne_sync_lock_timeout=0.5", expect_rc=2)

@@ -127,7 +127,10 @@ def test_mark_accepted_keeps_file(store):
 
 def test_lock_is_exclusive_and_released(store):
     with store.lock():
-        fd = os.open(store.lock_path, os.O_RDWR)
+        for name in os.listdir(store.dir):  # deleting files cannot defeat it: it is the folder's own lock
+            if os.path.isfile(os.path.join(store.dir, name)):
+                os.unlink(os.path.join(store.dir, name))
+        fd = os.open(store.dir, os.O_RDONLY | os.O_DIRECTORY)
         with pytest.raises(BlockingIOError):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.close(fd)
@@ -306,3 +309,44 @@ def test_host_settings_fall_back_to_the_environment_as_the_modules_do(monkeypatc
     assert cfg.lls["url"] == "http://lls.example:7070" and cfg.lls["password"] == "from-env"
     assert cfg.backoffice["url"] == "https://bo.example/deviceservices" and "from-env" in cfg.secrets
     assert fleet.server_config("lls002", {"fne_lls_url": "http://given:7070"}).lls["url"] == "http://given:7070"
+
+
+def test_a_torn_ledger_line_never_swallows_the_next_event(store):
+    store.log("fetched", file="a.fnesync")
+    with open(store.ledger_path, "a", encoding="utf-8") as handle:
+        handle.write('{"event": "uploaded", "fi')  # a crash in the middle of a line
+    store.log("processed", file="a.ack")
+    assert [e["event"] for e in store.ledger()] == ["fetched", "processed"]
+
+
+def test_a_ledger_that_cannot_be_written_fails_loudly(store):
+    os.mkdir(store.ledger_path)  # any write error: EISDIR here, ENOSPC on a full disk
+    with pytest.raises(StoreError, match="cannot write the ledger.*the fetched event of a.fnesync"):
+        store.log("fetched", file="a.fnesync")
+
+
+def test_only_sync_files_leave_the_outbox_and_strays_are_named(store):
+    good = put(store.outbox, "20260101T000000.fnesync")
+    for junk in ("notes.txt", "copy of 20260101T000000.fnesync", "20260101T000000.fnesync.abc.conflict"):
+        put(store.outbox, junk)
+    put(store.outbox, ".20260101T000001.fnesync.x.tmp")  # a download in progress: never a stray
+    assert store.outbox_files() == [good]
+    assert store.strays() == ["20260101T000000.fnesync.abc.conflict", "copy of 20260101T000000.fnesync",
+                              "notes.txt"]
+
+
+def test_an_unwritable_acks_folder_keeps_the_accepted_acknowledgment(store):
+    path = put(store.outbox, "20260101T000000.fnesync")
+    os.chmod(store.acks, 0o500)
+    try:
+        if os.access(store.acks, os.W_OK):
+            os.chmod(store.acks, 0o700)
+            os.rmdir(store.acks)
+            Path(store.acks).write_bytes(b"")  # root ignores modes: a file where the folder should be
+        with pytest.raises(StoreError, match="accepted 20260101T000000.fnesync.*saved as") as err:
+            store.record_ack(path, b"ACK-BYTES")
+    finally:
+        if os.path.isdir(store.acks):
+            os.chmod(store.acks, 0o700)
+    kept = str(err.value.msg).split("saved as ")[1].split(":")[0]
+    assert Path(kept).read_bytes() == b"ACK-BYTES"
