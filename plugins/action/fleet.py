@@ -9,6 +9,7 @@ source). Host variables -> the connection table's host spec -> Ansible's validat
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Dict, List, Optional
 
@@ -71,6 +72,8 @@ class ActionModule(ActionBase):
         configs, invalid = self._configs(names, task_vars, args["topology"])
         check_mode = bool(self._task.check_mode)
         store = os.path.abspath(os.path.expanduser(args["store"]))
+        for warning in _setting_warnings(store, configs, step):
+            display.warning(warning)
 
         if step == "report":
             result.update(changed=False, **self._report(args, task_vars, store, configs, invalid, check_mode))
@@ -108,9 +111,33 @@ class ActionModule(ActionBase):
         write = args["write_report"] and not check_mode
         report = report_mod.build_report(store, [c.name for c in configs] + list(invalid), topologies, results,
                                          args["stale_days"], failed_hosts=args["failed_hosts"], update_cache=write)
-        paths = report_mod.write_report(report) if write else {}
-        return {"report": report, "paths": paths, "hosts": report.pop("hosts"),
-                "summary": report_mod.summary_lines(report)}
+        paths: Dict[str, str] = {}
+        summary = report_mod.summary_lines(report)
+        if write:
+            try:
+                paths = report_mod.write_report(report)
+            except OSError as exc:  # the per-host results above still stand
+                summary.append(f"the report files could not be written to {store}: {exc.strerror or exc}")
+                display.warning(summary[-1])
+        return {"report": report, "paths": paths, "hosts": report.pop("hosts"), "summary": summary}
+
+
+def _setting_warnings(store: str, configs: List[fleet.ServerConfig], step: str) -> List[str]:
+    """What an operator must hear once per step: a store others can write, certificate checks turned off."""
+    warnings = []
+    with contextlib.suppress(OSError):
+        if os.stat(store).st_mode & 0o022:
+            warnings.append(f"the store {store} can be written by other users (mode "
+                            f"{oct(os.stat(store).st_mode & 0o777)}): they could change or remove sync records; "
+                            f"chmod 700 it")
+    if step in ("collect", "upload", "acknowledge", "recover"):
+        insecure = [c.name for c in configs if any(not side["validate_certs"] and str(side["url"]).startswith("https:")
+                                                   for side in (c.lls, c.backoffice))]
+        if insecure:
+            warnings.append(f"TLS certificate checks are off (fne_lls_validate_certs or fne_backoffice_validate_certs "
+                            f"false) for {len(insecure)} server(s): {', '.join(insecure[:20])}"
+                            f"{' ...' if len(insecure) > 20 else ''}; set ca_path to the private CA instead")
+    return warnings
 
 
 def _remote_files(files: List[dict], generated: List[Any]) -> List[dict]:

@@ -130,6 +130,9 @@ def execute(name: str, params: dict, check_mode: bool, warn: Callable[[str], Non
     if not HAS_REQUESTS:
         raise FneError("The Python library requests is required on the host that runs this module (pip install "
                        "requests).")
+    if params.get("validate_certs") is False and str(params.get("url") or "").startswith("https:"):
+        warn(f"validate_certs is false: the certificate of {params['url']} is not checked, so anyone between this host "
+             "and the server can read the credentials and the records; set ca_path to the private CA instead.")
     try:
         return RUNNERS[name](params, check_mode, warn, run_command)
     except OSError as exc:  # a local file problem the client did not foresee: the same failure path, no traceback

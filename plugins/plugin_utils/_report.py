@@ -14,8 +14,10 @@ import os
 from typing import Any, Dict, List, Optional
 
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import parse_time, write_atomic
-from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import ServerStore
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import ServerStore, StoreError
 
+UNKNOWN = {"records_synchronized": 0, "files_uploaded": 0, "last_sync": None, "recoveries": 0, "errors": 1,
+           "last_error": None, "age_days": None, "outbox": 0, "pending_acks": 0, "needs_force": None}
 _SUMMARY_FIELDS = ("records_synchronized", "files_uploaded", "last_sync", "recoveries", "errors", "last_error")
 
 
@@ -67,7 +69,8 @@ def summarize(store: ServerStore, now: Optional[_dt.datetime] = None, update_cac
                 _fold(state, json.loads(line))
         state["offset"] = start + end
     if update_cache and store.exists() and state["offset"] != start:
-        write_atomic(cache_path, [json.dumps(state, sort_keys=True).encode("utf-8")])
+        with contextlib.suppress(OSError):  # only a cache: the next report reads the ledger again
+            write_atomic(cache_path, [json.dumps(state, sort_keys=True).encode("utf-8")])
     age_days = None
     if state["last_sync"]:
         parsed = parse_time(state["last_sync"])
@@ -88,7 +91,11 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
     host_results: Dict[str, Dict[str, Any]] = {}
     for name in hosts:
         entries = [r["hosts"][name] for r in results if isinstance(r, dict) and name in (r.get("hosts") or {})]
-        info = summarize(ServerStore(store_root, name), now, update_cache=update_cache)
+        try:
+            info = summarize(ServerStore(store_root, name), now, update_cache=update_cache)
+        except (StoreError, OSError) as exc:  # one unreadable store must not hide the others
+            info = dict(UNKNOWN, last_error=getattr(exc, "msg", None) or str(exc))
+            entries.append({"failed": True, "msg": f"{name}: cannot read its store: {info['last_error']}"})
         failed = [e for e in entries if e.get("failed")]
         if name in (failed_hosts or []) and not failed:
             failed = [{"msg": f"{name}: failed earlier in this run (see its tasks above)"}]
@@ -210,6 +217,6 @@ def write_report(report: Dict[str, Any]) -> Dict[str, str]:
     body = {k: v for k, v in report.items() if k != "hosts"}
     json_path = os.path.join(root, "report.json")
     html_path = os.path.join(root, "report.html")
-    write_atomic(json_path, [(json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8")], 0o644)
-    write_atomic(html_path, [render_html(report).encode("utf-8")], 0o644)
+    write_atomic(json_path, [(json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8")])  # 0600
+    write_atomic(html_path, [render_html(report).encode("utf-8")])
     return {"json": json_path, "html": html_path}
