@@ -57,6 +57,8 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._http import (
     media_type,
 )
 
+MAX_MESSAGES = 10000  # per generate call: the rest of a huge backlog comes with the next run
+
 
 class LicenseServer:
     """The license server's REST API (`url` is the base, e.g. http://host:7070)."""
@@ -170,6 +172,10 @@ class LicenseServer:
             take_replaced(result, replaceable, entry["path"])
             result["records"] += entry["records"] or 0
             result["changed"] = True
+            if len(files) >= MAX_MESSAGES:  # a server that hands out new messages forever must not hold us
+                self.warn(f"Stopped after {MAX_MESSAGES} messages from {self.base}; the rest comes with the next "
+                          "run (the server keeps what it has not handed out).")
+                break
         return finish_generate(result)
 
     def _download_one(self, url: str, folder: str, query: str, replaceable: set) -> Optional[dict]:

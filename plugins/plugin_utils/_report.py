@@ -17,7 +17,8 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._files import par
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import ServerStore, StoreError
 
 UNKNOWN = {"records_synchronized": 0, "files_uploaded": 0, "last_sync": None, "recoveries": 0, "errors": 1,
-           "last_error": None, "age_days": None, "outbox": 0, "pending_acks": 0, "needs_force": None}
+           "last_error": None, "age_days": None, "outbox": 0, "pending_acks": 0, "needs_force": None,
+           "quarantined": 0}
 _SUMMARY_FIELDS = ("records_synchronized", "files_uploaded", "last_sync", "recoveries", "errors", "last_error")
 
 
@@ -78,7 +79,7 @@ def summarize(store: ServerStore, now: Optional[_dt.datetime] = None, update_cac
             age_days = round((now - parsed).total_seconds() / 86400, 3)
     out = {name: state[name] for name in _SUMMARY_FIELDS}
     out.update(age_days=age_days, outbox=len(store.outbox_files()), pending_acks=len(store.pending_acks()),
-               needs_force=store.needs_force())
+               needs_force=store.needs_force(), quarantined=len(store.quarantined()))
     return out
 
 
@@ -138,6 +139,7 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
         "recoveries_this_run": sum(1 for s in servers.values() if s["run"]["recovered"]),
         "recoveries_total": sum(s["recoveries"] for s in servers.values()),
         "needs_force": sum(1 for s in servers.values() if s["needs_force"]),
+        "quarantined": sum(s["quarantined"] for s in servers.values()),
     }
     return {
         "generated_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -153,15 +155,17 @@ def summary_lines(report: Dict[str, Any]) -> List[str]:
     t = report["totals"]
     lines = [
         f"fleet: {t['servers']} server(s), {t['ok']} ok, {t['failed']} failed, {t['changed']} changed, "
-        f"{t['stale']} stale (> {report['stale_days']} days), {t['needs_force']} awaiting recovery",
+        f"{t['stale']} stale (> {report['stale_days']} days), {t['needs_force']} awaiting recovery"
+        + (f", {t['quarantined']} file(s) quarantined" if t["quarantined"] else ""),
         f"this run: {t['records_this_run']} record(s), {t['files_uploaded_this_run']} file(s) uploaded, "
         f"{t['recoveries_this_run']} recovery(ies); all time: {t['records_total']} record(s), "
         f"{t['files_total']} file(s)",
     ]
     for name, s in report["servers"].items():
-        if s["run"]["failed"] or s["stale"] or s["needs_force"] or s["run"]["changed"]:
+        if s["run"]["failed"] or s["stale"] or s["needs_force"] or s["run"]["changed"] or s["quarantined"]:
             flags = [f for f, on in (("FAILED", s["run"]["failed"]), ("STALE", s["stale"]),
-                                     ("RECOVERY PENDING", bool(s["needs_force"]))) if on]
+                                     ("RECOVERY PENDING", bool(s["needs_force"])),
+                                     (f"{s['quarantined']} QUARANTINED", bool(s["quarantined"]))) if on]
             lines.append(f"{name}: {s['run']['records']} record(s) this run, last sync {s['last_sync'] or 'never'}"
                          + (f" [{', '.join(flags)}]" if flags else ""))
     return lines
