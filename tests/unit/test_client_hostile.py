@@ -68,7 +68,7 @@ def test_a_trickling_answer_ends_at_the_deadline(server, tmp_path):
     started = time.monotonic()
     with pytest.raises(errors.LostResponseError) as err:
         client.LicenseServer(conn(server.url, timeout=1)).generate(str(tmp_path))
-    assert time.monotonic() - started < 4
+    assert time.monotonic() - started < 20  # the body alone takes 40 s: a generous bound for a loaded machine
     assert "within 1s" in err.value.msg and "force: true" in err.value.msg
     assert list(tmp_path.iterdir()) == [], "a partial or temporary file was left behind"
 
@@ -78,7 +78,7 @@ def test_a_trickling_error_page_ends_at_the_deadline(server, tmp_path):
     started = time.monotonic()
     with pytest.raises(errors.FneError) as err:
         client.LicenseServer(conn(server.url, timeout=1)).generate(str(tmp_path))
-    assert time.monotonic() - started < 4 and "[500]" in err.value.msg
+    assert time.monotonic() - started < 20 and "[500]" in err.value.msg  # the page alone takes 60 s
 
 
 def test_a_trickling_health_answer_is_retried_then_fails(server):
@@ -86,7 +86,7 @@ def test_a_trickling_health_answer_is_retried_then_fails(server):
     started = time.monotonic()
     with pytest.raises(errors.FneError) as err:
         client.LicenseServer(conn(server.url, timeout=0.5, retries=1)).health()
-    assert time.monotonic() - started < 4 and "within" in err.value.msg
+    assert time.monotonic() - started < 12 and "within" in err.value.msg  # two answers of 11 s each otherwise
     assert server.count("GET", "/api/1.0/health") == 2
 
 
@@ -115,7 +115,8 @@ def test_an_endless_error_page_is_read_only_in_part(server, tmp_path):
     started = time.monotonic()
     with pytest.raises(errors.FneError) as err:
         client.LicenseServer(conn(server.url, retries=0)).health()
-    assert time.monotonic() - started < 5 and "[500] oops oops" in err.value.msg and len(err.value.msg) < 1000
+    assert time.monotonic() - started < 20  # the page never ends: reading it whole would never return
+    assert "[500] oops oops" in err.value.msg and len(err.value.msg) < 1000
 
 
 @pytest.mark.parametrize("answer", [
