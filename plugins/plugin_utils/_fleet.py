@@ -440,6 +440,8 @@ class ServerWork:
             "warnings": self.warnings,
             "plan": self.plan,
         }
+        entry["idle"] = error is None and not (self.plan or self.fetched or self.uploaded or self.processed
+                                                or self.notes)
         entry.update(self.extra_result())
         entry["msg"] = f"{self.cfg.name}: {step} failed: {error}" if error is not None else describe(entry, self.notes)
         return entry

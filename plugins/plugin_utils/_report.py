@@ -113,7 +113,7 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
         info.update(name=name, topology=topologies.get(name, "api"), run=run)
         info["stale"] = info["age_days"] is None or info["age_days"] > stale_days
         servers[name] = info
-        msgs = [e.get("msg", "") for e in entries if e.get("msg") and not e["msg"].endswith(": nothing to do")]
+        msgs = [e["msg"] for e in entries if e.get("msg") and not e.get("idle")]
         if failed:
             msg = " | ".join(e["msg"] for e in failed)
         elif msgs:
