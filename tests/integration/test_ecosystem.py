@@ -7,6 +7,7 @@ import concurrent.futures
 import fcntl
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -218,7 +219,7 @@ def test_galaxy_importer(tarball, tmp_path):
     names = {(c["content_type"], c["name"]) for c in result["contents"]}
     for module in ("generate", "upload", "process", "server_info"):
         assert ("module", module) in names
-    assert ("role", "schedule") in names
+    assert ("role", "cycle") in names and ("role", "schedule") in names
 
 
 def test_changelog(tmp_path):
@@ -236,6 +237,121 @@ def test_changelog(tmp_path):
     # a role is listed as new when its argument_specs entry point says `version_added: <this version>`
     roles = {p.name for p in (REPO / "roles").iterdir() if (p / "meta" / "argument_specs.yml").exists()}
     assert {o["name"] for o in release.get("objects", {}).get("role", [])} == roles
+
+
+# -- the cycle role: one source for the public variables -----------------------------------------------------
+
+CYCLE = REPO / "roles" / "cycle"
+# the cycle's entry points (a file tasks/NAME.yml each); the other task files are internal
+CYCLE_ENTRY_POINTS = {"main", "plan", "collect", "upload", "acknowledge", "recover", "collect_remote",
+                      "upload_remote", "acknowledge_remote", "recover_remote", "report"}
+
+
+def test_only_the_cycle_and_schedule_roles_exist():
+    """collect, upload, acknowledge, recover and report are entry points of fne.offline_sync.cycle, not roles."""
+    assert {p.name for p in (REPO / "roles").iterdir() if p.is_dir()} == {"cycle", "schedule"}
+    proc = run([str(BIN / "ansible-doc"), "-t", "role", "-l", "fne.offline_sync"], env=ansible_env())
+    listed = {line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith("fne.offline_sync.")}
+    assert listed == {"fne.offline_sync.cycle", "fne.offline_sync.schedule"}, proc.stdout
+
+
+def test_cycle_role_doc_renders_every_entry_point():
+    """`ansible-doc -t role fne.offline_sync.cycle` documents every entry point there is a task file for."""
+    proc = run([str(BIN / "ansible-doc"), "-t", "role", "--json", "fne.offline_sync.cycle"], env=ansible_env())
+    entry_points = json.loads(proc.stdout)["fne.offline_sync.cycle"]["entry_points"]
+    assert set(entry_points) == CYCLE_ENTRY_POINTS
+    assert {name for name in CYCLE_ENTRY_POINTS if (CYCLE / "tasks" / f"{name}.yml").is_file()} == CYCLE_ENTRY_POINTS
+    for name, doc in entry_points.items():
+        assert doc["short_description"] and doc["description"] and doc["options"], name
+    assert entry_points["main"]["version_added"] == "0.1.0"  # the changelog lists the role as new from main
+    text = run([str(BIN / "ansible-doc"), "-t", "role", "fne.offline_sync.cycle"], env=ansible_env()).stdout
+    for name in CYCLE_ENTRY_POINTS:
+        assert f"ENTRY POINT: {name} - " in text.replace("\x1b[1m", "").replace("\x1b[0m", ""), name
+
+
+def _description(option: dict) -> str:
+    text = option["description"]
+    return " ".join(text) if isinstance(text, list) else text
+
+
+def _cycle_specs() -> dict:
+    return yaml.safe_load((CYCLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]
+
+
+def test_cycle_role_entry_points_take_the_same_options():
+    """Every entry point takes the same options; `plan`, which validates once per run (run_once, the first host's
+    values), takes the play-wide ones and none of the per-host ones (each host's are validated where they are
+    used, so that a typo fails that host alone)."""
+    specs = _cycle_specs()
+    options = specs["main"]["options"]
+    for name, spec in specs.items():
+        if name != "plan":
+            assert spec["options"] == options, f"entry point {name} takes other options than main"
+    play_wide = specs["plan"]["options"]
+    assert all(play_wide[name] == options[name] for name in play_wide), "plan documents a play-wide option otherwise"
+    per_host = set(options) - set(play_wide)
+    assert {"fne_sync_topology", "fne_sync_timeout", "fne_sync_retries", "fne_sync_max_retry_wait", "fne_lls_url",
+            "fne_lls_validate_certs", "fne_backoffice_url", "fne_backoffice_validate_certs"} <= per_host
+    for name in per_host:
+        assert _description(options[name]).startswith("Per host"), f"{name} is not documented as per host"
+    for name in play_wide:
+        assert not _description(play_wide[name]).startswith("Per host"), f"{name} is documented as per host"
+
+
+def test_cycle_role_defaults_are_the_documented_ones():
+    """defaults/main.yml holds the documented defaults, and the store default is written there only."""
+    specs = _cycle_specs()
+    options, play_wide = specs["main"]["options"], specs["plan"]["options"]
+    defaults = yaml.safe_load((CYCLE / "defaults" / "main.yml").read_text())
+    assert set(defaults) <= set(options), f"undocumented defaults: {set(defaults) - set(options)}"
+    for name, value in defaults.items():
+        if name == "fne_sync_store":  # an environment lookup, described rather than given as a default
+            assert "FNE_SYNC_STORE" in value and "FNE_SYNC_STORE" in _description(options[name])
+            assert "default" not in options[name]
+        else:
+            assert value == options[name].get("default"), f"{name}: defaults/main.yml {value!r}, spec default"
+    # every play-wide option has its role default; per-host ones have none (the fleet reads hostvars, which never
+    # hold role defaults), but the remote folder, which only the role's own per-host tasks read
+    assert set(play_wide) <= set(defaults)
+    assert set(defaults) - set(play_wide) == {"fne_sync_remote_path"}
+    written = [p for p in REPO.glob("[rp]*/**/*.yml") if "'~/.local/share/fne_sync'" in p.read_text()]
+    assert written == [CYCLE / "defaults" / "main.yml"], written
+
+
+def test_cycle_role_tasks_read_documented_variables_and_hand_on_public_results():
+    """Every variable the tasks read is documented; every result one entry point hands the next is a public
+    variable named in that entry point's docs and the README; `__fne_*` variables stay inside the entry point that
+    sets them (an internal task file may also read what every file that includes it sets); no playbook names one."""
+    specs = _cycle_specs()
+    options = specs["main"]["options"]
+    tasks = {p.stem: p.read_text() for p in (CYCLE / "tasks").glob("*.yml")}
+    constants_text = (CYCLE / "vars" / "main.yml").read_text()
+    texts = [*tasks.values(), constants_text]
+    used = {name for text in texts for name in re.findall(r"\b(fne_(?:sync|lls|backoffice)_\w+)", text)}
+    registered = {name for text in texts for name in re.findall(r"register: (fne_\w+)", text)}
+    assert registered == {f"fne_sync_{name}_result" for name in CYCLE_ENTRY_POINTS - {"main", "report"}}
+    # not variables the role reads: the in-memory group of plan, the set_stats names of report
+    undocumented = used - registered - {"fne_sync_remote", "fne_sync_report", "fne_sync_report_paths"} - set(options)
+    assert not undocumented, f"the tasks read undocumented variables: {undocumented}"
+    readme = (CYCLE / "README.md").read_text()
+    for name in CYCLE_ENTRY_POINTS - {"main", "report"}:
+        assert f"C(fne_sync_{name}_result)" in " ".join(specs[name]["description"]), name
+        assert f"`fne_sync_{name}_result`" in readme, name
+
+    def sets(text: str) -> set[str]:
+        return set(re.findall(r"register: (__fne_\w+)", text)) | set(re.findall(r"^\s*(__fne_\w+):", text, re.M))
+
+    constants = sets(constants_text)
+    for name, text in tasks.items():
+        allowed = sets(text) | constants
+        if name not in CYCLE_ENTRY_POINTS:
+            includers = [sets(other) for other in tasks.values() if f"{name}.yml" in other]
+            assert includers, f"tasks/{name}.yml is neither an entry point nor included"
+            allowed |= set.intersection(*includers)
+        private = set(re.findall(r"__fne_\w+", text))
+        assert private <= allowed, f"tasks/{name}.yml reads {private - allowed}, set elsewhere"
+    for playbook in (REPO / "playbooks").glob("*.yml"):
+        assert "__fne" not in playbook.read_text(), playbook
 
 
 # -- the schedule role ----------------------------------------------------------------------------------------
