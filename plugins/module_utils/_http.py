@@ -368,7 +368,7 @@ class Http:
                     if attempt < retries:
                         wait = self._wait(attempt, None)
                         self._warn(f"{method} {url} failed ({reason}); retrying in {wait:.1f}s "
-                                  f"(retry {attempt + 1} of {retries})")
+                                   f"(retry {attempt + 1} of {retries})")
                         time.sleep(wait)
                         attempt += 1
                         continue
@@ -399,7 +399,7 @@ class Http:
                 if attempt < retries:
                     wait = self._wait(attempt, _retry_after(response))
                     self._warn(f"{method} {url} answered {status}; retrying in {wait:.1f}s "
-                              f"(retry {attempt + 1} of {retries})")
+                               f"(retry {attempt + 1} of {retries})")
                     response.close()
                     time.sleep(wait)
                     attempt += 1

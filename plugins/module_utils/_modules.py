@@ -170,4 +170,3 @@ def run_module(name: str, module: Any = None) -> None:
     except FneError as exc:
         module.fail_json(msg=exc.msg, exception=None, **failure_result(exc))
     module.exit_json(**result)
-

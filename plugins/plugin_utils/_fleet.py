@@ -263,14 +263,14 @@ class ServerWork:
                 if self._already_accepted(path, exc):
                     return
                 raise
-            except FneError as exc:
-                self._set_aside_if_refused(path, exc)
-                raise
             except LostResponseError as exc:
                 self.store.log("lost_response", file=name, detail=_error_text(exc))
                 if attempt == 1:
                     self._warn(f"upload of {name}: answer lost ({_error_text(exc)}); uploading it again")
                     continue
+                raise
+            except FneError as exc:
+                self._set_aside_if_refused(path, exc)
                 raise
             self.store.record_ack(path, ack, sha256=sha)
             self.uploaded.append(name)
@@ -440,8 +440,8 @@ class ServerWork:
             "warnings": self.warnings,
             "plan": self.plan,
         }
-        entry["idle"] = error is None and not (self.plan or self.fetched or self.uploaded or self.processed
-                                                or self.notes)
+        done = self.plan or self.fetched or self.uploaded or self.processed or self.notes
+        entry["idle"] = error is None and not done
         entry.update(self.extra_result())
         entry["msg"] = f"{self.cfg.name}: {step} failed: {error}" if error is not None else describe(entry, self.notes)
         return entry

@@ -204,8 +204,8 @@ def test_a_normal_cycle_still_works_over_kept_alive_connections(server, tmp_path
 
 def test_a_token_or_password_echoed_by_the_server_never_reaches_a_message(server, tmp_path):
     server.on("POST", AUTHORIZE, json_answer(200, {"token": "tok-SECRET-123"}))
-    server.on("POST", SYNC, json_answer(500, {"key": "glsErr.internal", "message":
-                                               "failed for Authorization: Bearer tok-SECRET-123, password pw-secret"}))
+    echoed = "failed for Authorization: Bearer tok-SECRET-123, password pw-secret"
+    server.on("POST", SYNC, json_answer(500, {"key": "glsErr.internal", "message": echoed}))
     with pytest.raises(errors.FneError) as err:
         client.LicenseServer(conn(server.url, username="admin", password="pw-secret")).generate(str(tmp_path))
     assert "glsErr.internal" in err.value.msg

@@ -30,7 +30,7 @@ def module_doc_options(name: str) -> dict:
     for fragment in doc.get("extends_documentation_fragment", []):
         if not fragment.startswith("fne.offline_sync."):
             continue
-        file, _, attribute = fragment[len("fne.offline_sync."):].partition(".")
+        file, _dot, attribute = fragment[len("fne.offline_sync."):].partition(".")
         holder = importlib.import_module(f"{COLLECTION}.doc_fragments.{file}").ModuleDocFragment
         options.update(yaml.safe_load(getattr(holder, attribute.upper() or "DOCUMENTATION")).get("options") or {})
     options.update(doc.get("options") or {})
