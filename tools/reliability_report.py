@@ -138,8 +138,8 @@ def render(summary: dict[str, dict], env: dict, unreadable: int = 0) -> str:
         out.append(f"Not run in this run: {', '.join(not_run)}.")
     bad = {figure: totals[figure] for figure in ("lost", "duplicated", "secrets_found") if totals[figure]}
     if bad:
-        out.append("**Failures recorded:** " + ", ".join(f"{figure.replace('_', ' ')} {_number(value)}"
-                                                          for figure, value in bad.items()) + ".")
+        listed = ", ".join(f"{figure.replace('_', ' ')} {_number(value)}" for figure, value in bad.items())
+        out.append(f"**Failures recorded:** {listed}.")
     elif summary:
         out.append("Across every part run: no record lost, none duplicated, no secret found.")
     if unreadable:

@@ -31,10 +31,10 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
     noop_warn,
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
-    SYNC_NAME_RE,
     AtomicWriter,
     parse_time,
     sha256_file,
+    sync_time_of,
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._folder import (
     conflict_path,
@@ -53,6 +53,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._http import (
     TOKENS,
     Http,
     error_text,
+    header_int,
     looks_like_html,
     media_type,
 )
@@ -76,7 +77,10 @@ class LicenseServer:
 
     def _token(self, stale: Optional[str] = None) -> str:
         """The cached token, or a new one; `stale`: a token the server refused (dropped unless already replaced)."""
-        return TOKENS.get(self._token_key(), self._authorize, stale)
+        try:
+            return TOKENS.get(self._token_key(), self._authorize, stale)
+        except LostResponseError as exc:  # authorize changes nothing: whatever follows it was never sent
+            raise FneError(exc.msg, url=exc.url, status=exc.status) from None
 
     def _authorize(self) -> str:
         url = self.base + AUTHORIZE
@@ -85,8 +89,8 @@ class LicenseServer:
         self.http.raise_for_status("POST", url, response)
         answer = self.http.json(response, "a token")
         token = answer.get("token") if isinstance(answer, dict) else None
-        if not isinstance(token, str) or not token:
-            raise self.http.fail(f"Authorization at {url} answered without a token.", url)
+        if not isinstance(token, str) or not re.fullmatch(r"[\x21-\x7e]+", token):  # it goes into a header
+            raise self.http.fail(f"Authorization at {url} answered without a usable token.", url)
         self.http.secrets.add(token)
         return token
 
@@ -121,7 +125,8 @@ class LicenseServer:
         data = self.http.json(response, "the server's health")
         if not isinstance(data, dict):
             raise self.http.fail(f"GET {url} answered {str(data)[:200]!r} instead of the server's health.", url)
-        security = data.get("security") or {}
+        security = data.get("security") if isinstance(data.get("security"), dict) else {}
+        database = data.get("database") if isinstance(data.get("database"), dict) else {}
         return {
             "reachable": True,
             "url": self.base,
@@ -130,7 +135,7 @@ class LicenseServer:
             "instance_id": data.get("instanceId"),
             "host_id": data.get("hostId"),
             "host_id_type": data.get("hostIdType"),
-            "database": (data.get("database") or {}).get("status"),
+            "database": database.get("status"),
             "security": bool(security.get("enabled")),
             "https": bool(security.get("https", self.base.startswith("https:"))),
             "health": data,
@@ -186,16 +191,16 @@ class LicenseServer:
             ctype = response.headers.get("Content-Type", "")
             if media_type(response) != "application/octet-stream":
                 _key, text = self.http.error_text(response)
-                raise LostResponseError(
+                raise self.http.fail(
                     f"POST {url} answered {response.status_code} with Content-Type {ctype or '(none)'} instead of a "
-                    f"sync message: {text}. Nothing was written.", url=url, status=response.status_code)
+                    f"sync message: {text}. Nothing was written.", url, LostResponseError, status=response.status_code)
             name = _disposition_name(response.headers.get("Content-Disposition", ""))
-            if not name or not SYNC_NAME_RE.match(name):
+            if not name or sync_time_of(name) is None:  # only a name upload sends may become a file
                 disposition = response.headers.get("Content-Disposition")
-                raise LostResponseError(f"POST {url} answered a sync message without a valid file name "
-                                        f"(Content-Disposition {disposition!r}). Nothing was written.", url=url)
-            count = response.headers.get("X-FNE-Record-Count")
-            records = int(count) if count and count.strip().isdigit() else None
+                raise self.http.fail(f"POST {url} answered a sync message without a valid file name "
+                                     f"(Content-Disposition {disposition!r}). Nothing was written.", url,
+                                     LostResponseError)
+            records = header_int(response.headers.get("X-FNE-Record-Count"))
             final = os.path.join(folder, name)
             body = self.http.iter_body(response, MAX_MESSAGE, "sync message")
             info = _stream_to_file(body, response.headers.get("Content-Length"), final, url,
@@ -259,7 +264,7 @@ def _stream_to_file(body: Iterator[bytes], expected: Optional[str], final_path: 
     try:
         for chunk in body:
             writer.write(chunk)
-        if expected is not None and expected.strip().isdigit() and writer.size != int(expected):
+        if header_int(expected) is not None and writer.size != header_int(expected):
             raise LostResponseError(f"The answer of POST {url} was truncated: {writer.size} of {expected} bytes; "
                                     "nothing was written.", url=url)
         try:
@@ -286,10 +291,18 @@ def _not_an_ack(ctype: str, body: bytes) -> Optional[str]:
     head = body[:MAX_ERROR].decode("utf-8", "replace")
     if "html" in ctype or looks_like_html(head):
         return "an HTML page"
-    textual = ctype.startswith("text/") or "json" in ctype or "xml" in ctype
+    textual = ctype.startswith("text/") or "json" in ctype or "xml" in ctype or (not ctype and _is_text(body))
     if textual and "lastsynctime" not in head.lower():
-        return f"{ctype} text that names no LastSyncTime"
+        return f"{ctype or 'untyped'} text that names no LastSyncTime"
     return None
+
+
+def _is_text(body: bytes) -> bool:
+    try:
+        text = body[:MAX_ERROR].decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c.isspace() for c in text)
 
 
 class BackOffice:
@@ -322,8 +335,8 @@ class BackOffice:
                 raise self.http.status_error("POST", url, status, key, text)
             self.http.raise_for_status("POST", url, response)
             body = self.http.read(response, MAX_ACK, "acknowledgment")
-            expected_len = response.headers.get("Content-Length")
-            if expected_len and expected_len.isdigit() and len(body) != int(expected_len):
+            expected_len = header_int(response.headers.get("Content-Length"))
+            if expected_len is not None and len(body) != expected_len:
                 raise LostResponseError(f"The acknowledgment from {url} was truncated ({len(body)} of "
                                         f"{expected_len} bytes).", url=url)
             problem = _not_an_ack(media_type(response), body)

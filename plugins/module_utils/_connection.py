@@ -114,12 +114,16 @@ def connection_from_params(params: dict) -> Connection:
 
 
 def lls_base_url(url: str) -> str:
-    """The license server's base URL; a full documented endpoint URL is reduced to it."""
+    """The license server's base URL; a full documented endpoint URL is reduced to it (the API path is looked for
+    in the path only: a host may be called `api`)."""
     url = (url or DEFAULT_LLS_URL).strip()
     url = url.split("?", 1)[0].split("#", 1)[0].rstrip("/")
-    index = url.find(API + "/")
-    if index < 0 and url.endswith(API):
-        index = len(url) - len(API)
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    path = slash + path
+    index = path.find(API + "/")
+    if index < 0 and path.endswith(API):
+        index = len(path) - len(API)
     if index >= 0:
-        url = url[:index]
-    return url
+        path = path[:index]
+    return scheme + sep + authority + path if sep else url

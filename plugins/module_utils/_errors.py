@@ -62,7 +62,8 @@ BEARER_RE = re.compile(r"(Bearer\s+)[^\s\"',;]+", re.I)
 
 def scrub(text: str, secrets: Iterable[Optional[str]]) -> str:
     """text without the given secrets, and without any bearer token a careless server echoed back."""
+    text = BEARER_RE.sub(lambda match: match.group(1) + MASK, text)  # first: a secret may be part of "Bearer"
     for secret in secrets:
         if secret:
             text = text.replace(secret, MASK)
-    return BEARER_RE.sub(lambda match: match.group(1) + MASK, text)
+    return text

@@ -49,7 +49,10 @@ def parse_time(text: str) -> Optional[datetime]:
             parsed = datetime.fromisoformat(iso)
         except ValueError:
             return None
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    try:
+        return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    except OverflowError:  # year 1 with a positive offset, say
+        return None
 
 
 def list_sync_files(folder: str) -> list[str]:

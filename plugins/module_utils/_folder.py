@@ -19,7 +19,6 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
     noop_warn,
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
-    SYNC_NAME_RE,
     SYNC_SUFFIX,
     ensure_dir,
     fsync_dir,
@@ -108,12 +107,13 @@ def name_conflict(url: str, final_path: str, kept: str) -> LostResponseError:
 
 def unsent_files(src: str) -> list[str]:
     """Files of a src folder that look like sync messages but that upload never sends (their names carry no sync
-    time: a copy renamed by hand, a `.conflict` kept by generate): records that would otherwise wait unnoticed."""
+    time: a copy renamed by hand, a `.conflict` kept by generate, a vendor tool's `.unrecognized` file): records
+    that would otherwise wait unnoticed."""
     src = os.path.abspath(os.path.expanduser(src))
     if not os.path.isdir(src):
         return []
     return sorted(name for name in os.listdir(src)
-                  if SYNC_SUFFIX in name.lower() and not SYNC_NAME_RE.match(name)
+                  if (SYNC_SUFFIX in name.lower() or name.endswith(".unrecognized")) and sync_time_of(name) is None
                   and not name.startswith(".")  # an interrupted download's temporary file: never complete
                   and os.path.isfile(os.path.join(src, name)))
 

@@ -45,16 +45,22 @@ RETRY_STATUSES = frozenset((408, 429, 502, 503, 504))
 GATEWAY_STATUSES = frozenset((502, 504))
 
 
+def header_int(value: Optional[str]) -> Optional[int]:
+    """A header's whole number (ASCII digits only), or None: `int()` takes other scripts' digits too."""
+    match = re.fullmatch(r"\s*([0-9]{1,18})\s*", value or "")
+    return int(match.group(1)) if match else None
+
+
 def _retry_after(response: Any) -> Optional[float]:
-    value = response.headers.get("Retry-After")
+    value = (response.headers.get("Retry-After") or "").strip()
     if not value:
         return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
+    seconds = header_int(value)
+    if seconds is not None:
+        return float(seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
@@ -120,6 +126,7 @@ READ_SIZE = 64 * 1024  # small reads: the deadline is checked between them
 # The most an answer may weigh, so that an endless body fills neither the disk nor the memory.
 MAX_JSON = MiB
 MAX_ERROR = 64 * 1024   # an error page: read this much for its words, never more
+MAX_TEXT = 500          # of the server's words, what goes into a message
 MAX_ACK = 64 * MiB
 MAX_MESSAGE = 1024 * MiB
 
@@ -231,21 +238,24 @@ if HAS_REQUESTS:
 
 
 def check_url(url: str, what: str) -> str:
-    """An http(s) URL with a host and without credentials, else FneError (before any request is made)."""
-    parsed = urlsplit((url or "").strip())
-    if parsed.username is not None or parsed.password is not None:
-        shown = parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
-        raise FneError(f"The {what} URL {shown} carries credentials (user:password@): set username and password "
+    """An http(s) URL with a host and without credentials, else FneError (before any request is made). A URL with
+    an '@' is never shown: a password with '#', '/' or '?' in it hides from a URL parser."""
+    url = (url or "").strip()
+    if "@" in url:
+        raise FneError(f"The {what} URL carries credentials (user:password@) or an '@': set username and password "
                        "instead; credentials in a URL end up in logs.")
-    if parsed.scheme not in ("http", "https"):
-        raise FneError(f"The {what} URL {url!r} must start with http:// or https://.")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise FneError(f"The {what} URL {url!r} holds a space, a control or an invisible character.")
     try:
+        parsed = urlsplit(url)
         port = parsed.port
     except ValueError:
-        port = -1
-    if not parsed.hostname or port == -1 or any(c.isspace() for c in url.strip()):
+        parsed, port = None, -1
+    if parsed is not None and parsed.scheme not in ("http", "https"):
+        raise FneError(f"The {what} URL {url!r} must start with http:// or https://.")
+    if parsed is None or not parsed.hostname or port == -1:
         raise FneError(f"The {what} URL {url!r} has no valid host and port.")
-    return url.strip()
+    return url
 
 
 def check_numbers(conn: Connection) -> None:
@@ -261,25 +271,31 @@ def check_numbers(conn: Connection) -> None:
 def error_text(ctype: str, body: str) -> tuple[Optional[str], str]:
     """(key, message) from an error answer (its media type and the start of its body): the server's own words."""
     if "json" in ctype or body.startswith("{"):
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
+        data = parse_json(body)
         if isinstance(data, dict):
             if "key" in data or "message" in data:
-                return data.get("key"), str(data.get("message", ""))
+                key = data.get("key")
+                return (key if isinstance(key, str) else None), str(data.get("message", ""))[:MAX_TEXT]
             if len(data) == 1:
                 key, value = next(iter(data.items()))
-                return key, f'"{key}": "{value}"'
+                return key[:MAX_TEXT], f'"{key}": "{value}"'[:MAX_TEXT]
     if "html" in ctype or looks_like_html(body):
         title = re.search(r"<title>(.*?)</title>", body, re.I | re.S)
-        text = title.group(1).strip() if title else "an HTML page"
+        text = title.group(1).strip()[:MAX_TEXT] if title else "an HTML page"
         return None, "{} (Content-Type {}: a proxy or a wrong URL?)".format(text, ctype.split(";")[0] or "none")
-    return None, body.strip()[:500]
+    return None, body.strip()[:MAX_TEXT]
+
+
+def parse_json(text: Any) -> Any:
+    """JSON, or None when it is not (or nests deeper than the parser can follow)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 def looks_like_html(text: str) -> bool:
-    return text.lstrip()[:15].lower().startswith(("<!doctype html", "<html"))
+    return text.lstrip("\ufeff \t\r\n")[:15].lower().startswith(("<!doctype html", "<html"))
 
 
 def media_type(response: Any) -> str:
@@ -413,6 +429,8 @@ class Http:
         if deadline.expired:
             return "lost", (f"no complete answer within {time.monotonic() - deadline.start:.0f}s (the server is "
                             "too slow, or sends its answer a byte at a time)")
+        if isinstance(exc, (rexc.InvalidURL, rexc.InvalidSchema, rexc.MissingSchema, rexc.InvalidHeader)):
+            return "connect", reason  # refused by requests before anything was sent
         if deadline.conn is not None and not deadline.connected:
             tls = isinstance(exc, rexc.SSLError) or any(isinstance(e, ssl.SSLError) for e in _chain(exc))
             return ("tls" if tls else "connect"), reason
@@ -453,12 +471,12 @@ class Http:
     def json(self, response: Any, what: str) -> Any:
         """The answer as JSON (FneError naming `what` was expected when it is not)."""
         body = self.read(response, MAX_JSON)
-        try:
-            return json.loads(body)
-        except ValueError:
+        data = parse_json(body)
+        if data is None:
             raise self.fail(f"{response.request.method} {response.url} did not answer JSON with {what} (Content-Type "
                             f"{response.headers.get('Content-Type') or 'none'}): {body[:300]!r}. Is url the "
-                            f"{self.what}'s base URL?", response.url) from None
+                            f"{self.what}'s base URL?", response.url)
+        return data
 
     def _prefix(self, response: Any) -> bytes:
         """At most MAX_ERROR bytes of an answer, whatever it does after them (an error page: its words)."""

@@ -165,8 +165,29 @@ class ToolLicenseServer:
                 move_atomic(tmp, final)
             result["files"].append({"path": final, "name": os.path.basename(final),
                                     "size": os.path.getsize(final), "sha256": digest, "records": None})
+        unknown = self._keep_unknown(staging, result["folder"])
+        if unknown:
+            raise FneError(f"{os.path.basename(self.tool.command)} wrote files whose names are not "
+                           f"yyyyMMddTHHmmss.fnesync; they may hold records the server handed out, so they were kept "
+                           f"(upload never sends them): {', '.join(unknown)}")
         if conflicts:
             raise conflicts[0]
+
+    @staticmethod
+    def _keep_unknown(staging: str, folder: str) -> list[str]:
+        """Never delete what a tool wrote: files left in its staging folder move beside the sync files as
+        NAME.unrecognized (never a sync name). Returns their new paths."""
+        kept = []
+        for name in sorted(os.listdir(staging)):
+            src = os.path.join(staging, name)
+            if not os.path.isfile(src):
+                continue
+            dest, counter = os.path.join(folder, f"{name}.unrecognized"), 1
+            while os.path.exists(dest):
+                dest, counter = os.path.join(folder, f"{name}.{counter}.unrecognized"), counter + 1
+            move_atomic(src, dest)
+            kept.append(dest)
+        return kept
 
     def process(self, ack_file: str, path: Optional[str] = None) -> dict:
         ack_file = os.path.abspath(os.path.expanduser(ack_file))

@@ -125,7 +125,7 @@ class ServerWork:
         self.cfg = cfg
         self.opts = opts
         self.step = step
-        self.store = ServerStore(opts.store, cfg.name)
+        self.store = ServerStore(opts.store, cfg.name, cfg.secrets)
         self.warnings: List[str] = []
         self.notes: List[str] = []
         self.plan: List[str] = []

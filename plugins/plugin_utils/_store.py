@@ -20,8 +20,9 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterable, Iterator, List, Optional
 
+from ansible_collections.fne.offline_sync.plugins.module_utils._errors import scrub
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
     SYNC_SUFFIX,
     fsync_dir,
@@ -56,11 +57,12 @@ def utcnow() -> str:
 class ServerStore:
     """The store of one license server. Every method that changes something needs :meth:`ensure` first."""
 
-    def __init__(self, root: str, name: str):
+    def __init__(self, root: str, name: str, secrets: Iterable[str] = ()):
         if not name or "/" in name or name in (".", ".."):
             raise StoreError(f"invalid server name for the store: {name!r}")
         self.root = os.path.abspath(os.path.expanduser(root))
         self.name = name
+        self.secrets = list(secrets)  # kept out of the ledger, whatever text an error carried
         self.dir = os.path.join(self.root, name)
         self.outbox = os.path.join(self.dir, "outbox")
         self.acks = os.path.join(self.dir, "acks")
@@ -162,7 +164,8 @@ class ServerStore:
         """Append one event to the ledger (fsynced: it is the audit trail). A line torn by a crash is ended first,
         so it never swallows this one; a ledger that cannot be written fails the step (StoreError), never silently."""
         entry = {"time": utcnow(), "event": event}
-        entry.update({k: v for k, v in fields.items() if v is not None})
+        entry.update({k: scrub(v, self.secrets) if isinstance(v, str) else v for k, v in fields.items()
+                      if v is not None})
         line = (json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
         try:
             fd = os.open(self.ledger_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)

@@ -151,14 +151,16 @@ def test_an_acknowledgment_is_taken_binary_or_as_text_naming_its_last_sync_time(
     ("127.0.0.1:7070", "must start with http:// or https://"),
     ("http://", "no valid host"),
     ("http://lls01:port", "no valid host"),
-    ("http://lls 01:7070", "no valid host"),
+    ("http://lls 01:7070", "holds a space"),
+    ("http://lls01\u200b:7070", "invisible character"),
+    ("http://0:pa#ss@127.0.0.1:7070", "carries credentials"),
     ("http://admin:pw-secret@127.0.0.1:7070", "carries credentials"),
 ])
 def test_a_bad_url_fails_before_any_request_and_never_says_lost(server, tmp_path, url, words):
     with pytest.raises(errors.FneError) as err:
         client.LicenseServer(conn(url)).generate(str(tmp_path))
     assert words in err.value.msg and not isinstance(err.value, errors.LostResponseError)
-    assert "force" not in err.value.msg and "pw-secret" not in err.value.msg
+    assert "force" not in err.value.msg and "pw-secret" not in err.value.msg and "pa#ss" not in err.value.msg
     assert list(tmp_path.iterdir()) == []
 
 
