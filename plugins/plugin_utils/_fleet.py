@@ -48,6 +48,14 @@ from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import (
 )
 
 TOPOLOGIES = ("api", "remote")
+# A forced download starts at the server's last acknowledged sync; a back office that still expects a later time
+# holds records whose acknowledgment never reached the server (lost with a wiped store, say): only that
+# acknowledgment moves the server on.
+ACK_LOST_HINT = ("The back office already holds this server's records up to that expected time, but their "
+                 "acknowledgment never reached the license server (it was lost, for example with a wiped store): "
+                 "download this server's latest acknowledgment from the back office (its web page offers it), "
+                 "process it with fne.offline_sync.process (src: that file, url: this license server), then run "
+                 "the sync again. Nothing is lost meanwhile: the server keeps its records.")
 # Answers that refuse the content itself (not the request, the credentials or the moment): set the file aside.
 REFUSED_STATUSES = frozenset((400, 409, 422))
 # Every host variable the fleet reads, validated per host with Ansible's own validator (types, choices, env
@@ -215,6 +223,13 @@ class ServerWork:
                             certain=False)
             return
         before = set(self.store.outbox_files())
+        # Asking hands records out: should this process die before the answers are safe in the outbox, the marker
+        # stays and the next run recovers them with a forced download. (A recovery has its marker already.)
+        marked = self.store.needs_force() is None
+        if marked:
+            self.store.set_needs_force(f"a download from {self.cfg.lls['url']} was interrupted (the run died): the "
+                                       "server may have handed out records that never arrived, a forced download is "
+                                       "needed")
         try:
             answer = self.lls.generate(self.store.outbox, force=force)
         except LostResponseError as exc:
@@ -224,11 +239,15 @@ class ServerWork:
             self.store.log("lost_response", detail=_error_text(exc))
             self.store.set_needs_force(reason)
             raise
-        except BaseException:
+        except (FneError, StoreError):  # the answers say nothing was handed out that is not in the outbox
             self._admit_new(before, {}, force)
+            if marked:
+                self.store.clear_needs_force()
             raise
         by_name = {os.path.basename(f.get("path") or f.get("name") or ""): f for f in answer.get("files") or []}
         self._admit_new(before, by_name, force)
+        if marked:
+            self.store.clear_needs_force()
         if self.fetched:
             self.changed = True
 
@@ -314,7 +333,11 @@ class ServerWork:
         moved = self.store.supersede(reason)
         before_fetched = len(self.fetched)
         self.generate(force=True)
-        self.upload_outbox()
+        try:
+            self.upload_outbox()
+        except MismatchError as exc:
+            exc.amend(ACK_LOST_HINT)
+            raise
         self.process_pending()
         self._recovered(f"{reason}; superseded {len(moved)} file(s), {len(self.fetched) - before_fetched} forced "
                         "file(s)")

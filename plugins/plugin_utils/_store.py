@@ -252,7 +252,19 @@ class ServerStore:
             if os.path.exists(self.ack_for(path)):
                 self._move(path, self.sent)
                 moved.append(os.path.basename(path))
+        self._remove_temporaries()
         return moved
+
+    def _remove_temporaries(self) -> None:
+        """A dead run's half-written files (`.NAME.RANDOM.tmp`, never complete): under the lock no other run can be
+        writing them. The records of a half-downloaded message come again with the forced download its marker
+        asks for."""
+        for folder in (self.outbox, self.acks):
+            with contextlib.suppress(FileNotFoundError):
+                for name in os.listdir(folder):
+                    if name.startswith(".") and name.endswith(".tmp"):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(folder, name))
 
     def complete_acks(self, processed_ack: str, last_sync_time: Optional[str] = None) -> List[str]:
         """The server processed ``processed_ack``: it and every older acknowledgment move to ``sent/``.

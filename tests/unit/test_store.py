@@ -350,3 +350,23 @@ def test_an_unwritable_acks_folder_keeps_the_accepted_acknowledgment(store):
             os.chmod(store.acks, 0o700)
     kept = str(err.value.msg).split("saved as ")[1].split(":")[0]
     assert Path(kept).read_bytes() == b"ACK-BYTES"
+
+
+def test_a_download_that_dies_midway_leaves_its_marker_for_a_forced_download(store, monkeypatch):
+    """A run killed while the server hands out records (here: an unforeseen error in the middle of it) must leave
+    the next run a forced download; a download that finishes, or fails cleanly, leaves nothing behind."""
+    class Dying(_FakeLls):
+        def generate(self, folder, force=False):
+            put(folder, ".20260101T000000.fnesync.abc123.tmp")  # what a killed writer leaves
+            raise RuntimeError("killed")
+
+    store.log("fetched", file="x")  # not a first contact
+    monkeypatch.setattr(fleet.ServerWork, "lls", property(lambda self: Dying()))
+    entry = fleet.run_fleet("collect", [fleet.server_config("lls001", {})], fleet.Options(store=store.root))["lls001"]
+    assert entry["failed"] and "interrupted" in (store.needs_force() or "")
+    fake = _FakeLls()
+    monkeypatch.setattr(fleet.ServerWork, "lls", property(lambda self: fake))
+    store.clear_needs_force()
+    entry = fleet.run_fleet("collect", [fleet.server_config("lls001", {})], fleet.Options(store=store.root))["lls001"]
+    assert not entry["failed"] and store.needs_force() is None and fake.calls == [("generate", False)]
+    assert os.listdir(store.outbox) == [], "a dead run's temporary file was left behind"

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import fleet
 from .faults import ENDPOINTS, Fault, FaultError, parse_kind, parse_start_spec
 from .state import State, connect, snapshot
-from .wire import WireError, decode_any
+from .wire import Ack, WireError, decode_any
 
 START_TIMEOUT = 120.0
 
@@ -367,6 +367,23 @@ def _flush(directory: Path) -> None:
 
 
 @needs_lab
+def cmd_backoffice_ack(args: argparse.Namespace) -> int:
+    """The back office's latest acknowledgment for one server, as its web page offers it for download: what an
+    operator fetches when the acknowledgment the back office sent never reached the server."""
+    _flush(args.dir)
+    db = connect(args.dir / "lab.sqlite", readonly=True)
+    try:
+        row = db.execute("SELECT b.last_sync_time, s.host_id FROM servers s JOIN bo_hosts b ON b.host_id = s.host_id "
+                         "WHERE s.name=?", (args.server,)).fetchone()
+    finally:
+        db.close()
+    if row is None:
+        return fail(f"the back office holds nothing of {args.server!r}")
+    Path(args.out).write_bytes(Ack(row[1], row[0], int(time.time())).encode())
+    print(f"fnelab: wrote the back office's acknowledgment for {args.server} to {args.out}")
+    return 0
+
+
 def cmd_state(args: argparse.Namespace) -> int:
     directory = args.dir
     _flush(directory)
@@ -466,6 +483,10 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument("--token-ttl", type=_positive(float))
     de = command("decode", cmd_decode, "print a message or acknowledgment as Key=Value lines", needs_dir=False)
     de.add_argument("file")
+    bo_ack = command("backoffice-ack", cmd_backoffice_ack, "write the back office's latest acknowledgment for a "
+                     "server (what its web page offers to download)")
+    bo_ack.add_argument("--server", required=True)
+    bo_ack.add_argument("--out", required=True)
     sta = command("state", cmd_state, "per-server state")
     sta.add_argument("--json", action="store_true")
     ve = command("verify", cmd_verify, "judge: nothing lost, nothing twice, in order")

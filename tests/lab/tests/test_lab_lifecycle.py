@@ -280,3 +280,18 @@ def test_verify_judges_one_snapshot(lab_factory, monkeypatch):
     assert report["servers"]["lls001"]["in_backoffice"] == 6  # the snapshot from before the write
     monkeypatch.undo()
     assert fnelab.verify.verify(lab.dir / "lab.sqlite")["servers"]["lls001"]["in_backoffice"] == 7
+
+
+def test_backoffice_ack_offers_the_latest_acknowledgment_of_a_server(lab_factory, work):
+    """What the back office's web page offers: the acknowledgment for the newest accepted message of a server."""
+    lab = lab_factory(1, "--records", "3")
+    out = work / "web.ack"
+    refused = lab.cli("backoffice-ack", "--dir", str(lab.dir), "--server", "lls001", "--out", str(out), check=False)
+    assert refused.returncode != 0 and "holds nothing" in (refused.stdout + refused.stderr) and not out.exists()
+    assert server_tool(lab, "lls001", "-generate", "out", cwd=work).returncode == 0
+    [file] = sorted((work / "out").iterdir())
+    assert backoffice_tool(lab, "-out", "tool.ack", str(file), cwd=work).returncode == 0
+    lab.cli("backoffice-ack", "--dir", str(lab.dir), "--server", "lls001", "--out", str(out))
+    web, tool = (lab.cli("decode", str(path)).stdout for path in (out, work / "tool.ack"))
+    assert [line for line in web.splitlines() if "LastSyncTime" in line or "TargetID=" in line] == \
+        [line for line in tool.splitlines() if "LastSyncTime" in line or "TargetID=" in line]
