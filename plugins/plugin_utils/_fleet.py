@@ -578,6 +578,9 @@ def describe(entry: Dict[str, Any], notes: Optional[List[str]] = None) -> str:
     if entry.get("processed"):
         parts.append(f"processed acknowledgment {entry['processed'][-1]}")
     parts.extend(notes or [])
+    if entry.get("quarantined"):
+        parts.append(f"quarantined (refused as invalid; release with the fne.offline_sync.quarantine playbook): "
+                     f"{', '.join(entry['quarantined'])}")
     return f"{entry['host']}: {entry['step']}: " + ("; ".join(parts) if parts else "nothing to do")
 
 

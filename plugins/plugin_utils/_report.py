@@ -124,6 +124,8 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
                 msg += f", {info['outbox']} file(s) in the outbox, {info['pending_acks']} acknowledgment(s) pending"
             if info["needs_force"]:
                 msg += f", recovery pending: {info['needs_force']}"
+            if info["quarantined"]:
+                msg += f", {info['quarantined']} file(s) quarantined"
             msg += ")"
         host_results[name] = {"changed": run["changed"], "failed": run["failed"], "msg": msg}
     totals = {
