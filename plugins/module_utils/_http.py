@@ -115,6 +115,7 @@ def reason_of(exc: BaseException) -> str:
     text = str(root) or type(root).__name__
     # urllib3 prefixes reasons with an object repr; keep the readable tail.
     text = re.sub(r"<[^>]+>:\s*", "", text)
+    text = re.sub(r"\w+\(host='[^']*', port=\d+\):\s*", "", text)  # the connection pool's repr
     return text
 
 
@@ -511,8 +512,9 @@ class Http:
                      hint: Optional[str] = None) -> FneError:
         shown_key = " " + key if key and not text.startswith('"') else ""
         if hint is None:
-            hint = {401: f"The {self.what} refused the credentials: check username and password (administrative "
-                         "security).",
+            hint = {401: (f"The {self.what} refused the credentials: check username and password (administrative "
+                          "security)." if self.what == "license server" else
+                          f"The {self.what} asks for credentials this collection does not send: is url right?"),
                     404: URL_HINTS.get(self.what, "Is url right?")}.get(status, "")
         msg = f"Request {method} {url} failed: [{status}{shown_key}] {text.rstrip('.')}"
         return self.fail(f"{msg}. {hint}" if hint else msg, url, status=status, key=key)

@@ -41,6 +41,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import parse_time, sha256_file, sync_time_of
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._action import run_command
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import (
+    ACK_SUFFIX,
     SYNC_SUFFIX,
     LockedError,
     ServerStore,
@@ -302,8 +303,11 @@ class ServerWork:
         if isinstance(exc, (LostResponseError, MismatchError)) or exc.status not in REFUSED_STATUSES:
             return
         kept = self.store.set_aside(path, _error_text(exc))
-        exc.amend(f"{os.path.basename(path)} was set aside as {kept}; the next run goes on without it (release it "
-                  "with the fne.offline_sync.quarantine playbook once the cause is fixed).")
+        if path.endswith(SYNC_SUFFIX):  # its records are on the server still: the recovery downloads them again
+            self.store.set_needs_force(f"{os.path.basename(path)} was refused by the back office as invalid and set "
+                                       "aside: its records come again with a forced download")
+        exc.amend(f"{os.path.basename(path)} was set aside as {kept}; the next run goes on without it (list or "
+                  "release it with the fne.offline_sync.quarantine playbook).")
 
     def _already_accepted(self, path: str, exc: MismatchError) -> bool:
         """The re-upload rule (docs/design.md): a mismatch whose expected time is at or after this file's own
@@ -336,7 +340,11 @@ class ServerWork:
         try:
             self.upload_outbox()
         except MismatchError as exc:
-            exc.amend(ACK_LOST_HINT)
+            if any(path.endswith(ACK_SUFFIX) for path in self.store.quarantined()):
+                exc.amend("An acknowledgment this license server refused is in quarantine: release it once the server "
+                          "takes it (fne.offline_sync.quarantine with fne_sync_release=true), then run the sync again.")
+            else:
+                exc.amend(ACK_LOST_HINT)
             raise
         self.process_pending()
         self._recovered(f"{reason}; superseded {len(moved)} file(s), {len(self.fetched) - before_fetched} forced "
