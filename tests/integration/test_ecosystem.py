@@ -242,9 +242,11 @@ def test_changelog(tmp_path):
 # -- the cycle role: one source for the public variables -----------------------------------------------------
 
 CYCLE = REPO / "roles" / "cycle"
-# the cycle's entry points (a file tasks/NAME.yml each); the other task files are internal
-CYCLE_ENTRY_POINTS = {"main", "plan", "collect", "upload", "acknowledge", "recover", "collect_remote",
-                      "upload_remote", "acknowledge_remote", "recover_remote", "report"}
+# the cycle's entry points (a file tasks/NAME.yml each; the other task files are internal): the phases, each
+# registering its result as fne_sync_<phase>_result, and the entry points made of them
+CYCLE_PHASES = {"plan", "collect", "upload", "acknowledge", "recover", "collect_remote", "upload_remote",
+                "acknowledge_remote", "recover_remote"}
+CYCLE_ENTRY_POINTS = CYCLE_PHASES | {"main", "api", "remote", "report"}
 
 
 def test_only_the_cycle_and_schedule_roles_exist():
@@ -329,12 +331,12 @@ def test_cycle_role_tasks_read_documented_variables_and_hand_on_public_results()
     texts = [*tasks.values(), constants_text]
     used = {name for text in texts for name in re.findall(r"\b(fne_(?:sync|lls|backoffice)_\w+)", text)}
     registered = {name for text in texts for name in re.findall(r"register: (fne_\w+)", text)}
-    assert registered == {f"fne_sync_{name}_result" for name in CYCLE_ENTRY_POINTS - {"main", "report"}}
+    assert registered == {f"fne_sync_{name}_result" for name in CYCLE_PHASES}
     # not variables the role reads: the in-memory group of plan, the set_stats names of report
     undocumented = used - registered - {"fne_sync_remote", "fne_sync_report", "fne_sync_report_paths"} - set(options)
     assert not undocumented, f"the tasks read undocumented variables: {undocumented}"
     readme = (CYCLE / "README.md").read_text()
-    for name in CYCLE_ENTRY_POINTS - {"main", "report"}:
+    for name in CYCLE_PHASES:
         assert f"C(fne_sync_{name}_result)" in " ".join(specs[name]["description"]), name
         assert f"`fne_sync_{name}_result`" in readme, name
 
