@@ -3,7 +3,10 @@ invalid fails alone, in words naming the variable, and is never contacted (a typ
 
 from __future__ import annotations
 
-from test_sync_support import sync, write_inventory
+import json
+
+import yaml
+from test_sync_support import playbook, sync, write_inventory
 
 
 def test_an_invalid_host_variable_fails_that_host_alone(lab_factory, tmp_path):
@@ -27,3 +30,15 @@ def test_an_invalid_host_variable_fails_that_host_alone(lab_factory, tmp_path):
         assert servers[host]["in_backoffice"] == 5 and servers[host]["held"] == 0, servers[host]
     for host in ("lls002", "lls003"):
         assert servers[host]["in_backoffice"] == 0 and servers[host]["held"] == 5, servers[host]
+
+
+def test_a_host_pattern_that_matches_nothing_fails_the_run(lab_factory, tmp_path):
+    """Exit 0 having synchronized nothing would let a schedule report success forever."""
+    lab = lab_factory(1, "--records", "1")
+    flat = yaml.safe_load(lab.inventory.read_text())
+    flat["all"]["hosts"] = flat["all"].pop("children")["license_servers"]["hosts"]  # no group license_servers
+    (tmp_path / "flat.json").write_text(json.dumps(flat))
+    for inventory, args in ((lab.inventory, ["-e", "fne_sync_hosts=nosuchgroup"]), (tmp_path / "flat.json", [])):
+        result = playbook("sync", inventory, tmp_path / "store", *args, expect_rc=2)
+        assert "matches no host of the inventory" in result.out, result
+    assert lab.verify()["servers"]["lls001"]["held"] == 1 and not (tmp_path / "store").exists()
