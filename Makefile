@@ -8,7 +8,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export PATH := $(VENV)/bin:$(PATH)
 PYTEST_ARGS ?= -n 2
 
-.PHONY: venv test demo lint clean system-deps
+.PHONY: venv test demo lint clean system-deps reliability
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements-dev.txt tests/lab/pyproject.toml
@@ -28,6 +28,16 @@ system-deps:
 test: venv system-deps
 	$(VENV)/bin/ruff check plugins tests benchmarks tools
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# docs/reliability.md from one run of the robustness suites (crash, faults, hostile servers, bad input, secrets,
+# fuzzing): each case records its figures, tools/reliability_report.py writes the document.
+RELIABILITY_SUITES := tests/integration/test_robust_crash.py tests/integration/test_robust_faults.py \
+	tests/integration/test_robust_input.py tests/integration/test_robust_secrets.py tests/unit/test_fuzz.py \
+	tests/unit/test_client_hostile.py
+reliability: venv system-deps
+	rm -f $(VENV)/reliability.jsonl
+	FNE_RELIABILITY_OUT=$(VENV)/reliability.jsonl $(VENV)/bin/pytest $(PYTEST_ARGS) $(RELIABILITY_SUITES)
+	FNE_RELIABILITY_OUT=$(VENV)/reliability.jsonl $(PY) tools/reliability_report.py
 
 # ruff, ansible-lint (production profile, .ansible-lint) and the changelog fragments.
 lint: venv
