@@ -370,3 +370,20 @@ def test_a_download_that_dies_midway_leaves_its_marker_for_a_forced_download(sto
     entry = fleet.run_fleet("collect", [fleet.server_config("lls001", {})], fleet.Options(store=store.root))["lls001"]
     assert not entry["failed"] and store.needs_force() is None and fake.calls == [("generate", False)]
     assert os.listdir(store.outbox) == [], "a dead run's temporary file was left behind"
+
+
+def test_report_files_are_private_and_warnings_name_an_open_store_and_unchecked_certificates(store, tmp_path):
+    from ansible_collections.fne.offline_sync.plugins.action.fleet import _setting_warnings
+    from ansible_collections.fne.offline_sync.plugins.plugin_utils import _report as report
+
+    built = report.build_report(store.root, ["lls001"], {}, [], 7)
+    paths = report.write_report(built)
+    assert {oct(os.stat(p).st_mode & 0o777) for p in paths.values()} == {"0o600"}
+    os.chmod(store.root, 0o777)
+    insecure = fleet.server_config("lls001", {"fne_lls_url": "https://lls:1443", "fne_lls_validate_certs": False})
+    plain = fleet.server_config("lls002", {"fne_lls_url": "http://lls:7070", "fne_lls_validate_certs": False})
+    warnings = _setting_warnings(store.root, [insecure, plain], "collect")
+    assert any("can be written by other users" in w for w in warnings)
+    assert any("certificate checks are off" in w and "lls001" in w and "lls002" not in w for w in warnings)
+    os.chmod(store.root, 0o700)
+    assert _setting_warnings(store.root, [plain], "collect") == []
