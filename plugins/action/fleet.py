@@ -70,6 +70,11 @@ class ActionModule(ActionBase):
         if names is None:
             names = list(task_vars.get("ansible_play_hosts") or [])
         configs, invalid = self._configs(names, task_vars, args["topology"])
+        problem = ("store must name a folder" if not str(args["store"]).strip() else
+                   "workers must be at least 1" if args["workers"] < 1 else
+                   "lock_timeout must be 0 or more" if args["lock_timeout"] < 0 else None)
+        if problem:  # fne_sync_store, fne_sync_workers, fne_sync_lock_timeout
+            return dict(result, failed=True, msg=f"fleet: {problem} (fne_sync_{problem.split()[0]})")
         check_mode = bool(self._task.check_mode)
         store = os.path.abspath(os.path.expanduser(args["store"]))
         for warning in _setting_warnings(store, configs, step):

@@ -8,10 +8,14 @@ tests. Also the base-URL rules and the API paths. Private to the collection."""
 from __future__ import annotations
 
 import copy
+import math
+import os
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
+from urllib.parse import urlsplit
 
 from ansible.module_utils.basic import env_fallback
+from ansible_collections.fne.offline_sync.plugins.module_utils._errors import FneError
 
 DEFAULT_LLS_URL = "http://localhost:7070"
 API = "/api/1.0"
@@ -127,3 +131,44 @@ def lls_base_url(url: str) -> str:
     if index >= 0:
         path = path[:index]
     return scheme + sep + authority + path if sep else url
+
+
+def check_url(url: str, what: str) -> str:
+    """An http(s) URL with a host and without credentials, else FneError (before any request is made). A URL with
+    an '@' is never shown: a password with '#', '/' or '?' in it hides from a URL parser."""
+    url = (url or "").strip()
+    if "@" in url:
+        raise FneError(f"The {what} URL carries credentials (user:password@) or an '@': set username and password "
+                       "instead; credentials in a URL end up in logs.")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise FneError(f"The {what} URL {url!r} holds a space, a control or an invisible character.")
+    try:
+        parsed = urlsplit(url)
+        port = parsed.port
+    except ValueError:
+        parsed, port = None, -1
+    if parsed is not None and parsed.scheme not in ("http", "https"):
+        raise FneError(f"The {what} URL {url!r} must start with http:// or https://.")
+    if parsed is None or not parsed.hostname or port == -1:
+        raise FneError(f"The {what} URL {url!r} has no valid host and port.")
+    return url
+
+
+def check_connection(conn: Connection, what: str) -> None:
+    """The settings of one side before any request: FneError naming what to fix."""
+    check_url(conn.url, what)
+    check_numbers(conn)
+    if conn.validate_certs and conn.ca_path and not os.path.isfile(conn.ca_path):
+        raise FneError(f"ca_path {conn.ca_path} is not a file: set it to the PEM file of the {what}'s CA.")
+    if conn.username and not conn.password:
+        raise FneError("username is set without a password: set both (administrative security), or neither.")
+
+
+def check_numbers(conn: Connection) -> None:
+    """timeout, retries and max_retry_wait within sense, else FneError (before any request is made)."""
+    for name, value, low, high in (("timeout", conn.timeout, 0.001, 86400.0),
+                                   ("max_retry_wait", conn.max_retry_wait, 0.0, 86400.0),
+                                   ("retries", conn.retries, 0, 100)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+            low_text = "above 0" if name == "timeout" else f"at least {low}"
+            raise FneError(f"{name} must be {low_text} and at most {high:g}, not {value!r}.")

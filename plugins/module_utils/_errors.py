@@ -5,6 +5,7 @@ collection."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Iterable, Optional
 
@@ -64,6 +65,7 @@ def scrub(text: str, secrets: Iterable[Optional[str]]) -> str:
     """text without the given secrets, and without any bearer token a careless server echoed back."""
     text = BEARER_RE.sub(lambda match: match.group(1) + MASK, text)  # first: a secret may be part of "Bearer"
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, MASK)
+        if secret:  # as written, and as a JSON answer echoes it back ("pa\"ss", "w\u00f6rd")
+            for form in {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}:
+                text = text.replace(form, MASK)
     return text

@@ -146,11 +146,25 @@ def save_ack_elsewhere(file: str, ack: bytes) -> Optional[str]:
     return None
 
 
+def _check_dest(dest: str) -> None:
+    """Before anything is sent: the acknowledgment must have somewhere to go."""
+    folder = os.path.dirname(dest)
+    probe = folder
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if os.path.isdir(dest):
+        raise FneError(f"dest {dest} is a folder: name the acknowledgment file. Nothing was sent.")
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise FneError(f"The acknowledgment cannot be written to {dest} ({probe} is not a writable folder). "
+                       "Nothing was sent.")
+
+
 def upload_files(send: Callable[[str], bytes], src: str, dest: str, url: str,
                  warn: Callable[[str], None] = noop_warn) -> dict:
     """Upload each file oldest first; after each accepted file the acknowledgment is written to dest, so on any
     failure dest holds the acknowledgment for everything accepted so far."""
     files, dest = resolve_upload(src, dest)
+    _check_dest(dest)
     skipped = unsent_files(src)
     if skipped:
         warn(f"Not sent, their names are not yyyyMMddTHHmmss.fnesync (generate with force: true downloads the "

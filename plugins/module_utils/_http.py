@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
-import math
 import os
 import re
 import socket
@@ -19,9 +18,8 @@ import time
 import traceback
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Optional
-from urllib.parse import urlsplit
 
-from ansible_collections.fne.offline_sync.plugins.module_utils._connection import Connection
+from ansible_collections.fne.offline_sync.plugins.module_utils._connection import Connection, check_connection
 from ansible_collections.fne.offline_sync.plugins.module_utils._errors import FneError, LostResponseError, scrub
 
 try:
@@ -238,37 +236,6 @@ if HAS_REQUESTS:
             return manager
 
 
-def check_url(url: str, what: str) -> str:
-    """An http(s) URL with a host and without credentials, else FneError (before any request is made). A URL with
-    an '@' is never shown: a password with '#', '/' or '?' in it hides from a URL parser."""
-    url = (url or "").strip()
-    if "@" in url:
-        raise FneError(f"The {what} URL carries credentials (user:password@) or an '@': set username and password "
-                       "instead; credentials in a URL end up in logs.")
-    if any(c.isspace() or not c.isprintable() for c in url):
-        raise FneError(f"The {what} URL {url!r} holds a space, a control or an invisible character.")
-    try:
-        parsed = urlsplit(url)
-        port = parsed.port
-    except ValueError:
-        parsed, port = None, -1
-    if parsed is not None and parsed.scheme not in ("http", "https"):
-        raise FneError(f"The {what} URL {url!r} must start with http:// or https://.")
-    if parsed is None or not parsed.hostname or port == -1:
-        raise FneError(f"The {what} URL {url!r} has no valid host and port.")
-    return url
-
-
-def check_numbers(conn: Connection) -> None:
-    """timeout, retries and max_retry_wait within sense, else FneError (before any request is made)."""
-    for name, value, low, high in (("timeout", conn.timeout, 0.001, 86400.0),
-                                   ("max_retry_wait", conn.max_retry_wait, 0.0, 86400.0),
-                                   ("retries", conn.retries, 0, 100)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
-            low_text = "above 0" if name == "timeout" else f"at least {low}"
-            raise FneError(f"{name} must be {low_text} and at most {high:g}, not {value!r}.")
-
-
 def error_text(ctype: str, body: str) -> tuple[Optional[str], str]:
     """(key, message) from an error answer (its media type and the start of its body): the server's own words."""
     if "json" in ctype or body.startswith("{"):
@@ -310,10 +277,7 @@ class Http:
     def __init__(self, conn: Connection, warn: Callable[[str], None], what: str):
         if not HAS_REQUESTS:
             raise FneError("The Python library requests is required on the host that runs this module.")
-        check_url(conn.url, what)
-        check_numbers(conn)
-        if conn.validate_certs and conn.ca_path and not os.path.isfile(conn.ca_path):
-            raise FneError(f"ca_path {conn.ca_path} is not a file: set it to the PEM file of the {what}'s CA.")
+        check_connection(conn, what)
         self.conn = conn
         self.warn = warn
         self.what = what  # "license server" / "back office", for messages

@@ -22,6 +22,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._connection impor
     SYNC_ACK,
     SYNC_MESSAGE,
     Connection,
+    check_connection,
     lls_base_url,
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
@@ -59,6 +60,7 @@ RunCommand = Callable[[List[str], Dict[str, str]], Tuple[int, str]]
 class _Tool:
     def __init__(self, conn: Connection, tool_path: Optional[str], script: str, warn: Callable[[str], None],
                  run_command: RunCommand):
+        check_connection(conn, "back office" if script == BACKOFFICE_TOOL else "license server")
         self.conn = conn
         self.warn = warn
         self.run_command = run_command

@@ -31,7 +31,13 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._backend import (
     back_office,
     license_server,
 )
-from ansible_collections.fne.offline_sync.plugins.module_utils._connection import host_spec, params_from_host
+from ansible_collections.fne.offline_sync.plugins.module_utils._connection import (
+    SIDES,
+    check_connection,
+    connection_from_params,
+    host_spec,
+    params_from_host,
+)
 from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
     FneError,
     LostResponseError,
@@ -95,9 +101,21 @@ def _validate(host_vars: Mapping[str, Any]) -> tuple:
 def server_config(name: str, host_vars: Mapping[str, Any]) -> ServerConfig:
     """A server's settings from its host variables; raises StoreError naming the variable when one is invalid."""
     validated, secrets = _validate(host_vars)
-    return ServerConfig(name=name, topology=validated["fne_sync_topology"],
-                        lls=params_from_host("lls", validated), backoffice=params_from_host("backoffice", validated),
-                        secrets=secrets)
+    cfg = ServerConfig(name=name, topology=validated["fne_sync_topology"],
+                       lls=params_from_host("lls", validated), backoffice=params_from_host("backoffice", validated),
+                       secrets=secrets)
+    # URLs, numbers and credentials as the clients will check them, but now: before this host is contacted or its
+    # store touched, and in the words of the variables the user set
+    for side, what in (("lls", "license server"), ("backoffice", "back office")):
+        params = getattr(cfg, side)
+        if params["url"]:
+            try:
+                check_connection(connection_from_params(params), what)
+            except FneError as exc:
+                names = ", ".join(s.host_var for s in SIDES[side]  # the variable the message is about
+                                  if exc.msg.startswith(s.option + " ") or s.option == "url" and " URL " in exc.msg)
+                raise StoreError(f"invalid host variables ({names or side}): {scrub(exc.msg, secrets)}") from None
+    return cfg
 
 
 @dataclass
@@ -614,10 +632,17 @@ def work_one(step: str, cfg: ServerConfig, opts: Options) -> Dict[str, Any]:
                         work.store.log("error", detail=f"{step}: {_error_text(exc)}")
                     raise
     except (StoreError, FneError) as exc:
-        return work.result(step, _error_text(exc))
+        error: Optional[str] = _error_text(exc)
     except Exception as exc:  # one server's surprise must not stop the fleet
-        return work.result(step, f"unexpected {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
-    return work.result(step)
+        error = f"unexpected {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+    else:
+        error = None
+    try:
+        return work.result(step, error)
+    except OSError as exc:  # a store that cannot even be read (its folder is a file, say): this host alone fails
+        return {"host": cfg.name, "topology": cfg.topology, "step": step, "changed": False, "failed": True,
+                "msg": scrub(f"{cfg.name}: {step} failed: {error or ''} (its store cannot be read: {exc})",
+                             cfg.secrets)}
 
 
 def run_fleet(step: str, configs: List[ServerConfig], opts: Options,

@@ -112,7 +112,7 @@ class ServerStore:
     def _list(folder: str, suffix: str) -> List[str]:
         try:
             names = [n for n in os.listdir(folder) if n.endswith(suffix) and not n.startswith(".")]
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         return [os.path.join(folder, n) for n in sorted(names)]
 

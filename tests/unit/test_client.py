@@ -483,13 +483,30 @@ def test_process_purges_by_utc_and_never_on_a_time_without_zone(server, tmp_path
     assert bool(warnings) == (purged == 0) and all("without a time zone" in w for w in warnings)
 
 
-def test_an_accepted_files_ack_survives_an_unwritable_dest(server, tmp_path):
+def test_an_unwritable_dest_is_refused_before_anything_is_sent(server, tmp_path):
+    (tmp_path / "20250101T000000.fnesync").write_bytes(b"m")
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    for dest in ("blocker/ack.bin", str(tmp_path)):
+        with pytest.raises(errors.FneError, match="Nothing was sent"):
+            client.BackOffice(conn(server.url + "/deviceservices")).upload(str(tmp_path), dest)
+    assert server.count("POST", "/deviceservices") == 0
+
+
+def test_an_accepted_files_ack_survives_a_dest_that_fails_midway(server, tmp_path, monkeypatch):
     (tmp_path / "20250101T000000.fnesync").write_bytes(b"m")
     (tmp_path / "20250101T000010.fnesync").write_bytes(b"m")
-    (tmp_path / "blocker").write_text("a file, not a folder")
     server.on("POST", "/deviceservices", (200, {"Content-Type": "application/octet-stream"}, b"ACK1"))
+    dest = str(tmp_path / "ack.bin")
+    write = folder.write_atomic
+
+    def full_disk(path, chunks, *args):
+        if path == dest:
+            raise OSError(28, "No space left on device")
+        return write(path, chunks, *args)
+
+    monkeypatch.setattr(folder, "write_atomic", full_disk)
     with pytest.raises(errors.FneError) as err:
-        client.BackOffice(conn(server.url + "/deviceservices")).upload(str(tmp_path), "blocker/ack.bin")
+        client.BackOffice(conn(server.url + "/deviceservices")).upload(str(tmp_path), dest)
     kept = tmp_path / "20250101T000000.syncack.bin"
     assert kept.read_bytes() == b"ACK1" and str(kept) in err.value.msg
     assert err.value.result["ack"] == str(kept)

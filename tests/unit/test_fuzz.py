@@ -445,7 +445,7 @@ def test_check_url_returns_an_http_url_with_a_host_or_raises_fne_error(url):
     never left."""
     ran("check_url")
     try:
-        checked = http.check_url(url, "license server")
+        checked = connection.check_url(url, "license server")
     except errors.FneError:
         return
     parsed = urlsplit(checked)
@@ -477,7 +477,7 @@ def test_check_url_never_echoes_a_password_given_in_the_url(scheme, user, passwo
     assume(password not in f"{scheme}{user}:@{host}{port}{path}")
     ran("check_url")
     try:
-        checked = http.check_url(url, "license server")
+        checked = connection.check_url(url, "license server")
     except errors.FneError as exc:
         assert password not in exc.msg and password not in str(exc)
     else:
@@ -496,7 +496,7 @@ def test_check_url_never_echoes_a_password_when_the_scheme_is_missing_or_wrong(l
     assume(password not in f"{lead}{user}:@{host}{port}")
     ran("check_url")
     with pytest.raises(errors.FneError) as err:
-        http.check_url(url, "license server")
+        connection.check_url(url, "license server")
     assert password not in err.value.msg
 
 

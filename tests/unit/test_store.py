@@ -387,3 +387,17 @@ def test_report_files_are_private_and_warnings_name_an_open_store_and_unchecked_
     assert any("certificate checks are off" in w and "lls001" in w and "lls002" not in w for w in warnings)
     os.chmod(store.root, 0o700)
     assert _setting_warnings(store.root, [plain], "collect") == []
+
+
+@pytest.mark.parametrize("variables, words", [
+    ({"fne_lls_url": "ftp://lls:7070"}, "fne_lls_url"),
+    ({"fne_lls_url": "http://admin:pw@lls:7070"}, "fne_lls_url"),
+    ({"fne_lls_url": "http://lls:7070", "fne_sync_timeout": -1}, "fne_sync_timeout"),
+    ({"fne_lls_url": "http://lls:7070", "fne_sync_retries": 1000}, "fne_sync_retries"),
+    ({"fne_lls_url": "http://lls:7070", "fne_lls_username": "admin"}, "fne_lls_username"),
+    ({"fne_backoffice_url": "bo.example/deviceservices"}, "fne_backoffice_url"),
+])
+def test_host_settings_are_checked_before_the_host_is_touched(variables, words):
+    with pytest.raises(StoreError, match=words) as err:
+        fleet.server_config("lls001", variables)
+    assert "pw" not in err.value.msg.replace("password", "")
