@@ -233,8 +233,8 @@ class ServerWork:
     def generate(self, force: bool = False, first_contact: bool = False) -> None:
         if self.opts.check_mode:
             if first_contact:
-                self._would("download every record since the last acknowledged sync (first contact; if any: "
-                            "unknown in check mode)", certain=False)
+                self._would("download new records (first contact: every record since the last acknowledged sync; "
+                            "if any: unknown in check mode)", certain=False)
             elif force:
                 self._would("download again with force")
             else:
