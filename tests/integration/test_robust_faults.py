@@ -128,7 +128,7 @@ class Case:
 
 def expected(kind: Kind, endpoint: str, elsewhere: str) -> str:
     """What the failure message must say for this kind met at this endpoint (a regular expression)."""
-    name, _, value = kind.spec.partition("=")
+    name, _eq, value = kind.spec.partition("=")
     media = value or "text/html"
     if name == "status":
         return rf"\[{value} fnelab\.injectedFault\] injected status {value}"
