@@ -1,11 +1,15 @@
-"""Helpers for the sync integration tests (no tests here): run the playbooks against a lab, read the recap."""
+"""Helpers for the sync integration tests (no tests here): run the playbooks against a lab, read the recap, kill
+a run."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -90,6 +94,41 @@ def write_inventory(lab, path: Path, overrides: dict[str, dict]) -> Path:
         hosts[host].update(extra)
     path.write_text(json.dumps(data, indent=1))
     return path
+
+
+def _descendants(pid: int) -> list[int]:
+    """pid and every process below it, from /proc (the parent is field 4 of /proc/PID/stat)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def kill_run(proc: subprocess.Popen) -> None:
+    """SIGKILL an ansible-playbook run started with start_new_session=True: its process group and every process
+    below it, all frozen (SIGSTOP) first so that none forks, answers or finishes in between. A killpg of the
+    playbook's group alone is not enough: ansible-core's task workers call setsid() (a session and process group
+    of their own), and the worker, which does the actual work, would run on to the end of its task."""
+    frozen: set[int] = set()
+    while new := [p for p in _descendants(proc.pid) if p not in frozen]:
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        frozen.update(new)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for pid in frozen:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=30)
 
 
 PYTHON = sys.executable
