@@ -66,6 +66,6 @@ def scrub(text: str, secrets: Iterable[Optional[str]]) -> str:
     text = BEARER_RE.sub(lambda match: match.group(1) + MASK, text)  # first: a secret may be part of "Bearer"
     for secret in secrets:
         if secret:  # as written, and as a JSON answer echoes it back ("pa\"ss", "w\u00f6rd")
-            for form in {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}:
+            for form in (secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]):
                 text = text.replace(form, MASK)
     return text
