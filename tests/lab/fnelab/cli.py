@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from . import fleet
+from . import fleet, variants
 from .faults import ENDPOINTS, Fault, FaultError, parse_kind, parse_start_spec
 from .state import State, connect, snapshot
 from .wire import Ack, WireError, decode_any
@@ -129,6 +129,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             parse_start_spec(spec)
         except FaultError as exc:
             return fail(str(exc), 2)
+    try:
+        wanted = variants.check(args.variant)
+    except variants.VariantError as exc:
+        return fail(str(exc), 2)
     started = time.monotonic()
     state = State(directory / "lab.sqlite")
     try:
@@ -139,7 +143,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             # --security/--https alone mean "all servers"; absent, "none"
             fleet.create(state, args.servers, args.address_base or "127.77.0.0", args.security, args.https)
             state.put(page_size=args.page_size or 500, token_ttl=args.token_ttl or 300,
-                      reupload=args.reupload or "accept")
+                      reupload=args.reupload or "accept", variants=json.dumps(wanted))
             if args.records:
                 state.add_records(args.records)
         else:
@@ -149,6 +153,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                       f"(--servers {args.servers} ignored)", file=sys.stderr)
             if args.address_base and args.address_base != state.get("address_base"):
                 return fail(f"the lab in {directory} uses address base {state.get('address_base')}", 2)
+            if args.variant and wanted != state.variants():
+                return fail(f"the lab in {directory} plays the variants {state.variants() or 'none'}; a variant is "
+                            "chosen when a lab is created", 2)
             live = {k: v for k, v in (("page_size", args.page_size), ("token_ttl", args.token_ttl),
                                       ("reupload", args.reupload)) if v is not None}
             if live:
@@ -424,6 +431,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def cmd_variants(args: argparse.Namespace) -> int:
+    for v in variants.VARIANTS.values():
+        needs = ", ".join(f"{k}={v!r}" for k, v in v.settings.items()) or "nothing (detected)"
+        print(f"{v.name:24} {v.summary}\n{'':24} inventory: {needs}")
+    return 0
+
+
 def cmd_tools_path(args: argparse.Namespace) -> int:
     print(Path(__file__).resolve().parent / "tools")
     return 0
@@ -451,6 +465,8 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--token-ttl", type=_positive(float))
     up.add_argument("--reupload", choices=("accept", "reject"))
     up.add_argument("--fault", action="append", default=[], metavar="NAME:KIND[=VALUE][:COUNT]")
+    up.add_argument("--variant", action="append", default=[], metavar="NAME",
+                    help="answer as this plausible real product does (repeatable; `fnelab variants` lists them)")
     st = command("status", cmd_status, "is the lab running")
     st.add_argument("--json", action="store_true")
     command("down", cmd_down, "stop the lab cleanly")
@@ -492,6 +508,7 @@ def parser() -> argparse.ArgumentParser:
     ve = command("verify", cmd_verify, "judge: nothing lost, nothing twice, in order")
     ve.add_argument("--complete", action="store_true")
     ve.add_argument("--json", action="store_true")
+    command("variants", cmd_variants, "list the variants a new lab can play", needs_dir=False)
     command("tools-path", cmd_tools_path, "print the folder of the stand-in vendor tools", needs_dir=False)
     return p
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from . import variants
 from .state import Server, State
 
 SERVER_PORT, BACKOFFICE_PORT, CONTROL_PORT = 7070, 8443, 7099
@@ -106,8 +107,10 @@ def write_files(state: State, directory: Path) -> dict:
             host["fne_lls_ca_path"] = ca
         host["fne_lls_host_id"] = s.host_id
         hosts[s.name] = host
-    inventory = {"all": {"children": {"license_servers": {
-        "hosts": hosts, "vars": {"fne_backoffice_url": bo_url, "fne_backoffice_ca_path": ca}}}}}
+    group_vars = {"fne_backoffice_url": bo_url, "fne_backoffice_ca_path": ca,
+                  **variants.settings(state.variants())}  # only what a user of such a site would have to write
+    info["variants"] = state.variants()
+    inventory = {"all": {"children": {"license_servers": {"hosts": hosts, "vars": group_vars}}}}
     _write_private(directory / "lab.json", json.dumps(info, indent=2) + "\n")
     _write_private(directory / "inventory.yml", yaml.safe_dump(inventory, sort_keys=False))
     return info

@@ -57,6 +57,7 @@ class Lab:
         self.token_ttl = float(self.state.get("token_ttl", "300"))
         self.reupload = self.state.get("reupload", "accept")
         self.base = self.state.get("address_base")
+        self.variants = frozenset(self.state.variants())  # see variants.py
         self.bo_address = fleet.address(self.base, 1)
         self.faults = Faults()
         self.holds = hostile.Holds()

@@ -7,6 +7,7 @@ One writer (the lab process); the CLI reads (state, verify) with its own connect
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -102,6 +103,10 @@ class State:
     def get(self, key: str, default: str | None = None) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else default
+
+    def variants(self) -> list[str]:
+        """The variants this lab plays (chosen when it was created)."""
+        return json.loads(self.get("variants") or "[]")
 
     def put(self, **values: object) -> None:
         with self.tx():

@@ -1,0 +1,44 @@
+"""The lab's variants: plausible shapes of the real products where the vendor documents nothing.
+
+The vendor documents the tools, not the HTTP exchange behind them, so the lab's default answers are one guess among
+several. A variant makes the lab answer another plausible way; the collection must survive every one of them.
+Each variant names the inventory settings a user of such a site would have to write (none where the collection is
+meant to detect the shape by itself); `fnelab up --variant NAME` writes exactly those into the lab's inventory.
+The lab code asks `variant in lab.variants` where the answer differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    summary: str  # one line for `fnelab variants`
+    settings: dict = field(default_factory=dict)  # license_servers group variables a user would have to set
+
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+)}
+
+
+class VariantError(ValueError):
+    pass
+
+
+def check(names: list[str]) -> list[str]:
+    """The variant names, checked, in a stable order without repeats."""
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        known = ", ".join(VARIANTS) or "none"
+        raise VariantError(f"unknown variant {', '.join(unknown)} (known: {known}; `fnelab variants` lists them)")
+    return sorted(set(names))
+
+
+def settings(names: list[str]) -> dict:
+    """The inventory settings the given variants need, merged."""
+    merged: dict = {}
+    for name in names:
+        merged.update(VARIANTS[name].settings)
+    return merged
