@@ -18,6 +18,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Optional
+from urllib.parse import urlsplit
 
 from ansible_collections.fne.offline_sync.plugins.module_utils._connection import Connection, check_connection
 from ansible_collections.fne.offline_sync.plugins.module_utils._errors import FneError, LostResponseError, scrub
@@ -106,6 +107,22 @@ def _is_certificate_failure(exc: BaseException) -> bool:
     """A refused certificate: only ever found in the handshake, before any request was sent."""
     return any(isinstance(item, ssl.SSLCertVerificationError) for item in _chain(exc)) or \
         "CERTIFICATE_VERIFY_FAILED" in str(exc)
+
+
+def speaks_tls(url: str, timeout: float) -> bool:
+    """Whether the host and port of an http:// URL complete a TLS handshake (no request is sent, no certificate is
+    trusted): a TLS server hangs up on a plain HTTP request it cannot read, which would otherwise look like a lost
+    answer."""
+    parts = urlsplit(url)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 80), timeout=min(timeout, 10)) as sock, \
+                ctx.wrap_socket(sock, server_hostname=parts.hostname):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def reason_of(exc: BaseException) -> str:
@@ -300,6 +317,15 @@ class Http:
         wait = retry_after if retry_after is not None else min(2.0 ** attempt, 30.0)
         return max(0.0, min(wait, self.conn.max_retry_wait))
 
+    def _backoff(self, attempt: int, why: str, retry_after: Optional[float] = None) -> bool:
+        """Wait before retry number attempt + 1, saying why; False when no retry is left."""
+        if attempt >= self.conn.retries:
+            return False
+        wait = self._wait(attempt, retry_after)
+        self._warn(f"{why}; retrying in {wait:.1f}s (retry {attempt + 1} of {self.conn.retries})")
+        time.sleep(wait)
+        return True
+
     def _send(self, method: str, url: str, deadline: Deadline, body_path: Optional[str], **kwargs: Any) -> Any:
         """One attempt, watched by its deadline; the response's close() ends the watch."""
         handle = open(body_path, "rb") if body_path else None  # noqa: SIM115 (closed in finally)
@@ -331,7 +357,6 @@ class Http:
         """Send one request, retrying transient failures; the answer's body is read with read() / iter_body().
         `repeatable=False`: the request changes server state and its answer cannot be asked for again, so a lost
         answer or a gateway error is a LostResponseError."""
-        retries = self.conn.retries
         attempt = 0
         send_bytes = os.path.getsize(body_path) if body_path else len(data or b"")
         while True:
@@ -339,18 +364,14 @@ class Http:
             try:
                 response = self._send(method, url, deadline, body_path, data=data, json=json_body, headers=headers)
             except rexc.RequestException as exc:
-                kind, reason = self._classify(exc, deadline, repeatable)
+                kind, reason = self._classify(exc, deadline, repeatable, url)
                 if kind == "tls":
                     raise self.fail(
                         f"TLS failure talking to the {self.what} at {url}: {reason}. If its certificate is signed "
                         "by a private CA, set ca_path to that CA's PEM file (or validate_certs: false, not "
                         "recommended).", url) from None
                 if kind == "connect" or repeatable:
-                    if attempt < retries:
-                        wait = self._wait(attempt, None)
-                        self._warn(f"{method} {url} failed ({reason}); retrying in {wait:.1f}s "
-                                   f"(retry {attempt + 1} of {retries})")
-                        time.sleep(wait)
+                    if self._backoff(attempt, f"{method} {url} failed ({reason})"):
                         attempt += 1
                         continue
                     if kind == "connect":
@@ -365,10 +386,7 @@ class Http:
                 try:  # read whole inside the retry loop: an answer that breaks off or trickles is retried too
                     response.fne_body = self._prefix(response) if status >= 300 else self.read(response, MAX_JSON)
                 except LostResponseError as exc:
-                    if attempt < retries:
-                        wait = self._wait(attempt, None)
-                        self._warn(f"{exc.msg} Retrying in {wait:.1f}s (retry {attempt + 1} of {retries})")
-                        time.sleep(wait)
+                    if self._backoff(attempt, exc.msg.rstrip(".")):
                         attempt += 1
                         continue
                     raise
@@ -377,19 +395,15 @@ class Http:
                     _key, text = self.error_text(response)
                     raise self.fail(f"{method} {url} answered {status} from a gateway: {text}. The request may have "
                                     f"reached the {self.what}.", url, LostResponseError, status=status)
-                if attempt < retries:
-                    wait = self._wait(attempt, _retry_after(response))
-                    self._warn(f"{method} {url} answered {status}; retrying in {wait:.1f}s "
-                               f"(retry {attempt + 1} of {retries})")
+                if self._backoff(attempt, f"{method} {url} answered {status}", _retry_after(response)):
                     response.close()
-                    time.sleep(wait)
                     attempt += 1
                     continue
             return response
 
-    def _classify(self, exc: BaseException, deadline: Deadline, repeatable: bool) -> tuple[str, str]:
-        """(kind, reason): 'tls' and 'connect' when the connection was never established (nothing was sent: never a
-        lost answer), else 'lost'."""
+    def _classify(self, exc: BaseException, deadline: Deadline, repeatable: bool, url: str) -> tuple[str, str]:
+        """(kind, reason): 'tls' and 'connect' when the connection was never established or the request could not
+        have been understood (nothing was carried out: never a lost answer), else 'lost'."""
         reason = reason_of(exc)
         if deadline.expired:
             return "lost", (f"no complete answer within {time.monotonic() - deadline.start:.0f}s (the server is "
@@ -402,6 +416,9 @@ class Http:
         kind = classify_exception(exc)
         if kind == "tls" and not repeatable and not _is_certificate_failure(exc):
             kind = "lost"  # a TLS error while reading the answer: the request may have been carried out
+        if kind == "lost" and url.lower().startswith("http://") and speaks_tls(url, self.conn.timeout):
+            return "connect", (f"{reason}: the server speaks TLS (HTTPS) on that port, so it could not read the "
+                               "plain HTTP request; use https:// in the URL")
         return kind, reason
 
     def iter_body(self, response: Any, limit: int, what: str = "answer") -> Iterator[bytes]:

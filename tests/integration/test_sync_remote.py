@@ -123,3 +123,31 @@ def test_remote_upload_failure_shows_when_the_first_remote_host_is_unreachable(l
     result = playbook("sync", inventory, tmp_path / "store", expect_rc=None)
     assert {"lls001", "lls002"} <= result.failed(), result
     assert "lls003" not in result.failed(), result
+
+
+def test_every_remote_host_failing_is_still_reported(lab_factory, sshd, tmp_path):
+    """A run whose servers are all remote-topology ones, each failing at a different step (SSH unreachable, the
+    license server down): no host is left for a later play, yet each fails with the step that failed, the report
+    is written and lists every server, and the exit status says hosts failed."""
+    import json
+
+    from test_sync_support import playbook
+
+    lab = lab_factory(3, "--records", "2")
+    inventory = remote_inventory(lab, sshd, tmp_path)
+    data = json.loads(inventory.read_text())
+    hosts = data["all"]["children"]["license_servers"]["hosts"]
+    hosts["lls001"].update(ansible_port=1, ansible_ssh_common_args="-o ConnectTimeout=3")  # nothing listens there
+    for name in ("lls002", "lls003"):
+        hosts[name].update(fne_lls_url="http://127.0.0.1:1", fne_sync_retries=0)  # no license server there
+    inventory.write_text(json.dumps(data, indent=1))
+    result = playbook("sync", inventory, tmp_path / "store", expect_rc=2)
+    assert result.failed() == set(REMOTE), result
+    report = json.loads((tmp_path / "store" / "report.json").read_text())
+    assert set(report["servers"]) == set(REMOTE)
+    assert all(report["servers"][name]["run"]["failed"] for name in REMOTE), report["servers"]
+    errors = {name: " ".join(report["servers"][name]["run"]["errors"]) for name in REMOTE}
+    assert "Reach the license server host" in errors["lls001"] and "port 1" in errors["lls001"], errors
+    for name in ("lls002", "lls003"):
+        assert "Cannot reach the license server at http://127.0.0.1:1" in errors[name], errors
+    assert lab.state()["backoffice"]["requests"].get("upload", 0) == 0
