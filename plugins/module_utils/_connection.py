@@ -15,7 +15,7 @@ from typing import NamedTuple, Optional
 from urllib.parse import urlsplit
 
 from ansible.module_utils.basic import env_fallback
-from ansible_collections.fne.offline_sync.plugins.module_utils._errors import FneError
+from ansible_collections.fne.offline_sync.plugins.module_utils._errors import SettingError
 
 DEFAULT_LLS_URL = "http://localhost:7070"
 API = "/api/1.0"
@@ -134,41 +134,43 @@ def lls_base_url(url: str) -> str:
 
 
 def check_url(url: str, what: str) -> str:
-    """An http(s) URL with a host and without credentials, else FneError (before any request is made). A URL with
+    """An http(s) URL with a host and without credentials, else SettingError (before any request is made). A URL with
     an '@' is never shown: a password with '#', '/' or '?' in it hides from a URL parser."""
     url = (url or "").strip()
     if "@" in url:
-        raise FneError(f"The {what} URL carries credentials (user:password@) or an '@': set username and password "
-                       "instead; credentials in a URL end up in logs.")
+        raise SettingError(f"The {what} URL carries credentials (user:password@) or an '@': set username and "
+                           "password instead; credentials in a URL end up in logs.", "url")
     if any(c.isspace() or not c.isprintable() for c in url):
-        raise FneError(f"The {what} URL {url!r} holds a space, a control or an invisible character.")
+        raise SettingError(f"The {what} URL {url!r} holds a space, a control or an invisible character.", "url")
     try:
         parsed = urlsplit(url)
         port = parsed.port
     except ValueError:
         parsed, port = None, -1
     if parsed is not None and parsed.scheme not in ("http", "https"):
-        raise FneError(f"The {what} URL {url!r} must start with http:// or https://.")
+        raise SettingError(f"The {what} URL {url!r} must start with http:// or https://.", "url")
     if parsed is None or not parsed.hostname or port == -1:
-        raise FneError(f"The {what} URL {url!r} has no valid host and port.")
+        raise SettingError(f"The {what} URL {url!r} has no valid host and port.", "url")
     return url
 
 
 def check_connection(conn: Connection, what: str) -> None:
-    """The settings of one side before any request: FneError naming what to fix."""
+    """The settings of one side before any request: SettingError naming what to fix."""
     check_url(conn.url, what)
     check_numbers(conn)
     if conn.validate_certs and conn.ca_path and not os.path.isfile(conn.ca_path):
-        raise FneError(f"ca_path {conn.ca_path} is not a file: set it to the PEM file of the {what}'s CA.")
+        raise SettingError(f"ca_path {conn.ca_path} is not a file: set it to the PEM file of the {what}'s CA.",
+                           "ca_path")
     if conn.username and not conn.password:
-        raise FneError("username is set without a password: set both (administrative security), or neither.")
+        raise SettingError("username is set without a password: set both (administrative security), or neither.",
+                           "username")
 
 
 def check_numbers(conn: Connection) -> None:
-    """timeout, retries and max_retry_wait within sense, else FneError (before any request is made)."""
+    """timeout, retries and max_retry_wait within sense, else SettingError (before any request is made)."""
     for name, value, low, high in (("timeout", conn.timeout, 0.001, 86400.0),
                                    ("max_retry_wait", conn.max_retry_wait, 0.0, 86400.0),
                                    ("retries", conn.retries, 0, 100)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
             low_text = "above 0" if name == "timeout" else f"at least {low}"
-            raise FneError(f"{name} must be {low_text} and at most {high:g}, not {value!r}.")
+            raise SettingError(f"{name} must be {low_text} and at most {high:g}, not {value!r}.", name)

@@ -35,6 +35,14 @@ class FneError(Exception):
         self.args = (self.msg,)
 
 
+class SettingError(FneError):
+    """A setting found wrong before any request; `option` names it (the fleet names the host variable)."""
+
+    def __init__(self, msg: str, option: str):
+        super().__init__(msg)
+        self.option = option
+
+
 class MismatchError(FneError):
     """The back office's documented out-of-order answer."""
 

@@ -42,6 +42,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
     FneError,
     LostResponseError,
     MismatchError,
+    SettingError,
     scrub,
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import parse_time, sha256_file, sync_time_of
@@ -111,9 +112,8 @@ def server_config(name: str, host_vars: Mapping[str, Any]) -> ServerConfig:
         if params["url"]:
             try:
                 check_connection(connection_from_params(params), what)
-            except FneError as exc:
-                names = ", ".join(s.host_var for s in SIDES[side]  # the variable the message is about
-                                  if exc.msg.startswith(s.option + " ") or s.option == "url" and " URL " in exc.msg)
+            except SettingError as exc:
+                names = ", ".join(s.host_var for s in SIDES[side] if s.option == exc.option)
                 raise StoreError(f"invalid host variables ({names or side}): {scrub(exc.msg, secrets)}") from None
     return cfg
 
