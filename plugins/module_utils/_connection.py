@@ -163,7 +163,7 @@ def check_connection(conn: Connection, what: str) -> None:
                            "ca_path")
     if conn.username and not conn.password:
         raise SettingError("username is set without a password: set both (administrative security), or neither.",
-                           "username")
+                           "username", "password")
 
 
 def check_numbers(conn: Connection) -> None:

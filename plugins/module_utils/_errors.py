@@ -36,11 +36,11 @@ class FneError(Exception):
 
 
 class SettingError(FneError):
-    """A setting found wrong before any request; `option` names it (the fleet names the host variable)."""
+    """A setting found wrong before any request; `options` name it (the fleet names their host variables)."""
 
-    def __init__(self, msg: str, option: str):
+    def __init__(self, msg: str, *options: str):
         super().__init__(msg)
-        self.option = option
+        self.options = options
 
 
 class MismatchError(FneError):

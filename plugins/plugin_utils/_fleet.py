@@ -53,6 +53,7 @@ from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import (
     LockedError,
     ServerStore,
     StoreError,
+    os_error_text,
 )
 
 TOPOLOGIES = ("api", "remote")
@@ -113,7 +114,7 @@ def server_config(name: str, host_vars: Mapping[str, Any]) -> ServerConfig:
             try:
                 check_connection(connection_from_params(params), what)
             except SettingError as exc:
-                names = ", ".join(s.host_var for s in SIDES[side] if s.option == exc.option)
+                names = ", ".join(s.host_var for s in SIDES[side] if s.option in exc.options)
                 raise StoreError(f"invalid host variables ({names or side}): {scrub(exc.msg, secrets)}") from None
     return cfg
 
@@ -641,8 +642,8 @@ def work_one(step: str, cfg: ServerConfig, opts: Options) -> Dict[str, Any]:
         return work.result(step, error)
     except OSError as exc:  # a store that cannot even be read (its folder is a file, say): this host alone fails
         return {"host": cfg.name, "topology": cfg.topology, "step": step, "changed": False, "failed": True,
-                "msg": scrub(f"{cfg.name}: {step} failed: {error or ''} (its store cannot be read: {exc})",
-                             cfg.secrets)}
+                "msg": scrub(f"{cfg.name}: {step} failed: {error or ''} "
+                             f"(its store cannot be read: {os_error_text(exc)})", cfg.secrets)}
 
 
 def run_fleet(step: str, configs: List[ServerConfig], opts: Options,

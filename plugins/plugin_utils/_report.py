@@ -14,7 +14,7 @@ import os
 from typing import Any, Dict, List, Optional
 
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import parse_time, write_atomic
-from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import ServerStore, StoreError
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import ServerStore, StoreError, os_error_text
 
 UNKNOWN = {"records_synchronized": 0, "files_uploaded": 0, "last_sync": None, "recoveries": 0, "errors": 1,
            "last_error": None, "age_days": None, "outbox": 0, "pending_acks": 0, "needs_force": None,
@@ -95,7 +95,7 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
         try:
             info = summarize(ServerStore(store_root, name), now, update_cache=update_cache)
         except (StoreError, OSError) as exc:  # one unreadable store must not hide the others
-            info = dict(UNKNOWN, last_error=getattr(exc, "msg", None) or str(exc))
+            info = dict(UNKNOWN, last_error=getattr(exc, "msg", None) or os_error_text(exc))
             entries.append({"failed": True, "msg": f"{name}: cannot read its store: {info['last_error']}"})
         failed = [e for e in entries if e.get("failed")]
         if name in (failed_hosts or []) and not failed:

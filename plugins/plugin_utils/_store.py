@@ -50,6 +50,13 @@ class LockedError(StoreError):
     """Another run holds this server's lock."""
 
 
+def os_error_text(exc: OSError) -> str:
+    """An OSError in words, without Python's "[Errno NN]": "Not a directory: /store/lls001/outbox"."""
+    if exc.strerror is None:
+        return str(exc)
+    return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+
+
 def utcnow() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -80,6 +87,8 @@ class ServerStore:
         for folder in (self.root, self.dir, self.outbox, self.acks, self.sent, self.superseded, self.quarantine):
             try:
                 os.makedirs(folder, mode=0o700, exist_ok=True)
+            except FileExistsError as exc:  # makedirs' words for "a file is in the way" mislead
+                raise StoreError(f"cannot create store folder {folder}: it is a file, not a folder") from exc
             except OSError as exc:
                 raise StoreError(f"cannot create store folder {folder}: {exc.strerror}") from exc
         return self
