@@ -8,7 +8,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export PATH := $(VENV)/bin:$(PATH)
 PYTEST_ARGS ?= -n 2
 
-.PHONY: venv test demo lint clean system-deps reliability
+.PHONY: venv test demo lint clean system-deps reliability bench
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements-dev.txt tests/lab/pyproject.toml
@@ -50,3 +50,9 @@ demo: venv
 
 clean:
 	rm -rf $(VENV) build demo-lab
+
+# The sync cycle against its builtin-only and no-Ansible contenders, side by side (benchmarks/bench.py);
+# BENCH_ARGS="--sizes 10,100 --reps 2 --doc" to choose, --doc writes the figures into docs/performance.md.
+BENCH_ARGS ?= --doc
+bench: venv
+	FNE_BENCH_MAKE=1 $(PY) benchmarks/bench.py $(BENCH_ARGS)
