@@ -332,13 +332,17 @@ def test_cycle_role_tasks_read_documented_variables_and_hand_on_public_results()
     used = {name for text in texts for name in re.findall(r"\b(fne_(?:sync|lls|backoffice)_\w+)", text)}
     registered = {name for text in texts for name in re.findall(r"register: (fne_\w+)", text)}
     assert registered == {f"fne_sync_{name}_result" for name in CYCLE_PHASES}
-    # not variables the role reads: the in-memory group of plan, the set_stats names of report
-    undocumented = used - registered - {"fne_sync_remote", "fne_sync_report", "fne_sync_report_paths"} - set(options)
+    # not variables the role reads: the in-memory group of plan, the set_stats names of report, the failure remote
+    # hands report (documented with the remote entry point)
+    handed_on = {"fne_sync_remote", "fne_sync_report", "fne_sync_report_paths", "fne_sync_remote_failure"}
+    undocumented = used - registered - handed_on - set(options)
     assert not undocumented, f"the tasks read undocumented variables: {undocumented}"
     readme = (CYCLE / "README.md").read_text()
     for name in CYCLE_PHASES:
         assert f"C(fne_sync_{name}_result)" in " ".join(specs[name]["description"]), name
         assert f"`fne_sync_{name}_result`" in readme, name
+    assert "C(fne_sync_remote_failure)" in " ".join(specs["remote"]["description"])
+    assert "`fne_sync_remote_failure`" in readme
 
     def sets(text: str) -> set[str]:
         return set(re.findall(r"register: (__fne_\w+)", text)) | set(re.findall(r"^\s*(__fne_\w+):", text, re.M))
