@@ -233,13 +233,18 @@ class ToolLicenseServer:
                         _remove_empty(leftover)
                 args = ["-url", self.base + SYNC_MESSAGE, "-generate", staging] + (["-force"] if force else [])
                 rc, output = self.tool.run(args)
-                self._collect(staging, result, replaceable)
                 completed = COMPLETED_RE.search(output)
                 if not completed and not NOTHING_RE.search(output):
                     # The server may have handed out records the tool did not save: only a forced download is sure
                     # to bring them back (the fleet runs it), so this counts as a lost answer.
-                    error = tool_error(output, what, self.tool.name, rc)
-                    raise LostResponseError(error.msg, url=self.base + SYNC_MESSAGE)
+                    lost = LostResponseError(tool_error(output, what, self.tool.name, rc).msg,
+                                             url=self.base + SYNC_MESSAGE)
+                    try:
+                        self._collect(staging, result, replaceable)
+                    except FneError as exc:
+                        lost.amend(exc.msg)
+                    raise lost
+                self._collect(staging, result, replaceable)
                 self.tool.judge(rc, output, True, what)
             except FneError as exc:
                 with contextlib.suppress(FneError):
