@@ -137,7 +137,8 @@ class _Tool:
         self.warn = warn
         self.run_command = run_command
         self.argv = self._command(tool_path, command, name)
-        self.name = os.path.basename(self.argv[-1])
+        script = self.argv[1] if self.argv[0] == "/bin/sh" and len(self.argv) > 1 else self.argv[0]
+        self.name = os.path.basename(script)  # what error messages call the tool
 
     @staticmethod
     def _command(tool_path: Optional[str], command: Optional[str], name: str) -> List[str]:
@@ -184,7 +185,7 @@ class _Tool:
             try:
                 rc, output = self.run_command(argv, env)
             except OSError as exc:
-                raise FneError(f"Cannot run {self.argv[-1]}: {exc.strerror or exc}") from None
+                raise FneError(f"Cannot run {self.name}: {exc.strerror or exc}") from None
         return rc, scrub(output, self.conn.secrets())
 
     def judge(self, rc: int, output: str, succeeded: bool, what: str) -> None:

@@ -50,7 +50,7 @@ def test_an_exact_command_overrides_the_lookup(tmp_path):
     wrapper = script(tmp_path, "site-wrapper", 'echo "OfflineSync utility started."; echo "No new data is available."')
     lls = tool.ToolLicenseServer(Connection("http://lls.example:7070"), None, warnings.append, run_command,
                                  f"{wrapper} --site-option")
-    assert lls.tool.argv == [str(wrapper), "--site-option"]
+    assert lls.tool.argv == [str(wrapper), "--site-option"] and lls.tool.name == "site-wrapper"
     assert lls.generate(str(tmp_path / "out"))["message"] == "No new data is available."
     with pytest.raises(FneError, match="not found or is not executable"):
         tool.ToolLicenseServer(Connection("http://lls.example:7070"), None, warnings.append, run_command,
