@@ -73,6 +73,8 @@ JVM_NOTE_RE = re.compile(r"^Picked up (JAVA_TOOL_OPTIONS|_JAVA_OPTIONS|JDK_JAVA_
 # The acknowledgment's fields the back-office tool prints: LastSyncTime="Jan 13, 2019 10:52:45 AM" (quoted).
 ACK_FIELD_RE = re.compile(r'^(MessageType|MessageTIme|MessageTime|LastSyncTime|SourceIDType|SourceID|SourceIds|'
                           r'TargetID|TargetIDType)=(.*)$')
+# How the vendor's Java tools relay a REST error (public evidence, protocol.md).
+SERVER_ANSWER_RE = re.compile(r"Server responded with a (\d{3})(?: and an error message of: key='([^']*)')?")
 STAGING_PREFIX = ".fne-tool-"
 
 
@@ -205,8 +207,10 @@ def tool_error(output: str, what: str, name: str, rc: int) -> FneError:
         return MismatchError(f"{what} failed: {text}", expected, received)
     lines = [line for line in tool_lines(output) if line != STARTED]
     tail = "\n".join(lines[-8:])
+    answer = SERVER_ANSWER_RE.search(output)  # the REST error the tool relays: its status and key, as http reports
     return FneError(f"{what} failed: {name} (exit status {rc}) printed no documented success line: "
-                    f"{tail or '(no output)'}")
+                    f"{tail or '(no output)'}", status=int(answer.group(1)) if answer else None,
+                    key=answer.group(2) if answer else None)
 
 
 class ToolLicenseServer:

@@ -77,6 +77,18 @@ def test_authorize_comes_first_and_the_password_never_shows(tmp_path):
     assert SECRET not in err.value.msg and "exit status 0" in err.value.msg
 
 
+def test_a_relayed_rest_error_keeps_its_status_and_key(tmp_path):
+    """As the vendor's tools print it: the fleet sets a refused file aside on a 400 whichever backend heard it."""
+    script(tmp_path, "serverofflinesynctool", 'echo "OfflineSync utility started."\n'
+           "echo \"Server responded with a 400 and an error message of: key='glsErr.invalidSyncAck' message='bad' "
+           "arguments=[]\"")
+    ack = tmp_path / "syncack.bin"
+    ack.write_bytes(b"ack")
+    with pytest.raises(FneError) as err:
+        server(tmp_path).process(str(ack))
+    assert (err.value.status, err.value.key) == (400, "glsErr.invalidSyncAck") and "message='bad'" in err.value.msg
+
+
 def test_processing_is_judged_by_its_purging_lines(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
