@@ -17,15 +17,20 @@ $(VENV)/.installed: requirements-dev.txt tests/lab/pyproject.toml
 	$(VENV)/bin/pip install -q -r requirements-dev.txt -e tests/lab
 	mkdir -p $(COLLECTIONS)/ansible_collections/fne
 	ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/fne/offline_sync
+	-$(VENV)/bin/fnelab build-tools  # the stand-in vendor tools (Java); `fnelab up` builds them when this could not
 	touch $@
 
-# sshd for the remote-topology tests (real SSH to this machine). Needs root or an sshd already installed.
+# sshd for the remote-topology tests (real SSH to this machine); a headless JDK for the stand-in vendor tools (Java
+# programs, as the vendor's are). Needs root or both already installed.
 system-deps:
 	@command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || { \
 	  [ "$$(id -u)" = 0 ] || { echo "install openssh-server (sshd) for the remote-topology tests" >&2; exit 1; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; }
+	@command -v javac >/dev/null || [ -n "$$JAVA_HOME" -a -x "$$JAVA_HOME/bin/javac" ] || { \
+	  [ "$$(id -u)" = 0 ] || { echo "install a JDK (default-jdk-headless) for the stand-in vendor tools" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jdk-headless >/dev/null; }
 
-test: venv system-deps
+test: system-deps venv
 	$(VENV)/bin/ruff check plugins tests benchmarks tools
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 

@@ -18,6 +18,15 @@ _lab_counter = itertools.count(1)
 _session_offset = random.SystemRandom().randrange(250)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def vendor_tools_built() -> None:
+    """The stand-in vendor tools (Java) are compiled before any test runs them, lab or not (a no-op when they are
+    up to date; `make venv` could not compile them before `make system-deps` installed a JDK)."""
+    from fnelab import javatools
+
+    javatools.build()
+
+
 def _worker_index() -> int:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     return int(worker[2:]) if worker.startswith("gw") else 0

@@ -115,7 +115,8 @@ class ActionModule(ActionBase):
         results.append({"hosts": {name: {"failed": True, "msg": msg} for name, msg in invalid.items()}})
         write = args["write_report"] and not check_mode
         report = report_mod.build_report(store, [c.name for c in configs] + list(invalid), topologies, results,
-                                         args["stale_days"], failed_hosts=args["failed_hosts"], update_cache=write)
+                                         args["stale_days"], failed_hosts=args["failed_hosts"], update_cache=write,
+                                         backends={c.name: c.lls["backend"] for c in configs})
         paths: Dict[str, str] = {}
         summary = report_mod.summary_lines(report)
         if write:

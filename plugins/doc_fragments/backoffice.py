@@ -21,4 +21,11 @@ options:
         proxy.
       - If not set, the value of the E(FNE_BACKOFFICE_CA_PATH) environment variable is used.
     type: path
+  tool_backoffice_command:
+    description:
+      - With O(backend=tool), the exact command that runs the vendor's back-office tool (split as a shell would,
+        without a shell), for example V(/opt/fnetools/backofficeofflinesynctool) or a wrapper of the site's own;
+        the module adds the documented arguments. Overrides the lookup in O(tool_path).
+      - If not set, the value of the E(FNE_TOOL_BACKOFFICE_COMMAND) environment variable is used.
+    type: str
 """

@@ -44,21 +44,30 @@ options:
     description:
       - V(http) talks to the REST API with the Python C(requests) library (proxies come from the standard
         C(HTTPS_PROXY)/C(HTTP_PROXY)/C(NO_PROXY) environment variables).
-      - V(tool) runs the vendor's command line tools (C(serverofflinesynctool.sh), C(backofficeofflinesynctool.sh))
-        found in O(tool_path) and parses their documented output into the same return values.
+      - V(tool) runs the vendor's command line tools (C(serverofflinesynctool), C(backofficeofflinesynctool)) and
+        reads their documented console lines into the same return values. A tool succeeded only when it printed
+        its documented line (C(Sync completed for N device records.), C(No new data is available.), C(Successfully
+        sent sync data and received a sync acknowledgment.); for processing, nothing but C(Purging file ...) lines),
+        whatever its exit code; anything else fails with the tool's own text. A download that failed counts as a
+        lost answer (the server may have handed out records the tool did not save); a forced download brings them
+        back. Files the tool wrote under other names than C(yyyyMMddTHHmmss.fnesync) are never deleted; they are
+        kept as C(NAME.unrecognized) in the folder, and the task fails naming them.
       - With V(tool) and administrative security, the password is passed on the tool's command line
-        (C(-authorize NAME PASSWORD)), as the vendor tool requires; while the tool runs, other users of the host can
-        see it in the process list. It is kept out of every result, log line and error message. Prefer V(http) where
-        that exposure matters.
-      - With V(tool), O(timeout), O(retries) and O(max_retry_wait) do not apply (the tool has its own), O(ca_path)
-        is handed to the tool in the environment (C(FNE_TOOL_CA_PATH), C(SSL_CERT_FILE), C(REQUESTS_CA_BUNDLE); the
-        vendor's Java tool trusts its JVM truststore instead), and the tool may not honour O(validate_certs=false).
+        (C(-authorize NAME PASSWORD) first, as the vendor documents); while the tool runs, other users of the host
+        can see it in the process list. It is kept out of every result, log line and error message. Prefer V(http)
+        where that exposure matters.
+      - With V(tool), O(timeout), O(retries) and O(max_retry_wait) do not apply (the tool has its own). For an
+        HTTPS URL, O(ca_path) becomes a Java truststore for that run, handed to the tool's JVM with
+        C(-Djavax.net.ssl.trustStore) in C(JAVA_TOOL_OPTIONS) (a JVM ignores C(SSL_CERT_FILE)); O(validate_certs=false)
+        is refused, since the vendor documents no way to turn the tool's certificate check off.
     type: str
     choices: [http, tool]
     default: http
   tool_path:
     description:
-      - The folder holding the vendor tools, for O(backend=tool). Without it the tools are looked up on C(PATH).
+      - The folder holding the vendor tools, for O(backend=tool); each is looked for as C(NAME.sh), then C(NAME)
+        (as a 2022.09 Linux install names them; C(NAME.bat), C(NAME.cmd), C(NAME) on Windows). Without it the tools
+        are looked up on C(PATH). C(tool_server_command) and C(tool_backoffice_command) name a command exactly.
       - If not set, the value of the E(FNE_TOOL_PATH) environment variable is used.
     type: path
 notes:
@@ -99,4 +108,11 @@ options:
       - PEM file of the CA that signed the license server's HTTPS certificate, for a private CA.
       - If not set, the value of the E(FNE_LLS_CA_PATH) environment variable is used.
     type: path
+  tool_server_command:
+    description:
+      - With O(backend=tool), the exact command that runs the vendor's license-server tool (split as a shell would,
+        without a shell), for example V(/opt/flexnetls/enterprise/serverofflinesynctool) or a wrapper of the site's
+        own; the module adds the documented arguments. Overrides the lookup in O(tool_path).
+      - If not set, the value of the E(FNE_TOOL_SERVER_COMMAND) environment variable is used.
+    type: str
 """

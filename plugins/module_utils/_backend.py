@@ -40,7 +40,7 @@ def license_server(params: dict, warn: Callable[[str], None], run_command: RunCo
     """The backend `params["backend"]` names, for the license server in module-style params."""
     conn = connection_from_params(params)
     if params["backend"] == "tool":
-        return ToolLicenseServer(conn, params.get("tool_path"), warn, run_command)
+        return ToolLicenseServer(conn, params.get("tool_path"), warn, run_command, params.get("tool_server_command"))
     return LicenseServer(conn, warn)
 
 
@@ -48,5 +48,5 @@ def back_office(params: dict, warn: Callable[[str], None], run_command: RunComma
     """The backend `params["backend"]` names, for the back office in module-style params."""
     conn = connection_from_params(params)
     if params["backend"] == "tool":
-        return ToolBackOffice(conn, params.get("tool_path"), warn, run_command)
+        return ToolBackOffice(conn, params.get("tool_path"), warn, run_command, params.get("tool_backoffice_command"))
     return BackOffice(conn, warn)

@@ -39,12 +39,15 @@ LLS_SETTINGS = (
     Setting("password", {"type": "str", "no_log": True}, "fne_lls_password", "FNE_LLS_PASSWORD"),
     Setting("ca_path", {"type": "path"}, "fne_lls_ca_path", "FNE_LLS_CA_PATH"),
     Setting("validate_certs", {"type": "bool", "default": True}, "fne_lls_validate_certs"),
+    Setting("tool_server_command", {"type": "str"}, "fne_sync_tool_server_command", "FNE_TOOL_SERVER_COMMAND"),
 )
 # The back office (upload).
 BACKOFFICE_SETTINGS = (
     Setting("url", {"type": "str", "required": True}, "fne_backoffice_url", "FNE_BACKOFFICE_URL"),
     Setting("ca_path", {"type": "path"}, "fne_backoffice_ca_path", "FNE_BACKOFFICE_CA_PATH"),
     Setting("validate_certs", {"type": "bool", "default": True}, "fne_backoffice_validate_certs"),
+    Setting("tool_backoffice_command", {"type": "str"}, "fne_sync_tool_backoffice_command",
+            "FNE_TOOL_BACKOFFICE_COMMAND"),
 )
 # How requests are made, for either side.
 TRANSPORT_SETTINGS = (

@@ -133,6 +133,18 @@ received:
   returned: when RV(mismatch=true)
   type: str
   sample: Jan 24, 2019 11:05:00 AM
+ack_fields:
+  description:
+    - The fields of the last acknowledgment as the vendor's back-office tool printed them (quotes removed), for
+      example C(LastSyncTime), C(MessageTIme), C(TargetID).
+  returned: with O(backend=tool), when the tool printed them
+  type: dict
+  sample: {"LastSyncTime": "Jan 13, 2019 10:52:45 AM", "TargetID": "A088B436F208", "TargetIDType": "Ethernet"}
+last_sync_time:
+  description: The last acknowledgment's C(LastSyncTime) as printed by the back-office tool, in ISO 8601 (UTC).
+  returned: with O(backend=tool), when the tool printed it
+  type: str
+  sample: "2019-01-13T10:52:45Z"
 ack_dest:
   description: The acknowledgment path that would be written.
   returned: in check mode

@@ -46,6 +46,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
     scrub,
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import parse_time, sha256_file, sync_time_of
+from ansible_collections.fne.offline_sync.plugins.module_utils._tool import iso_time
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._action import run_command
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import (
     ACK_SUFFIX,
@@ -153,7 +154,7 @@ class ServerWork:
         self.cfg = cfg
         self.opts = opts
         self.step = step
-        self.store = ServerStore(opts.store, cfg.name, cfg.secrets)
+        self.store = ServerStore(opts.store, cfg.name, cfg.secrets, backend=cfg.lls["backend"])
         self.warnings: List[str] = []
         self.notes: List[str] = []
         self.plan: List[str] = []
@@ -311,7 +312,9 @@ class ServerWork:
             except FneError as exc:
                 self._set_aside_if_refused(path, exc)
                 raise
-            self.store.record_ack(path, ack, sha256=sha)
+            # the tool backend prints the acknowledgment's LastSyncTime: the ledger keeps it
+            printed = getattr(self.backoffice, "last_ack", None) or {}
+            self.store.record_ack(path, ack, sha256=sha, last_sync_time=iso_time(printed.get("LastSyncTime")))
             self.uploaded.append(name)
             self.changed = True
             return

@@ -85,7 +85,8 @@ def summarize(store: ServerStore, now: Optional[_dt.datetime] = None, update_cac
 
 def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], results: List[Dict[str, Any]],
                  stale_days: float, now: Optional[_dt.datetime] = None,
-                 failed_hosts: Optional[List[str]] = None, update_cache: bool = False) -> Dict[str, Any]:
+                 failed_hosts: Optional[List[str]] = None, update_cache: bool = False,
+                 backends: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """Fleet summary from each server's store and this run's step results (read-only)."""
     now = now or _dt.datetime.now(_dt.timezone.utc)
     servers: Dict[str, Dict[str, Any]] = {}
@@ -110,7 +111,8 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
             "failed": bool(failed),
             "errors": [e["msg"] for e in failed],
         }
-        info.update(name=name, topology=topologies.get(name, "api"), run=run)
+        info.update(name=name, topology=topologies.get(name, "api"), backend=(backends or {}).get(name, "http"),
+                    run=run)
         info["stale"] = info["age_days"] is None or info["age_days"] > stale_days
         servers[name] = info
         msgs = [e["msg"] for e in entries if e.get("msg") and not e.get("idle")]
@@ -193,8 +195,9 @@ def render_html(report: Dict[str, Any]) -> str:
         css = "failed" if s["run"]["failed"] else ("stale" if s["stale"] else "")
         age = "never" if s["age_days"] is None else f"{s['age_days']:.2f} d"
         errors = "; ".join(s["run"]["errors"]) or (s["last_error"] or "")
+        topology = f"{s['topology']} ({s.get('backend', 'http')})"
         rows.append(
-            f"<tr class='{css}'><td>{e(name)}</td><td>{e(s['topology'])}</td><td>{s['run']['records']}</td>"
+            f"<tr class='{css}'><td>{e(name)}</td><td>{e(topology)}</td><td>{s['run']['records']}</td>"
             f"<td>{s['run']['files_uploaded']}</td><td>{s['records_synchronized']}</td><td>{s['files_uploaded']}</td>"
             f"<td>{e(s['last_sync'] or 'never')}</td><td>{e(age)}</td><td>{s['recoveries']}</td>"
             f"<td>{s['outbox']}/{s['pending_acks']}</td><td>{e(s['needs_force'] or '')}</td>"
@@ -211,7 +214,7 @@ def render_html(report: Dict[str, Any]) -> str:
         f"<tr><td>{t['servers']}</td><td>{t['ok']}</td><td>{t['failed']}</td><td>{t['changed']}</td>"
         f"<td>{t['stale']}</td><td>{t['records_this_run']}</td><td>{t['files_uploaded_this_run']}</td>"
         f"<td>{t['records_total']}</td><td>{t['files_total']}</td><td>{t['recoveries_this_run']}</td></tr></table>"
-        "<h2>Servers</h2><table><tr><th>server</th><th>topology</th><th>records this run</th>"
+        "<h2>Servers</h2><table><tr><th>server</th><th>topology (backend)</th><th>records this run</th>"
         "<th>files this run</th><th>records total</th><th>files total</th><th>last sync</th><th>age</th>"
         "<th>recoveries</th><th>outbox/acks</th><th>recovery pending</th><th>errors</th></tr>"
         + "".join(rows) + "</table></body></html>\n")

@@ -57,6 +57,10 @@ def os_error_text(exc: OSError) -> str:
     return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
 
 
+# Events of a talk with the license server or the back office: the ledger says which backend (http, tool) did it.
+BACKEND_EVENTS = frozenset(("fetched", "uploaded", "acknowledged", "processed"))
+
+
 def utcnow() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -64,12 +68,13 @@ def utcnow() -> str:
 class ServerStore:
     """The store of one license server. Every method that changes something needs :meth:`ensure` first."""
 
-    def __init__(self, root: str, name: str, secrets: Iterable[str] = ()):
+    def __init__(self, root: str, name: str, secrets: Iterable[str] = (), backend: Optional[str] = None):
         if not name or "/" in name or name in (".", ".."):
             raise StoreError(f"invalid server name for the store: {name!r}")
         self.root = os.path.abspath(os.path.expanduser(root))
         self.name = name
         self.secrets = list(secrets)  # kept out of the ledger, whatever text an error carried
+        self.backend = backend  # fne_sync_backend: written into the events that talked to a server
         self.dir = os.path.join(self.root, name)
         self.outbox = os.path.join(self.dir, "outbox")
         self.acks = os.path.join(self.dir, "acks")
@@ -173,6 +178,8 @@ class ServerStore:
         """Append one event to the ledger (fsynced: it is the audit trail). A line torn by a crash is ended first,
         so it never swallows this one; a ledger that cannot be written fails the step (StoreError), never silently."""
         entry = {"time": utcnow(), "event": event}
+        if event in BACKEND_EVENTS and self.backend:
+            entry["backend"] = self.backend
         entry.update({k: scrub(v, self.secrets) if isinstance(v, str) else v for k, v in fields.items()
                       if v is not None})
         line = (json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
@@ -228,7 +235,7 @@ class ServerStore:
         return dest
 
     def record_ack(self, sync_file: str, ack: bytes, *, sha256: Optional[str] = None,
-                   detail: Optional[str] = None) -> str:
+                   detail: Optional[str] = None, last_sync_time: Optional[str] = None) -> str:
         """The back office accepted ``sync_file``: write its acknowledgment atomically, then move the file from
         ``outbox/`` to ``sent/``. Returns the acknowledgment path."""
         ack_path = self.ack_for(sync_file)
@@ -242,7 +249,8 @@ class ServerStore:
                              f"acknowledgment could not be written to {ack_path} ({exc.strerror or exc}); "
                              f"{where}, then run again") from None
         self.log("uploaded", file=os.path.basename(sync_file), sha256=sha256, detail=detail)
-        self.log("acknowledged", file=os.path.basename(ack_path), sha256=hashlib.sha256(ack).hexdigest())
+        self.log("acknowledged", file=os.path.basename(ack_path), sha256=hashlib.sha256(ack).hexdigest(),
+                 last_sync_time=last_sync_time)
         if os.path.exists(sync_file):
             self._move(sync_file, self.sent)
         return ack_path

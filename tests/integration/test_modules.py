@@ -7,6 +7,7 @@ import hashlib
 import json
 import stat
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,11 @@ def test_full_cycle_both_paths(lab_factory, sshd, tmp_path, backend):
         assert proc["lines"] == [f"Purging file {Path(p).name}" for p in up["accepted"]]
         if backend == "http":
             assert proc["last_sync_time"].startswith("20")
+        else:  # the back-office tool prints the acknowledgment's fields (LastSyncTime="Jan 13, 2019 10:52:45 AM")
+            newest = datetime.strptime(Path(up["accepted"][-1]).name[:15], "%Y%m%dT%H%M%S")
+            assert up["last_sync_time"] == newest.strftime("%Y-%m-%dT%H:%M:%SZ")
+            assert up["ack_fields"]["TargetID"] == lab.info["servers"][BOTH[host]["server"]]["host_id"]
+            assert up["ack_fields"]["MessageType"] == "Server sync acknowledgment"
         assert all_files(folder) == ["syncack.bin"]
         assert res.get("process again", host)["purged"] == []
     report = lab.verify(complete=True)

@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from . import fleet, variants
+from . import fleet, javatools, variants
 from .faults import ENDPOINTS, Fault, FaultError, parse_kind, parse_start_spec
 from .state import State, connect, snapshot
 from .wire import Ack, WireError, decode_any
@@ -161,6 +161,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             if live:
                 state.put(**live)
         fleet.ensure_tls(state, directory)
+        try:
+            javatools.install(directory / "tools", state.variants())  # the stand-in vendor tools, as installed
+        except javatools.BuildError as exc:
+            return fail(str(exc))
         info = fleet.write_files(state, directory)
     finally:
         state.close()
@@ -439,7 +443,22 @@ def cmd_variants(args: argparse.Namespace) -> int:
 
 
 def cmd_tools_path(args: argparse.Namespace) -> int:
-    print(Path(__file__).resolve().parent / "tools")
+    """The default stand-in tools (NAME.sh), or with --dir the lab's own copy, shaped by its variants."""
+    if args.dir is None:
+        print(javatools.TOOLS)
+        return 0
+    tools = args.dir.resolve() / "tools"
+    if not tools.is_dir():
+        return fail(f"no lab tools in {tools} (`fnelab up` installs them)")
+    print(tools)
+    return 0
+
+
+def cmd_build_tools(args: argparse.Namespace) -> int:
+    try:
+        print(f"fnelab: stand-in vendor tools compiled in {javatools.build()}")
+    except javatools.BuildError as exc:
+        return fail(str(exc))
     return 0
 
 
@@ -509,7 +528,10 @@ def parser() -> argparse.ArgumentParser:
     ve.add_argument("--complete", action="store_true")
     ve.add_argument("--json", action="store_true")
     command("variants", cmd_variants, "list the variants a new lab can play", needs_dir=False)
-    command("tools-path", cmd_tools_path, "print the folder of the stand-in vendor tools", needs_dir=False)
+    tp = command("tools-path", cmd_tools_path, "print the folder of the stand-in vendor tools (--dir: the lab's own "
+                 "copy, shaped by its variants)", needs_dir=False)
+    tp.add_argument("--dir", type=Path)
+    command("build-tools", cmd_build_tools, "compile the stand-in vendor tools (a Java program)", needs_dir=False)
     return p
 
 

@@ -84,6 +84,14 @@ def ensure_tls(state: State, directory: Path) -> None:
             b.bytes() for b in leaf.cert_chain_pems).decode(), key_pem=leaf.private_key_pem.bytes().decode())
     (directory / "ca.pem").write_text(state.get("ca_pem"))
     (directory / "ca.pem").chmod(0o644)  # a certificate, no secret
+    # The same CA as a Java truststore (the stand-in tools are Java: they trust a truststore, not ca.pem)
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import NoEncryption, pkcs12
+
+    cert = x509.load_pem_x509_certificate(state.get("ca_pem").encode())
+    store = pkcs12.serialize_java_truststore([pkcs12.PKCS12Certificate(cert, b"fnelab-ca")], NoEncryption())
+    (directory / "truststore.p12").write_bytes(store)
+    (directory / "truststore.p12").chmod(0o644)
 
 
 def write_files(state: State, directory: Path) -> dict:
@@ -93,6 +101,7 @@ def write_files(state: State, directory: Path) -> dict:
     bo_url = f"https://{address(base, 1)}:{BACKOFFICE_PORT}/deviceservices"
     info: dict = {"backoffice": {"url": bo_url, "ca_path": ca},
                   "control_url": f"http://{address(base, 1)}:{CONTROL_PORT}", "ca_path": ca,
+                  "truststore": str(directory / "truststore.p12"), "tools": str(directory / "tools"),
                   "elsewhere": elsewhere(base), "servers": {}}
     hosts: dict = {}
     for s in state.servers():

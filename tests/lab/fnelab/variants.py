@@ -20,6 +20,10 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    # The vendor's tools: their exit codes are unknown, and a 2022.09 Linux install names them without `.sh`.
+    # The collection must judge by the documented console lines and find either name: nothing to configure.
+    Variant("exit-zero-tools", "the vendor tools exit 0 after printing an error (as Java tools often do)"),
+    Variant("tools-without-sh", "the vendor tools are installed as serverofflinesynctool, without .sh"),
 )}
 
 

@@ -22,18 +22,21 @@ ACK = "/api/1.0/sync_ack/offline"
 AUTHORIZE, HEALTH = "/api/1.0/instances/~/authorize", "/api/1.0/health"
 
 
-def tool_env(ca: str | None) -> dict[str, str]:
+def tool_env(truststore: str | None) -> dict[str, str]:
+    """The environment of a Java tool: the lab's truststore handed to the JVM, as the vendor documents (the JRE's
+    trust, never SSL_CERT_FILE and friends)."""
     env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
-                                                             "FNE_TOOL_CA_PATH")}
-    if ca:
-        env["FNE_TOOL_CA_PATH"] = ca
+                                                             "JAVA_TOOL_OPTIONS")}
+    if truststore:
+        env["JAVA_TOOL_OPTIONS"] = f"-Djavax.net.ssl.trustStore={truststore}"
     return env
 
 
-def run_tool(lab, name: str, *args: str, cwd: Path, ca: bool = True) -> subprocess.CompletedProcess:
+def run_tool(lab, name: str, *args: str, cwd: Path, ca: bool = True, tools: Path = TOOLS,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a stand-in vendor tool by absolute path, as an administrator (or the collection) would."""
-    return subprocess.run([str(TOOLS / name), *args], capture_output=True, text=True, cwd=cwd, timeout=60,
-                          env=tool_env(str(lab.dir / "ca.pem") if ca else None))
+    return subprocess.run([str(tools / name), *args], capture_output=True, text=True, cwd=cwd, timeout=60,
+                          env={**tool_env(lab.info["truststore"] if ca else None), **(env or {})})
 
 
 def server_tool(lab, server: str, mode: str, *args: str, cwd: Path, force: bool = False,
@@ -41,10 +44,9 @@ def server_tool(lab, server: str, mode: str, *args: str, cwd: Path, force: bool 
     """serverofflinesynctool.sh -url <documented endpoint> -generate PATH | -process FILE PATH [...]."""
     info = lab.info["servers"][server]
     url = info["url"] + (GENERATE if mode == "-generate" else ACK)
-    extra = ["-force"] if force else []
-    if auth and info["security"]:
-        extra += ["-authorize", info["username"], info["password"]]
-    return run_tool(lab, "serverofflinesynctool.sh", "-url", url, mode, *args, *extra, cwd=cwd)
+    first = ["-authorize", info["username"], info["password"]] if auth and info["security"] else []  # as documented
+    return run_tool(lab, "serverofflinesynctool.sh", *first, "-url", url, mode, *args, *(["-force"] if force else []),
+                    cwd=cwd)
 
 
 def backoffice_tool(lab, *args: str, cwd: Path) -> subprocess.CompletedProcess:

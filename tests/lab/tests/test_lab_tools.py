@@ -1,13 +1,16 @@
-"""The documented administrator workflow, driven by the stand-in vendor tools (subprocesses, absolute paths)."""
+"""The documented administrator workflow, driven by the stand-in vendor tools (Java programs, run as subprocesses
+by absolute path)."""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from fnelab.wire import Ack, parse_file_name, vendor_time
 from labhelp import ACK, GENERATE, backoffice_tool, decode, run_tool, server_tool
 
 STARTED = "OfflineSync utility started."
+UPLOADED = "Successfully sent sync data and received a sync acknowledgment."
 
 
 def test_three_step_cycle_on_every_kind_of_server(lab_factory, work):
@@ -24,10 +27,15 @@ def test_three_step_cycle_on_every_kind_of_server(lab_factory, work):
 
         up = backoffice_tool(lab, "-out", str(work / f"{name}.ack"), str(path), cwd=work)
         assert up.returncode == 0, up.stderr
-        assert up.stdout.splitlines() == [STARTED, "Successfully sent sync data and received a sync acknowledgment."]
         ack = Ack.decode((work / f"{name}.ack").read_bytes())
         assert ack.target_id == lab.info["servers"][name]["host_id"]
         assert ack.last_sync_time == parse_file_name(files[-1])
+        # the acknowledgment's fields follow, times quoted in the vendor's format
+        assert up.stdout.splitlines() == [
+            STARTED, UPLOADED, 'MessageType="Server sync acknowledgment"',
+            f'MessageTIme="{vendor_time(ack.message_time)}"', f'LastSyncTime="{vendor_time(ack.last_sync_time)}"',
+            "SourceIDType=String", "SourceID=BACK_OFFICE", "SourceIds=BACK_OFFICE", f"TargetID={ack.target_id}",
+            "TargetIDType=Ethernet"]
 
         proc = server_tool(lab, name, "-process", str(work / f"{name}.ack"), str(path), cwd=work)
         assert proc.returncode == 0, proc.stderr
@@ -170,23 +178,54 @@ def test_tool_errors(lab_factory, work):
     assert base.returncode == 0, base.stderr
 
 
-def test_tools_need_the_lab_ca_for_https(lab_factory, work):
+def test_tools_trust_the_jre_truststore_not_ssl_cert_file(lab_factory, work):
+    """A JVM ignores SSL_CERT_FILE and friends: only the truststore handed to it makes the lab CA trusted."""
     lab = lab_factory(1, "--https", "--records", "1")
     url = lab.info["servers"]["lls001"]["url"] + GENERATE
-    untrusted = run_tool(lab, "serverofflinesynctool.sh", "-url", url, "-generate", "out", cwd=work, ca=False)
-    assert untrusted.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+    ca = str(lab.dir / "ca.pem")
+    pem_only = {"SSL_CERT_FILE": ca, "REQUESTS_CA_BUNDLE": ca}
+    untrusted = run_tool(lab, "serverofflinesynctool.sh", "-url", url, "-generate", "out", cwd=work, ca=False,
+                         env=pem_only)
+    assert untrusted.returncode != 0 and "PKIX path building failed" in untrusted.stderr
+    assert not (work / "out").exists() or not list((work / "out").iterdir())
     assert server_tool(lab, "lls001", "-generate", "out", cwd=work).returncode == 0
     untrusted = run_tool(lab, "backofficeofflinesynctool.sh", "-url", lab.info["backoffice"]["url"], "out",
-                         cwd=work, ca=False)
-    assert untrusted.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
+                         cwd=work, ca=False, env=pem_only)
+    assert untrusted.returncode != 0 and "PKIX path building failed" in untrusted.stderr
 
 
 def test_unwritable_paths_are_error_messages_not_tracebacks(lab_factory, work):
     lab = lab_factory(1, "--records", "1")
     assert server_tool(lab, "lls001", "-generate", "out", cwd=work).returncode == 0
     up = backoffice_tool(lab, "-out", str(work / "no" / "such" / "folder" / "ack.bin"), "out", cwd=work)
-    assert up.returncode == 1 and up.stderr.startswith("ERROR: ") and "Traceback" not in up.stderr
-    assert "No such file or directory" in up.stderr
+    assert up.returncode == 1 and up.stderr.splitlines()[-1].startswith("ERROR: ")
+    assert "Exception in thread" not in up.stderr
+    assert "NoSuchFileException" in up.stderr
     (work / "blocker").write_text("a file where a folder should be")
     gen = server_tool(lab, "lls001", "-generate", str(work / "blocker" / "out"), cwd=work)
-    assert gen.returncode == 1 and "Traceback" not in gen.stderr
+    assert gen.returncode == 1 and gen.stderr.splitlines()[-1].startswith("ERROR: ")
+    assert "Exception in thread" not in gen.stderr
+
+
+def test_variants_install_the_tools_without_sh_and_exiting_zero(lab_factory, work):
+    """exit-zero-tools and tools-without-sh: the same Java program, installed as a 2022.09 Linux install names it and
+    exiting 0 after an error; the lab's tools folder (`fnelab tools-path --dir`) holds them."""
+    lab = lab_factory(1, "--security", "--records", "3", "--variant", "exit-zero-tools",
+                      "--variant", "tools-without-sh")
+    tools = Path(lab.cli("tools-path", "--dir", str(lab.dir)).stdout.strip())
+    assert tools == Path(lab.info["tools"]) and sorted(p.name for p in tools.iterdir()) == [
+        "backofficeofflinesynctool", "serverofflinesynctool"]
+    info = lab.info["servers"]["lls001"]
+    url = info["url"] + GENERATE
+    bad = run_tool(lab, "serverofflinesynctool", "-authorize", "admin", "wrong", "-url", url, "-generate", "out",
+                   cwd=work, tools=tools)
+    assert bad.returncode == 0 and "glsErr.userAuthFailed" in bad.stderr  # an error, and yet exit status 0
+    assert bad.stdout.splitlines() == [STARTED]
+    good = run_tool(lab, "serverofflinesynctool", "-authorize", "admin", info["password"], "-url", url, "-generate",
+                    "out", cwd=work, tools=tools)
+    assert good.returncode == 0 and good.stdout.splitlines() == [STARTED, "Sync completed for 3 device records."]
+    default = lab_factory(1, "--records", "1", name="default")
+    assert sorted(p.name for p in Path(default.info["tools"]).iterdir()) == [
+        "backofficeofflinesynctool.sh", "serverofflinesynctool.sh"]
+    listing = default.cli("variants").stdout
+    assert "exit-zero-tools" in listing and "tools-without-sh" in listing

@@ -1,3 +1,3 @@
 #!/bin/sh
-# Stand-in for the vendor's backofficeofflinesynctool.sh (fnelab). Works from any cwd, by absolute path.
-exec "$(dirname "$(readlink -f "$0")")/_python.sh" backoffice "$@"
+# Stand-in for the vendor's backofficeofflinesynctool.sh (fnelab, a Java program). Works from any cwd, by absolute path.
+exec "$(dirname "$(readlink -f "$0")")/_java.sh" backoffice "$@"
