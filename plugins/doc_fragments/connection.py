@@ -99,4 +99,19 @@ options:
       - PEM file of the CA that signed the license server's HTTPS certificate, for a private CA.
       - If not set, the value of the E(FNE_LLS_CA_PATH) environment variable is used.
     type: path
+  time_zone:
+    description:
+      - The time zone of the license server's sync file names (C(yyyyMMddTHHmmss.fnesync)) and of a
+        C(lastSyncTime) it answers without a zone; V(UTC) when unset. An offset (V(+02:00), V(-05:00)) or, where
+        Python has C(zoneinfo), a zone name (V(Europe/Berlin)).
+      - The vendor does not say which zone the names use. Nothing can detect it, so set it for a server that names
+        files in its local time. Where it is wrong, nothing is lost - O(path) is purged only of files whose names
+        include the acknowledgment's exact last sync time. See docs/compatibility.md.
+    type: str
+  max_pages:
+    description:
+      - The most sync messages one download takes from the server. The rest of a larger backlog
+        comes with the next run (the server keeps what it has not handed out).
+    type: int
+    default: 10000
 """

@@ -573,7 +573,7 @@ def test_upload_sends_in_time_order_and_warns_about_files_it_skips(server, tmp_p
 
 
 def test_a_failed_purge_still_reports_the_processed_ack(server, tmp_path, monkeypatch):
-    (tmp_path / "20250101T000000.fnesync").write_bytes(b"x")
+    (tmp_path / "20250101T000005.fnesync").write_bytes(b"x")
     ack = tmp_path / "syncack.bin"
     ack.write_bytes(b"FNEACK1")
     server.on("POST", "/api/1.0/sync_ack/offline",
