@@ -105,8 +105,8 @@ options:
         C(lastSyncTime) it answers without a zone; V(UTC) when unset. An offset (V(+02:00), V(-05:00)) or, where
         Python has C(zoneinfo), a zone name (V(Europe/Berlin)).
       - The vendor does not say which zone the names use. Nothing can detect it, so set it for a server that names
-        files in its local time. Where it is wrong, nothing is lost - O(path) is purged only of files whose names
-        include the acknowledgment's exact last sync time. See docs/compatibility.md.
+        files in its local time. Where it is wrong, nothing is lost - O(path) is purged only when the
+        acknowledgment's last sync time is exactly one of its file names. See docs/compatibility.md.
     type: str
   max_pages:
     description:

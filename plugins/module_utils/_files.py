@@ -39,7 +39,7 @@ def zone_of(name: Optional[str]) -> tzinfo:
     if ZoneInfo is not None and re.fullmatch(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*", text):
         try:
             return ZoneInfo(text)
-        except Exception:  # ZoneInfoNotFoundError, or an invalid key on some platforms
+        except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError; a bad key a ValueError
             pass
     raise ValueError(f"time_zone {text!r} is not UTC, an offset such as +02:00 or -05:00, or a zone name such as "
                      "Europe/Berlin")

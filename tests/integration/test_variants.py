@@ -1,7 +1,8 @@
 """The variant matrix: every plausible shape the lab plays (tests/lab/fnelab/variants.py, `fnelab variants`) where
 the vendor documents nothing. One lab per variant keeps it cheap: the modules meet the variant's shape on lls001
 (the test says what broke before the compatibility profile), then the fleet's sync playbook takes the whole lab to
-`fnelab verify --complete` with only the inventory settings the lab writes, and a rerun changes nothing."""
+`fnelab verify --complete` with only the inventory settings the lab writes; where a rerun meets the variant, it
+changes nothing."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import datetime as dt
 import pytest
 from fnelab.variants import VARIANTS
 from test_modules_support import BO_ARGS, LLS_ARGS, inventory, playbook, sync_files, task
-from test_sync_support import ledger, sync
+from test_sync_support import PYTHON, ledger, sync, write_inventory
+from test_sync_support import playbook as fleet_playbook
 
 MODULE_HOSTS = {"m": {"server": "lls001"}}
 OUT = "{{ out }}"
@@ -150,6 +152,8 @@ MODULE_CHECKS = {"health-wrapped": _health_wrapped, "error-objects": _error_obje
                  "unregistered-device": _unregistered_device}
 # Where the fleet meets the variant only when something goes wrong: a message lost between download and upload.
 PROVOKE_MISMATCH = ("error-objects", "mismatch-at-process")
+# Where a second run meets the variant's "nothing new", or could loop on the recovery: it must change nothing.
+RERUN = ("empty-200", "no-disposition", "mismatch-at-process")
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -177,5 +181,27 @@ def test_variant(lab_factory, tmp_path, variant):
         events = [e["event"] for e in ledger(store, "lls002")]
         assert "mismatch" in events and "recovered" in events and "quarantined" not in events, events
     lab.verify(complete=True)
-    rerun = sync(lab, store)
-    assert rerun.changed() == set() and not rerun.failed(), rerun
+    if variant in RERUN:
+        rerun = sync(lab, store)
+        assert rerun.changed() == set() and not rerun.failed(), rerun
+
+
+def test_mismatch_at_process_remote_topology(lab_factory, sshd, tmp_path):
+    """The same for a server whose API only its own host reaches: process runs over SSH and reports the mismatch,
+    the store records the acknowledgment as processed and the documented recovery runs in the same run."""
+    lab = lab_factory(2, "--variant", "mismatch-at-process", "--records", "10", "--page-size", "5")
+    folder = tmp_path / "host" / "fnesync"
+    inv = write_inventory(lab, tmp_path / "inventory.json", {"lls002": {
+        "fne_sync_topology": "remote", "fne_sync_remote_path": str(folder), "ansible_host": sshd["host"],
+        "ansible_port": sshd["port"], "ansible_user": sshd["user"], "ansible_ssh_private_key_file": sshd["key"],
+        "ansible_python_interpreter": PYTHON}})
+    store = tmp_path / "store"
+    fleet_playbook("sync", inv, store, "--tags", "collect")
+    first = sorted((store / "lls002" / "outbox").glob("*.fnesync"))[0]
+    first.unlink()
+    (folder / first.name).unlink()
+    result = fleet_playbook("sync", inv, store)
+    assert not result.failed(), result
+    events = [e["event"] for e in ledger(store, "lls002")]
+    assert "recovered" in events and "quarantined" not in events, events
+    lab.verify(complete=True)
