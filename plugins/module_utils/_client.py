@@ -9,6 +9,7 @@ Payloads are opaque: this module moves bytes, it never parses a sync message or 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 from datetime import datetime, timedelta, timezone
@@ -275,6 +276,13 @@ class LicenseServer:
                 raise self.http.fail(
                     f"POST {url} answered {response.status_code} with Content-Type {ctype or '(none)'} instead of a "
                     f"sync message: {text}. Nothing was written.", url, LostResponseError, status=response.status_code)
+            body = self.http.iter_body(response, MAX_MESSAGE, "sync message")
+            first = next((chunk for chunk in body if chunk), b"")
+            if not first:  # a complete chunked answer without a byte says "nothing new"; else it may be a cut one
+                if "chunked" in response.headers.get("Transfer-Encoding", "").lower():
+                    return None
+                raise self.http.fail(f"POST {url} answered an empty sync message without Content-Length: 0; "
+                                     "nothing was written.", url, LostResponseError)
             name = self._file_name(response, folder, clock_named)
             if sync_time_of(name) is None:  # only a name upload sends may become a file
                 disposition = response.headers.get("Content-Disposition")
@@ -283,8 +291,7 @@ class LicenseServer:
                                      LostResponseError)
             records = header_int(response.headers.get("X-FNE-Record-Count"))
             final = os.path.join(folder, name)
-            body = self.http.iter_body(response, MAX_MESSAGE, "sync message")
-            info = _stream_to_file(body, response.headers.get("Content-Length"), final, url,
+            info = _stream_to_file(itertools.chain([first], body), response.headers.get("Content-Length"), final, url,
                                    replace=final in replaceable)
             info["records"] = records
             return info
@@ -368,8 +375,6 @@ def _stream_to_file(body: Iterator[bytes], expected: Optional[str], final_path: 
     try:
         for chunk in body:
             writer.write(chunk)
-        if not writer.size:  # "nothing new" says so (_nothing_new): an empty message may be a cut answer
-            raise LostResponseError(f"POST {url} answered an empty sync message; nothing was written.", url=url)
         if header_int(expected) is not None and writer.size != header_int(expected):
             raise LostResponseError(f"The answer of POST {url} was truncated: {writer.size} of {expected} bytes; "
                                     "nothing was written.", url=url)

@@ -52,6 +52,22 @@ def test_nothing_new_shapes(server, tmp_path, answer):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["20260101T000000.fnesync"]
 
 
+def test_an_empty_chunked_answer_is_nothing_new(server, tmp_path):
+    named = {"Content-Disposition": "attachment; filename=20260101T000000.fnesync"}
+    server.on("POST", SYNC, octets(b"one", _chunked=True, **named), octets(b"", _chunked=True))
+    result = client.LicenseServer(conn(server.url)).generate(str(tmp_path))
+    assert [f["name"] for f in result["files"]] == ["20260101T000000.fnesync"]
+    assert (tmp_path / "20260101T000000.fnesync").read_bytes() == b"one"
+
+
+def test_an_empty_body_that_may_be_cut_is_a_lost_response(server, tmp_path):
+    """Neither Content-Length: 0 nor a complete chunked answer: the records may be on their way and lost."""
+    server.on("POST", SYNC, (200, {"Content-Type": "application/octet-stream", "_close": True}, b""))
+    with pytest.raises(errors.LostResponseError) as err:
+        client.LicenseServer(conn(server.url)).generate(str(tmp_path))
+    assert "empty sync message" in err.value.msg and list(tmp_path.iterdir()) == []
+
+
 def test_other_json_is_no_sync_message(server, tmp_path):
     """Records may have been handed out: a JSON answer that is not "no data" is a lost response."""
     server.on("POST", SYNC, json_answer(200, {"status": "busy"}))
