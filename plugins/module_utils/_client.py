@@ -58,6 +58,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._folder import (
 from ansible_collections.fne.offline_sync.plugins.module_utils._http import (
     MAX_ACK,
     MAX_ERROR,
+    MAX_JSON,
     MAX_MESSAGE,
     TOKENS,
     Http,
@@ -249,9 +250,9 @@ class LicenseServer:
     def _file_name(self, response: Any, folder: str, clock_named: list) -> str:
         """Where a message's file name comes from: Content-Disposition, else a header holding the documented
         yyyyMMddTHHmmss, else this host's clock (in time_zone), one second after any name in the folder."""
-        disposition = response.headers.get("Content-Disposition")
-        if disposition:
-            return _disposition_name(disposition) or ""  # a name of another kind: refused by the caller
+        named = _disposition_name(response.headers.get("Content-Disposition", ""))
+        if named:
+            return named  # a name of another kind is refused by the caller
         for value in response.headers.values():
             stamp = STAMP_RE.search(value)
             if stamp and sync_time_of(stamp.group(1) + SYNC_SUFFIX) is not None:
@@ -346,7 +347,7 @@ class LicenseServer:
     def _ack_answer(self, response: Any, url: str) -> dict:
         """The JSON object sync_ack answered; {} for an empty answer (processed, the time unknown). Anything else
         (a portal's page, text) is no confirmation."""
-        body = self.http.read(response, MAX_ERROR)
+        body = self.http.read(response, MAX_JSON)
         if not body.strip():
             return {}
         answer = parse_json(body)
@@ -354,6 +355,9 @@ class LicenseServer:
             raise self.http.fail(f"POST {url} did not answer JSON with the lastSyncTime (Content-Type "
                                  f"{response.headers.get('Content-Type') or 'none'}): {body[:300]!r}. Is url the "
                                  "license server's base URL?", url)
+        if "lastSyncTime" not in answer and ("error" in answer or "key" in answer):  # an error, whatever the status
+            key, text = error_text("application/json", body.decode("utf-8", "replace"))
+            raise self.http.status_error("POST", url, response.status_code, key, text)
         return answer
 
 

@@ -77,7 +77,7 @@ def test_other_json_is_no_sync_message(server, tmp_path):
 
 
 def test_file_name_from_a_stamp_header(server, tmp_path):
-    server.on("POST", SYNC, octets(**{"X-Sync-Time": "20260102T030405"}), NOTHING)
+    server.on("POST", SYNC, octets(**{"X-Sync-Time": "20260102T030405", "Content-Disposition": "attachment"}), NOTHING)
     warnings: list[str] = []
     result = client.LicenseServer(conn(server.url), warnings.append).generate(str(tmp_path))
     assert [f["name"] for f in result["files"]] == ["20260102T030405.fnesync"] and not warnings
@@ -143,6 +143,17 @@ def test_an_ack_processed_without_a_last_sync_time_purges_nothing(server, tmp_pa
     result = client.LicenseServer(conn(server.url), warnings.append).process(str(ack), str(tmp_path))
     assert result["processed"] and result["last_sync_time"] is None and result["purged"] == []
     assert (tmp_path / "20190124T110409.fnesync").exists() and "without saying its lastSyncTime" in warnings[0]
+
+
+@pytest.mark.parametrize("answer", [json_answer(200, {"error": "database locked"}),
+                                    json_answer(200, {"key": "glsErr.internal", "message": "database locked"})])
+def test_an_ack_answered_with_an_error_is_no_confirmation(server, tmp_path, answer):
+    ack = tmp_path / "syncack.bin"
+    ack.write_bytes(b"FNEACK1")
+    server.on("POST", ACK_PATH, answer)
+    with pytest.raises(errors.FneError) as err:
+        client.LicenseServer(conn(server.url)).process(str(ack))
+    assert "database locked" in err.value.msg
 
 
 def test_an_ack_answered_with_a_page_is_no_confirmation(server, tmp_path):
