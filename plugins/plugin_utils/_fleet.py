@@ -464,6 +464,8 @@ class ServerWork:
         self.process_pending()
         if self.ack_mismatch and self.cfg.topology == "api" and self.opts.auto_recover:
             self.recover(self.ack_mismatch)
+        elif self.ack_mismatch:
+            self.notes.append(f"recovery pending: {self.ack_mismatch}")
 
     def recover_requested(self) -> None:
         self.recover(self.store.needs_force() or "forced resynchronization requested")
