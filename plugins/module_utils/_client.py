@@ -69,7 +69,8 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._http import (
     parse_json,
 )
 
-# The compatibility profile (docs/compatibility.md) keeps every guess about the wire here and in _connection.py.
+# The compatibility profile (docs/compatibility.md): the answers' shapes are recognised here (health, _nothing_new,
+# _file_name, _ack_answer, upload_file) and in _errors.is_mismatch; its settings are rows of _connection's table.
 STAMP_RE = re.compile(r"(?<!\d)(\d{8}T\d{6})(?!\d)")  # the documented yyyyMMddTHHmmss, wherever a header has it
 ENABLED = {"enabled": True, "true": True, "on": True, "yes": True,
            "disabled": False, "false": False, "off": False, "no": False}
