@@ -221,6 +221,11 @@ class LicenseServer:
                 # A server that never answers 204 would otherwise keep this loop going.
                 raise FneError(f"POST {url} handed out {entry['name']} twice in one run; stopped downloading.",
                                url=url, result=dict(result))
+            twin = next((item for item in files if item["sha256"] == entry["sha256"]), None)
+            if twin is not None:  # the same bytes again under a new (clock) name: no new message, and no copy kept
+                os.unlink(entry["path"])
+                raise FneError(f"POST {url} handed out the message saved as {twin['name']} again in one run; stopped "
+                               "downloading.", url=url, result=dict(result))
             files.append(entry)
             take_replaced(result, replaceable, entry["path"])
             result["records"] += entry["records"] or 0

@@ -98,6 +98,15 @@ def test_file_names_from_the_clock_in_order(server, tmp_path):
     assert (tmp_path / names[1]).read_bytes() == b"two"
 
 
+def test_the_same_unnamed_message_again_stops_the_download(server, tmp_path):
+    """A server (or a proxy) that answers the same bytes forever: no second copy under a new clock name."""
+    server.on("POST", SYNC, octets(b"same"))
+    with pytest.raises(errors.FneError) as err:
+        client.LicenseServer(conn(server.url)).generate(str(tmp_path))
+    assert "again in one run" in err.value.msg and server.count("POST", SYNC) == 2
+    assert [p.read_bytes() for p in tmp_path.iterdir()] == [b"same"]
+
+
 def test_a_disposition_that_names_no_sync_file_is_refused(server, tmp_path):
     server.on("POST", SYNC, octets(**{"Content-Disposition": 'attachment; filename="report.pdf"'}))
     with pytest.raises(errors.LostResponseError):
