@@ -115,4 +115,19 @@ options:
         own; the module adds the documented arguments. Overrides the lookup in O(tool_path).
       - If not set, the value of the E(FNE_TOOL_SERVER_COMMAND) environment variable is used.
     type: str
+  time_zone:
+    description:
+      - The time zone of the license server's sync file names (C(yyyyMMddTHHmmss.fnesync)) and of a
+        C(lastSyncTime) it answers without a zone; V(UTC) when unset. An offset (V(+02:00), V(-05:00)) or, where
+        Python has C(zoneinfo), a zone name (V(Europe/Berlin)).
+      - The vendor does not say which zone the names use. Nothing can detect it, so set it for a server that names
+        files in its local time. Where it is wrong, nothing is lost - O(path) is purged only when the
+        acknowledgment's last sync time is exactly one of its file names. See docs/compatibility.md.
+    type: str
+  max_pages:
+    description:
+      - The most sync messages one download takes from the server. The rest of a larger backlog
+        comes with the next run (the server keeps what it has not handed out).
+    type: int
+    default: 10000
 """

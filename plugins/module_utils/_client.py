@@ -9,13 +9,16 @@ Payloads are opaque: this module moves bytes, it never parses a sync message or 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Optional
 
 from ansible_collections.fne.offline_sync.plugins.module_utils._connection import (
     AUTHORIZE,
     HEALTH,
+    HOSTIDS,
     SYNC_ACK,
     SYNC_MESSAGE,
     Connection,
@@ -23,18 +26,24 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._connection impor
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
     FORCE_HINT,
-    MISMATCH_KEY,
+    UNKNOWN_SERVER_RE,
     FneError,
     LostResponseError,
     MismatchError,
+    UnknownServerError,
+    is_mismatch,
     mismatch_times,
     noop_warn,
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
+    SYNC_SUFFIX,
     AtomicWriter,
+    list_sync_files,
     parse_time,
     sha256_file,
+    stamp_name,
     sync_time_of,
+    zone_of,
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._folder import (
     conflict_path,
@@ -49,6 +58,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._folder import (
 from ansible_collections.fne.offline_sync.plugins.module_utils._http import (
     MAX_ACK,
     MAX_ERROR,
+    MAX_JSON,
     MAX_MESSAGE,
     TOKENS,
     Http,
@@ -56,9 +66,21 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._http import (
     header_int,
     looks_like_html,
     media_type,
+    parse_json,
 )
 
-MAX_MESSAGES = 10000  # per generate call: the rest of a huge backlog comes with the next run
+# The compatibility profile (docs/compatibility.md): the answers' shapes are recognised here (health, _nothing_new,
+# _file_name, _ack_answer, upload_file) and in _errors.is_mismatch; its settings are rows of _connection's table.
+STAMP_RE = re.compile(r"(?<!\d)(\d{8}T\d{6})(?!\d)")  # the documented yyyyMMddTHHmmss, wherever a header has it
+ENABLED = {"enabled": True, "true": True, "on": True, "yes": True,
+           "disabled": False, "false": False, "off": False, "no": False}
+
+
+def _flag(value: Any) -> Optional[bool]:
+    """A health flag as the flat (bool) or the wrapped ("enabled") answer gives it; None when neither."""
+    if isinstance(value, bool):
+        return value
+    return ENABLED.get(value.strip().lower()) if isinstance(value, str) else None
 
 
 class LicenseServer:
@@ -122,24 +144,49 @@ class LicenseServer:
         url = self.base + HEALTH
         response = self.http.request("GET", url)
         self.http.raise_for_status("GET", url, response)
-        data = self.http.json(response, "the server's health")
-        if not isinstance(data, dict):
-            raise self.http.fail(f"GET {url} answered {str(data)[:200]!r} instead of the server's health.", url)
-        security = data.get("security") if isinstance(data.get("security"), dict) else {}
+        answer = self.http.json(response, "the server's health")
+        if not isinstance(answer, dict):
+            raise self.http.fail(f"GET {url} answered {str(answer)[:200]!r} instead of the server's health.", url)
+        # Informational only, so tolerant: flat (the lab) or wrapped in "LLS" (a public 2021.05 sample).
+        data = answer["LLS"] if isinstance(answer.get("LLS"), dict) else answer
+        security = data.get("security")
         database = data.get("database") if isinstance(data.get("database"), dict) else {}
+        flags = security if isinstance(security, dict) else {"enabled": security}
+        host_id, host_id_type = data.get("hostId"), data.get("hostIdType")
+        if host_id is None:
+            host_id, host_id_type = self._host_id()
+        https = _flag(flags.get("https"))
         return {
             "reachable": True,
             "url": self.base,
             "status": data.get("status"),
             "version": data.get("version"),
-            "instance_id": data.get("instanceId"),
-            "host_id": data.get("hostId"),
-            "host_id_type": data.get("hostIdType"),
-            "database": database.get("status"),
-            "security": bool(security.get("enabled")),
-            "https": bool(security.get("https", self.base.startswith("https:"))),
-            "health": data,
+            "instance_id": data.get("instanceId", data.get("serverInstanceID")),
+            "host_id": host_id,
+            "host_id_type": host_id_type,
+            "database": database.get("status", database.get("connectionCheck")),
+            "security": bool(_flag(flags.get("enabled"))),
+            "https": self.base.startswith("https:") if https is None else https,
+            "health": answer,
         }
+
+    def _host_id(self) -> tuple:
+        """(value, type) of the server's first host id from GET /api/1.0/hostids (Ethernet first), or Nones: it
+        only informs, so any failure is a None."""
+        url = self.base + HOSTIDS
+        try:
+            response = self.http.request("GET", url)
+            if response.status_code != 200:
+                response.close()
+                return None, None
+            answer = parse_json(self.http.read(response, MAX_ERROR))
+        except FneError:
+            return None, None
+        listed = answer.get("hostids") if isinstance(answer, dict) else None
+        ids = [i for i in listed if isinstance(i, dict) and isinstance(i.get("value"), str)] \
+            if isinstance(listed, list) else []
+        ids.sort(key=lambda i: str(i.get("type", "")).upper() != "ETHERNET")
+        return (ids[0]["value"], ids[0].get("type")) if ids else (None, None)
 
     def check_authorization(self) -> bool:
         """Authorize with the configured credentials (raises FneError on refusal)."""
@@ -154,13 +201,14 @@ class LicenseServer:
         """Download every pending message into path until the server answers 204."""
         path, result, replaceable = start_generate(path, force)
         files: list[dict] = result["files"]
+        clock_named: list[str] = []
         first = True
         while True:
             query = "?force=true" if force and first else ""
             first = False
             url = self.base + SYNC_MESSAGE + query
             try:
-                entry = self._download_one(url, path, query, replaceable)
+                entry = self._download_one(url, path, query, replaceable, clock_named)
             except FneError as exc:
                 exc.result = dict(result)
                 if isinstance(exc, LostResponseError):
@@ -173,20 +221,63 @@ class LicenseServer:
                 # A server that never answers 204 would otherwise keep this loop going.
                 raise FneError(f"POST {url} handed out {entry['name']} twice in one run; stopped downloading.",
                                url=url, result=dict(result))
+            twin = next((item for item in files if item["sha256"] == entry["sha256"]), None)
+            if twin is not None and entry["name"] in clock_named:
+                # the same bytes again under a new clock name (the server named neither): no new message, and
+                # no copy kept
+                os.unlink(entry["path"])
+                raise FneError(f"POST {url} handed out the message saved as {twin['name']} again in one run; stopped "
+                               "downloading.", url=url, result=dict(result))
             files.append(entry)
             take_replaced(result, replaceable, entry["path"])
             result["records"] += entry["records"] or 0
             result["changed"] = True
-            if len(files) >= MAX_MESSAGES:  # a server that hands out new messages forever must not hold us
-                self.warn(f"Stopped after {MAX_MESSAGES} messages from {self.base}; the rest comes with the next "
-                          "run (the server keeps what it has not handed out).")
+            if len(files) >= self.conn.max_pages:  # a server that hands out messages forever must not hold us
+                self.warn(f"Stopped after {self.conn.max_pages} messages from {self.base} (max_pages); the rest "
+                          "comes with the next run (the server keeps what it has not handed out).")
                 break
+        if clock_named:
+            self.warn(f"{self.base} named none of its sync messages (no Content-Disposition, no yyyyMMddTHHmmss "
+                      f"header): they were named by this host's clock ({', '.join(clock_named)}). Process purges them "
+                      "only when an acknowledgment's last sync time is exactly one of these names.")
         return finish_generate(result)
 
-    def _download_one(self, url: str, folder: str, query: str, replaceable: set) -> Optional[dict]:
+    def _nothing_new(self, response: Any, url: str) -> bool:
+        """Whether a 2xx answer says "no new data": 204, a 200 whose Content-Length is 0, or a JSON "no new data".
+        An empty body without that length may be a cut answer: not taken as nothing new."""
+        if response.status_code == 204 or header_int(response.headers.get("Content-Length")) == 0:
+            return True
+        if "json" not in media_type(response):
+            return False
+        _key, text = self.http.error_text(response)
+        if re.search(r"no (new )?data|nothing (new|to sync)", text, re.I):
+            return True
+        raise self.http.fail(f"POST {url} answered {response.status_code} with JSON instead of a sync message: "
+                             f"{text}. Nothing was written.", url, LostResponseError, status=response.status_code)
+
+    def _file_name(self, response: Any, folder: str, clock_named: list) -> str:
+        """Where a message's file name comes from: Content-Disposition, else a header holding the documented
+        yyyyMMddTHHmmss, else this host's clock (in time_zone), one second after any name in the folder."""
+        named = _disposition_name(response.headers.get("Content-Disposition", ""))
+        if named:
+            return named  # a name of another kind is refused by the caller
+        for value in response.headers.values():
+            stamp = STAMP_RE.search(value)
+            if stamp and sync_time_of(stamp.group(1) + SYNC_SUFFIX) is not None:
+                return stamp.group(1) + SYNC_SUFFIX
+        zone = zone_of(self.conn.time_zone)
+        when = datetime.now(timezone.utc).replace(microsecond=0)
+        newest = [sync_time_of(f, zone) for f in list_sync_files(folder)]
+        if newest:
+            when = max(when, max(t for t in newest if t is not None) + timedelta(seconds=1))
+        name = stamp_name(when, zone)
+        clock_named.append(name)
+        return name
+
+    def _download_one(self, url: str, folder: str, query: str, replaceable: set, clock_named: list) -> Optional[dict]:
         response = self._send("POST", SYNC_MESSAGE, query=query, repeatable=False)
         try:
-            if response.status_code == 204:
+            if self._nothing_new(response, url):
                 return None
             ctype = response.headers.get("Content-Type", "")
             if media_type(response) != "application/octet-stream":
@@ -194,16 +285,22 @@ class LicenseServer:
                 raise self.http.fail(
                     f"POST {url} answered {response.status_code} with Content-Type {ctype or '(none)'} instead of a "
                     f"sync message: {text}. Nothing was written.", url, LostResponseError, status=response.status_code)
-            name = _disposition_name(response.headers.get("Content-Disposition", ""))
-            if not name or sync_time_of(name) is None:  # only a name upload sends may become a file
+            body = self.http.iter_body(response, MAX_MESSAGE, "sync message")
+            first = next((chunk for chunk in body if chunk), b"")
+            if not first:  # a complete chunked answer without a byte says "nothing new"; else it may be a cut one
+                if "chunked" in response.headers.get("Transfer-Encoding", "").lower():
+                    return None
+                raise self.http.fail(f"POST {url} answered an empty sync message without Content-Length: 0; "
+                                     "nothing was written.", url, LostResponseError)
+            name = self._file_name(response, folder, clock_named)
+            if sync_time_of(name) is None:  # only a name upload sends may become a file
                 disposition = response.headers.get("Content-Disposition")
                 raise self.http.fail(f"POST {url} answered a sync message without a valid file name "
                                      f"(Content-Disposition {disposition!r}). Nothing was written.", url,
                                      LostResponseError)
             records = header_int(response.headers.get("X-FNE-Record-Count"))
             final = os.path.join(folder, name)
-            body = self.http.iter_body(response, MAX_MESSAGE, "sync message")
-            info = _stream_to_file(body, response.headers.get("Content-Length"), final, url,
+            info = _stream_to_file(itertools.chain([first], body), response.headers.get("Content-Length"), final, url,
                                    replace=final in replaceable)
             info["records"] = records
             return info
@@ -220,30 +317,56 @@ class LicenseServer:
         except OSError as exc:
             raise FneError(f"Cannot read the acknowledgment file {ack_file}: {exc.strerror or exc}") from None
         url = self.base + SYNC_ACK
-        response = self._send("POST", SYNC_ACK, data=data,
-                              headers={"Content-Type": "application/octet-stream"})
-        answer = self.http.json(response, "the lastSyncTime")
-        last = answer.get("lastSyncTime") if isinstance(answer, dict) else None
-        last_time = parse_time(last) if isinstance(last, str) else None
-        if last_time is None:
-            raise self.http.fail(f"POST {url} answered without a lastSyncTime ({str(answer)[:300]}).", url)
+        try:
+            response = self._send("POST", SYNC_ACK, data=data, headers={"Content-Type": "application/octet-stream"})
+        except MismatchError as exc:  # the mismatch, reported when the acknowledgment is processed
+            exc.amend("The license server processed the acknowledgment up to the mismatch (the documented first "
+                      "step); download again with force: true, upload and process.")
+            exc.result.update(changed=True, last_sync_time=None, processed=True, purged=[], lines=[])
+            raise
+        answer = self._ack_answer(response, url)
+        last = answer.get("lastSyncTime")
+        last = last if isinstance(last, str) else None
+        zone = zone_of(self.conn.time_zone)
+        last_time = parse_time(last, zone) if last else None
+        if last and last_time is None:
+            raise self.http.fail(f"POST {url} answered an unreadable lastSyncTime ({str(answer)[:300]}).", url)
         processed = bool(answer.get("processed", True))
         purged: list[str] = []
         lines: list[str] = []
-        if path and not has_zone(last):
-            # File names are UTC; a time without a zone may be the server's local time, hours after the real one.
+        if path and last is None:
+            self.warn(f"The license server processed the acknowledgment without saying its lastSyncTime, so which "
+                      f"sync files it covers is unknown: none was purged from {path}.")
+        elif path and not has_zone(last) and self.conn.time_zone is None:
+            # A time without a zone may be the server's local time, hours after the real one (set time_zone).
             self.warn(f"The license server answered lastSyncTime {last} without a time zone, so which sync files it "
-                      f"covers is unknown: none was purged from {path}.")
+                      f"covers is unknown: none was purged from {path} (time_zone names the server's zone).")
         elif path:
             try:
-                purged, lines = purge_covered(path, last_time)
+                purged, lines = purge_covered(path, last_time, zone, self.warn)
             except FneError as exc:  # the server did process it: say so with the files already purged
                 exc.result.update(changed=True, last_sync_time=last, processed=processed, server=answer)
                 raise
-        msg = f"Processed the sync acknowledgment: last sync time {last}"
+        msg = f"Processed the sync acknowledgment: last sync time {last or 'not given'}"
         msg += f"; purged {len(purged)} file(s)." if path else "."
         return {"changed": processed or bool(purged), "last_sync_time": last, "processed": processed,
                 "purged": purged, "lines": lines, "message": msg, "server": answer}
+
+    def _ack_answer(self, response: Any, url: str) -> dict:
+        """The JSON object sync_ack answered; {} for an empty answer (processed, the time unknown). Anything else
+        (a portal's page, text) is no confirmation."""
+        body = self.http.read(response, MAX_JSON)
+        if not body.strip():
+            return {}
+        answer = parse_json(body)
+        if not isinstance(answer, dict):
+            raise self.http.fail(f"POST {url} did not answer JSON with the lastSyncTime (Content-Type "
+                                 f"{response.headers.get('Content-Type') or 'none'}): {body[:300]!r}. Is url the "
+                                 "license server's base URL?", url)
+        if "lastSyncTime" not in answer and ("error" in answer or "key" in answer):  # an error, whatever the status
+            key, text = error_text("application/json", body.decode("utf-8", "replace"))
+            raise self.http.status_error("POST", url, response.status_code, key, text)
+        return answer
 
 
 def _disposition_name(header: str) -> Optional[str]:
@@ -328,10 +451,15 @@ class BackOffice:
             status = response.status_code
             if status >= 400:
                 key, text = self.http.error_text(response)
-                if key == MISMATCH_KEY:
+                if is_mismatch(key, text):
                     expected, received = mismatch_times(text)
                     raise MismatchError(f"Upload of {file} to {url} failed: {text}", expected, received,
                                         url=url, status=status, key=key)
+                if status < 500 and UNKNOWN_SERVER_RE.search(text):  # the server, not this file, is refused
+                    raise UnknownServerError(
+                        f"The back office at {url} refuses this license server: [{status}] {text.rstrip('.')}. "
+                        "Register the license server (its host id) with the back office; its files wait until "
+                        "then, and nothing is retried or set aside.", url=url, status=status, key=key)
                 raise self.http.status_error("POST", url, status, key, text)
             self.http.raise_for_status("POST", url, response)
             body = self.http.read(response, MAX_ACK, "acknowledgment")

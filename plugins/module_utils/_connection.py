@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from ansible.module_utils.basic import env_fallback
 from ansible_collections.fne.offline_sync.plugins.module_utils._errors import SettingError
+from ansible_collections.fne.offline_sync.plugins.module_utils._files import zone_of
 
 DEFAULT_LLS_URL = "http://localhost:7070"
 API = "/api/1.0"
@@ -23,6 +24,8 @@ HEALTH = API + "/health"
 AUTHORIZE = API + "/instances/~/authorize"
 SYNC_MESSAGE = API + "/sync_message/offline"
 SYNC_ACK = API + "/sync_ack/offline"
+HOSTIDS = API + "/hostids"
+MAX_PAGES = 10000
 
 
 class Setting(NamedTuple):
@@ -40,6 +43,9 @@ LLS_SETTINGS = (
     Setting("ca_path", {"type": "path"}, "fne_lls_ca_path", "FNE_LLS_CA_PATH"),
     Setting("validate_certs", {"type": "bool", "default": True}, "fne_lls_validate_certs"),
     Setting("tool_server_command", {"type": "str"}, "fne_sync_tool_server_command", "FNE_TOOL_SERVER_COMMAND"),
+    # The compatibility profile (docs/compatibility.md): what cannot be detected from the answers.
+    Setting("time_zone", {"type": "str"}, "fne_lls_time_zone"),
+    Setting("max_pages", {"type": "int", "default": MAX_PAGES}, "fne_lls_max_pages"),
 )
 # The back office (upload).
 BACKOFFICE_SETTINGS = (
@@ -101,6 +107,8 @@ class Connection:
     timeout: float = 30
     retries: int = 3
     max_retry_wait: float = 60
+    time_zone: Optional[str] = None  # of the license server's file names (and of a lastSyncTime without a zone)
+    max_pages: int = MAX_PAGES       # sync messages one generate call downloads at most
 
     def secrets(self) -> list[str]:
         return [s for s in (self.password,) if s]
@@ -117,6 +125,8 @@ def connection_from_params(params: dict) -> Connection:
         timeout=params["timeout"],
         retries=params["retries"],
         max_retry_wait=params["max_retry_wait"],
+        time_zone=params.get("time_zone") or None,
+        max_pages=MAX_PAGES if params.get("max_pages") is None else params["max_pages"],
     )
 
 
@@ -167,13 +177,17 @@ def check_connection(conn: Connection, what: str) -> None:
     if conn.username and not conn.password:
         raise SettingError("username is set without a password: set both (administrative security), or neither.",
                            "username", "password")
+    try:
+        zone_of(conn.time_zone)
+    except ValueError as exc:
+        raise SettingError(f"{exc}.", "time_zone") from None
 
 
 def check_numbers(conn: Connection) -> None:
-    """timeout, retries and max_retry_wait within sense, else SettingError (before any request is made)."""
+    """timeout, retries, max_retry_wait and max_pages within sense, else SettingError (before any request is made)."""
     for name, value, low, high in (("timeout", conn.timeout, 0.001, 86400.0),
                                    ("max_retry_wait", conn.max_retry_wait, 0.0, 86400.0),
-                                   ("retries", conn.retries, 0, 100)):
+                                   ("retries", conn.retries, 0, 100), ("max_pages", conn.max_pages, 1, 1000000)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
             low_text = "above 0" if name == "timeout" else f"at least {low}"
             raise SettingError(f"{name} must be {low_text} and at most {high:g}, not {value!r}.", name)

@@ -56,10 +56,25 @@ class LostResponseError(FneError):
     """The request reached the server but its answer did not come back whole."""
 
 
+class UnknownServerError(FneError):
+    """The back office refuses the license server itself (not registered): no file of it is at fault."""
+
+
 def mismatch_times(text: str) -> tuple[str, str]:
     """(expected, received) as the back office printed them in its mismatch text; empty when not found."""
     match = MISMATCH_RE.search(text.strip().rstrip('"}').rstrip())
     return (match.group("expected"), match.group("received")) if match else ("", "")
+
+
+def is_mismatch(key: Optional[str], text: str) -> bool:
+    """Whether an error answer is the documented mismatch, wherever it puts the text: a JSON key (the seed's
+    shape), {key, message, arguments} or plain text, from the upload or from the processing of an acknowledgment."""
+    return MISMATCH_KEY.lower() in f"{key or ''} {text}".lower() or MISMATCH_RE.search(text) is not None
+
+
+# How a back office may say it does not know a license server (the lab plays one; the vendor documents none).
+UNKNOWN_SERVER_RE = re.compile(r"not registered|unregistered|unknown (device|server|host|instance)|"
+                               r"no such (device|server|host|instance)", re.I)
 
 
 def noop_warn(msg: str) -> None:

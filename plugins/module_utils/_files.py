@@ -9,32 +9,64 @@ import hashlib
 import os
 import re
 import tempfile
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Iterable, Optional
+
+try:
+    from zoneinfo import ZoneInfo  # Python 3.9+
+except ImportError:  # an older Python on a managed host: fixed offsets only
+    ZoneInfo = None
 
 SYNC_SUFFIX = ".fnesync"
 SYNC_NAME_RE = re.compile(r"^(\d{8}T\d{6})\.fnesync$")
-STAMP_FORMAT = "%Y%m%dT%H%M%S"  # a sync file's name: its sync time in UTC
+STAMP_FORMAT = "%Y%m%dT%H%M%S"  # a sync file's name: its sync time (UTC unless time_zone says otherwise)
+OFFSET_RE = re.compile(r"([+-])(\d\d):?(\d\d)")
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 CHUNK = 1024 * 1024
 
 
-def sync_time_of(name: str) -> Optional[datetime]:
-    """The UTC sync time a `yyyyMMddTHHmmss.fnesync` name carries, or None for any other name."""
+def zone_of(name: Optional[str]) -> tzinfo:
+    """The time zone a time_zone setting names: UTC (also when unset), an offset (+02:00, -0500) or, where Python
+    has zoneinfo, a zone name (Europe/Berlin). ValueError when it is none of these."""
+    text = (name or "UTC").strip()
+    if text.upper() in ("UTC", "Z", "GMT"):
+        return timezone.utc
+    match = OFFSET_RE.fullmatch(text)
+    if match and int(match.group(2)) < 24 and int(match.group(3)) < 60:
+        delta = timedelta(hours=int(match.group(2)), minutes=int(match.group(3)))
+        return timezone(-delta if match.group(1) == "-" else delta)
+    if ZoneInfo is not None and re.fullmatch(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*", text):
+        try:
+            return ZoneInfo(text)
+        except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError; a bad key a ValueError
+            pass
+    raise ValueError(f"time_zone {text!r} is not UTC, an offset such as +02:00 or -05:00, or a zone name such as "
+                     "Europe/Berlin")
+
+
+def sync_time_of(name: str, zone: Optional[tzinfo] = None) -> Optional[datetime]:
+    """The sync time (in UTC) a `yyyyMMddTHHmmss.fnesync` name carries, read in `zone` (UTC by default), or None
+    for any other name."""
     match = SYNC_NAME_RE.match(os.path.basename(name))
     if not match:
         return None
     try:
-        return datetime.strptime(match.group(1), STAMP_FORMAT).replace(tzinfo=timezone.utc)
-    except ValueError:
+        return datetime.strptime(match.group(1), STAMP_FORMAT).replace(tzinfo=zone or timezone.utc) \
+            .astimezone(timezone.utc)
+    except (ValueError, OverflowError):
         return None
 
 
-def parse_time(text: str) -> Optional[datetime]:
-    """The times the protocol prints, in UTC: ISO 8601 (`2026-11-25T14:03:05Z`, an offset, or none: then UTC),
-    file stamps (`20261125T140305`), and the back office's mismatch text (`Jan 24, 2019 11:04:09 AM`, UTC). None
-    when the text is none of these."""
+def stamp_name(when: datetime, zone: Optional[tzinfo] = None) -> str:
+    """The sync file name for a time, written in `zone` (UTC by default)."""
+    return when.astimezone(zone or timezone.utc).strftime(STAMP_FORMAT) + SYNC_SUFFIX
+
+
+def parse_time(text: str, zone: Optional[tzinfo] = None) -> Optional[datetime]:
+    """The times the protocol prints, in UTC: ISO 8601 (`2026-11-25T14:03:05Z`, an offset, or none: then in
+    `zone`, UTC by default), file stamps (`20261125T140305`), and the back office's mismatch text (`Jan 24, 2019
+    11:04:09 AM`, read in `zone` too). None when the text is none of these."""
     text = (text or "").strip().replace("\u202f", " ")
     if not text:
         return None
@@ -50,7 +82,9 @@ def parse_time(text: str) -> Optional[datetime]:
         except ValueError:
             return None
     try:
-        return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=zone or timezone.utc)
+        return parsed.astimezone(timezone.utc)
     except OverflowError:  # year 1 with a positive offset, say
         return None
 

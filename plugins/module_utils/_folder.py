@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Callable, Optional
 
 from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
@@ -38,13 +38,21 @@ def has_zone(value: str) -> bool:
     return text.endswith(("Z", "z")) or re.search(r"[+-]\d\d:?\d\d$", text.partition("T")[2]) is not None
 
 
-def purge_covered(path: str, last_time: datetime) -> tuple[list[str], list[str]]:
-    """Delete the sync files in path whose name time is at or before last_time; never a later one."""
+def purge_covered(path: str, last_time: datetime, zone: Optional[tzinfo] = None,
+                  warn: Callable[[str], None] = noop_warn) -> tuple[list[str], list[str]]:
+    """Delete the sync files in path whose name time (read in `zone`) is at or before last_time; never a later one.
+    An acknowledgment's time is the sync time of the last message it covers: when it names none of the files, the
+    names are in another zone than `zone` (or were given by a clock), so nothing is purged."""
     path = os.path.abspath(os.path.expanduser(path))
     purged: list[str] = []
     lines: list[str] = []
-    for file in list_sync_files(path):
-        when = sync_time_of(file)
+    times = {file: sync_time_of(file, zone) for file in list_sync_files(path)}
+    if any(when <= last_time for when in times.values() if when) and last_time not in times.values():
+        warn(f"The acknowledgment's last sync time {last_time:%Y-%m-%dT%H:%M:%SZ} names none of the sync files in "
+             f"{path}: their names are in another time zone (set time_zone) or were not given by the server, so "
+             "none was purged.")
+        return purged, lines
+    for file, when in times.items():
         if when is not None and when <= last_time:
             try:
                 os.unlink(file)

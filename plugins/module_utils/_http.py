@@ -21,7 +21,14 @@ from typing import Any, Callable, Iterator, Optional
 from urllib.parse import urlsplit
 
 from ansible_collections.fne.offline_sync.plugins.module_utils._connection import Connection, check_connection
-from ansible_collections.fne.offline_sync.plugins.module_utils._errors import FneError, LostResponseError, scrub
+from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
+    FneError,
+    LostResponseError,
+    MismatchError,
+    is_mismatch,
+    mismatch_times,
+    scrub,
+)
 
 try:
     import requests
@@ -498,7 +505,11 @@ class Http:
                           f"The {self.what} asks for credentials this collection does not send: is url right?"),
                     404: URL_HINTS.get(self.what, "Is url right?")}.get(status, "")
         msg = f"Request {method} {url} failed: [{status}{shown_key}] {text.rstrip('.')}"
-        return self.fail(f"{msg}. {hint}" if hint else msg, url, status=status, key=key)
+        msg = f"{msg}. {hint}" if hint else msg
+        if 400 <= status < 500 and is_mismatch(key, text):  # wherever the back office's mismatch shows up
+            expected, received = mismatch_times(text)
+            return self.fail(msg, url, MismatchError, expected=expected, received=received, status=status, key=key)
+        return self.fail(msg, url, status=status, key=key)
 
 
 class TokenCache:

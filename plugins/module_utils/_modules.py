@@ -19,7 +19,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._connection impor
     module_spec,
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._errors import FneError, LostResponseError, MismatchError
-from ansible_collections.fne.offline_sync.plugins.module_utils._files import list_sync_files, sync_time_of
+from ansible_collections.fne.offline_sync.plugins.module_utils._files import list_sync_files, sync_time_of, zone_of
 from ansible_collections.fne.offline_sync.plugins.module_utils._folder import resolve_upload
 from ansible_collections.fne.offline_sync.plugins.module_utils._http import HAS_REQUESTS, REQUESTS_IMPORT_ERROR
 from ansible_collections.fne.offline_sync.plugins.module_utils._tool import RunCommand
@@ -112,7 +112,7 @@ def _server_info(params: dict, check_mode: bool, warn: Callable[[str], None], ru
     pending: list = []
     if params.get("path"):
         for file in list_sync_files(params["path"]):
-            when = sync_time_of(file)
+            when = sync_time_of(file, zone_of(params.get("time_zone")))
             pending.append({"path": file, "name": os.path.basename(file), "size": os.path.getsize(file),
                             "sync_time": when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None})
     result["pending"] = pending

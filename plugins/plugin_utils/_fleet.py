@@ -43,9 +43,15 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
     LostResponseError,
     MismatchError,
     SettingError,
+    UnknownServerError,
     scrub,
 )
-from ansible_collections.fne.offline_sync.plugins.module_utils._files import parse_time, sha256_file, sync_time_of
+from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
+    parse_time,
+    sha256_file,
+    sync_time_of,
+    zone_of,
+)
 from ansible_collections.fne.offline_sync.plugins.module_utils._tool import iso_time
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._action import run_command
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import (
@@ -166,6 +172,7 @@ class ServerWork:
         self.processed: List[str] = []
         self.last_sync_time: Optional[str] = opts.last_sync_time
         self.recovered = False
+        self.ack_mismatch: Optional[str] = None  # the mismatch the server reported when processing an acknowledgment
         self._lls: Optional[LicenseServerBackend] = None
         self._bo: Optional[BackOfficeBackend] = None
 
@@ -223,6 +230,17 @@ class ServerWork:
             return True
         try:
             answer = self.lls.process(newest, None)
+        except MismatchError as exc:
+            # Reported at the process step: the server took the acknowledgment up to the mismatch (the documented
+            # first step); the records after it come again with the documented forced download.
+            text = _error_text(exc)
+            self.store.complete_acks(newest, None)
+            self.store.log("mismatch", detail=text)
+            self.ack_mismatch = f"back office mismatch reported when processing {os.path.basename(newest)}: {text}"
+            self.store.set_needs_force(self.ack_mismatch)
+            self.processed.append(os.path.basename(newest))
+            self.changed = True
+            return True
         except FneError as exc:
             self._set_aside_if_refused(newest, exc)
             raise
@@ -322,7 +340,8 @@ class ServerWork:
     def _set_aside_if_refused(self, path: str, exc: FneError) -> None:
         """A file or acknowledgment the other side refuses as invalid would block this server on every run: set it
         aside (quarantine/) and say so; the next run goes on without it."""
-        if isinstance(exc, (LostResponseError, MismatchError)) or exc.status not in REFUSED_STATUSES:
+        if isinstance(exc, (LostResponseError, MismatchError, UnknownServerError)) or \
+                exc.status not in REFUSED_STATUSES:  # no fault of this file
             return
         kept = self.store.set_aside(path, _error_text(exc))
         if path.endswith(SYNC_SUFFIX):  # its records are on the server still: the recovery downloads them again
@@ -335,7 +354,7 @@ class ServerWork:
         """The re-upload rule (docs/design.md): a mismatch whose expected time is at or after this file's own
         sync time means the back office already holds this file (an earlier answer was lost)."""
         name = os.path.basename(path)
-        file_time = sync_time_of(name)
+        file_time = sync_time_of(name, zone_of(self.cfg.lls.get("time_zone")))
         expected = parse_time(exc.expected)
         if file_time is None or expected is None or expected < file_time:
             return False
@@ -368,7 +387,10 @@ class ServerWork:
             else:
                 exc.amend(ACK_LOST_HINT)
             raise
+        self.ack_mismatch = None
         self.process_pending()
+        if self.ack_mismatch:  # the forced messages did not fit either: never report a recovery that did not happen
+            raise FneError(f"the documented recovery did not help: {self.ack_mismatch}")
         self._recovered(f"{reason}; superseded {len(moved)} file(s), {len(self.fetched) - before_fetched} forced "
                         "file(s)")
 
@@ -444,6 +466,10 @@ class ServerWork:
     def acknowledge(self) -> None:
         self.resume()
         self.process_pending()
+        if self.ack_mismatch and self.cfg.topology == "api" and self.opts.auto_recover:
+            self.recover(self.ack_mismatch)
+        elif self.ack_mismatch:
+            self.notes.append(f"recovery pending: {self.ack_mismatch}")
 
     def recover_requested(self) -> None:
         self.recover(self.store.needs_force() or "forced resynchronization requested")

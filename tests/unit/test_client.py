@@ -73,10 +73,22 @@ def _handler(script: Script):
             truncate = headers.pop("_truncate", False)
             trickle = headers.pop("_trickle", 0)  # seconds between the body's bytes
             endless = headers.pop("_endless", False)  # the body repeats until the client hangs up
+            chunked = headers.pop("_chunked", False)  # the body as one chunk (none when empty), no Content-Length
+            close = headers.pop("_close", False)  # no Content-Length: the body ends where the connection closes
             time.sleep(headers.pop("_delay", 0))
             self.send_response(status)
             for key, value in headers.items():
                 self.send_header(key, value)
+            if chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.write((f"{len(body):x}\r\n".encode() + body + b"\r\n" if body else b"") + b"0\r\n\r\n")
+                return
+            if close:
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+                return
             if not endless:
                 self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -573,7 +585,7 @@ def test_upload_sends_in_time_order_and_warns_about_files_it_skips(server, tmp_p
 
 
 def test_a_failed_purge_still_reports_the_processed_ack(server, tmp_path, monkeypatch):
-    (tmp_path / "20250101T000000.fnesync").write_bytes(b"x")
+    (tmp_path / "20250101T000005.fnesync").write_bytes(b"x")
     ack = tmp_path / "syncack.bin"
     ack.write_bytes(b"FNEACK1")
     server.on("POST", "/api/1.0/sync_ack/offline",

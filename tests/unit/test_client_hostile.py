@@ -216,9 +216,8 @@ def test_a_token_or_password_echoed_by_the_server_never_reaches_a_message(server
 
 
 def test_a_server_that_never_runs_dry_is_left_after_max_messages(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(client, "MAX_MESSAGES", 2)
     server.on("POST", SYNC, *(message(f"2026010{i}T000000.fnesync") for i in range(1, 6)))
     warnings: list[str] = []
-    result = client.LicenseServer(conn(server.url), warnings.append).generate(str(tmp_path))
+    result = client.LicenseServer(conn(server.url, max_pages=2), warnings.append).generate(str(tmp_path))
     assert [f["name"] for f in result["files"]] == ["20260101T000000.fnesync", "20260102T000000.fnesync"]
     assert server.count("POST", SYNC) == 2 and "Stopped after 2 messages" in warnings[0]

@@ -401,3 +401,20 @@ def test_host_settings_are_checked_before_the_host_is_touched(variables, words):
     with pytest.raises(StoreError, match=words) as err:
         fleet.server_config("lls001", variables)
     assert "pw" not in err.value.msg.replace("password", "")
+
+
+def test_reupload_rule_reads_file_names_in_the_servers_zone(store, tmp_path):
+    """Names in UTC+02:00: 13:05 there is 11:05 UTC, the time the back office (UTC) expects. Read as UTC, the
+    name would look two hours later than the expected time and the accepted file would be taken for a gap."""
+    work = fleet.ServerWork(fleet.server_config("lls001", {"fne_lls_time_zone": "+02:00"}),
+                            fleet.Options(store=store.root), "upload")
+    path = put(store.outbox, "20190124T130500.fnesync")
+    assert work._already_accepted(path, _mismatch("Jan 24, 2019 11:05:00 AM"))
+    later = put(store.outbox, "20190124T130600.fnesync")
+    assert not work._already_accepted(later, _mismatch("Jan 24, 2019 11:05:00 AM"))
+
+
+def test_an_invalid_time_zone_fails_that_host_alone():
+    with pytest.raises(StoreError) as err:
+        fleet.server_config("lls001", {"fne_lls_url": "http://h:7070", "fne_lls_time_zone": "Mars/Olympus"})
+    assert "fne_lls_time_zone" in err.value.msg

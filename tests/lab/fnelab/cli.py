@@ -349,8 +349,11 @@ def cmd_elsewhere(args: argparse.Namespace) -> int:
 @needs_lab
 def cmd_config(args: argparse.Namespace) -> int:
     directory = args.dir
-    body = {"reupload": args.reupload, "page_size": args.page_size, "token_ttl": args.token_ttl}
+    body = {"reupload": args.reupload, "page_size": args.page_size, "token_ttl": args.token_ttl,
+            "register": args.register}
     if _pid(directory) is None:
+        if args.register:
+            return fail("--register needs the lab running")
         state = State(directory / "lab.sqlite")
         state.put(**{k: v for k, v in body.items() if v is not None})
         state.close()
@@ -516,6 +519,7 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument("--reupload", choices=("accept", "reject"))
     co.add_argument("--page-size", type=_positive(int))
     co.add_argument("--token-ttl", type=_positive(float))
+    co.add_argument("--register", metavar="NAME", help="the back office learns this server (unregistered-device)")
     de = command("decode", cmd_decode, "print a message or acknowledgment as Key=Value lines", needs_dir=False)
     de.add_argument("file")
     bo_ack = command("backoffice-ack", cmd_backoffice_ack, "write the back office's latest acknowledgment for a "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import resource
@@ -22,10 +23,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import fleet, hostile
+from . import fleet, hostile, variants
 from .faults import MODIFIERS, SAME_PREFIX, Fault, FaultError, Faults, parse_start_spec
 from .state import AckError, Mismatch, Server, State
-from .wire import Ack, Message, WireError, file_name, iso, mismatch_body
+from .wire import MISMATCH_TITLE, Ack, Message, WireError, file_name, iso, mismatch_text, vendor_time
 
 log = logging.getLogger("fnelab")
 API = "/api/1.0"
@@ -36,6 +37,13 @@ HTML_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\
 
 def _error(status: int, key: str, message: str) -> web.Response:
     return web.json_response({"key": key, "message": message}, status=status)
+
+
+def _local_offset() -> int:
+    """The local-time-names variant's offset from UTC, in seconds."""
+    sign = -1 if variants.LOCAL_OFFSET.startswith("-") else 1
+    hours, minutes = variants.LOCAL_OFFSET[1:].split(":")
+    return sign * (int(hours) * 3600 + int(minutes) * 60)
 
 
 def _wrong_media_type(request: web.Request, expected: str) -> str | None:
@@ -58,6 +66,9 @@ class Lab:
         self.reupload = self.state.get("reupload", "accept")
         self.base = self.state.get("address_base")
         self.variants = frozenset(self.state.variants())  # see variants.py
+        # unregistered-device: the back office does not know the first server until `fnelab config --register`
+        self.unregistered = set(json.loads(self.state.get("unregistered") or "null") or (
+            [self.servers[0].host_id] if "unregistered-device" in self.variants and self.servers else []))
         self.bo_address = fleet.address(self.base, 1)
         self.faults = Faults()
         self.holds = hostile.Holds()
@@ -173,11 +184,31 @@ class Lab:
         entry = self.tokens.get(token)
         return entry is not None and entry[0] == server.name and entry[1] > time.time()
 
+    def _refusal(self, status: int, key: str, title: str, message: str, arguments: list) -> web.Response:
+        """An error answer in the lab's shape ({title: message}) or, with error-objects, {key, message, arguments}."""
+        if "error-objects" in self.variants:
+            return web.json_response({"key": key, "message": f"{title}: {message}", "arguments": arguments},
+                                     status=status)
+        return web.json_response({title: message}, status=status)
+
+    def _mismatch(self, expected: int, got: int) -> web.Response:
+        return self._refusal(400, "syncErr.outOfOrder", MISMATCH_TITLE, mismatch_text(expected, got),
+                             [vendor_time(expected), vendor_time(got)])
+
     async def health(self, request: web.Request) -> web.Response:
         s = self._server(request)
+        if "health-wrapped" in self.variants:  # the shape of a public LLS 2021.05 sample
+            return web.json_response({"LLS": {
+                "version": VERSION, "buildDate": "2024-09-01", "buildVersion": VERSION,
+                "serverInstanceID": f"fnelab-{s.name}", "database": {"connectionCheck": "success"},
+                "security": "enabled" if s.security else "disabled", "httpAuth": "disabled",
+                "licensingSecurityJSON": "enabled", "diskspace": "ok"}})
         return web.json_response({"status": "ok", "version": VERSION, "instanceId": f"fnelab-{s.name}",
                                   "hostId": s.host_id, "hostIdType": "Ethernet", "database": {"status": "ok"},
                                   "security": {"enabled": s.security, "https": s.https}})
+
+    async def hostids(self, request: web.Request) -> web.Response:
+        return web.json_response({"hostids": [{"type": "ETHERNET", "value": self._server(request).host_id}]})
 
     async def authorize(self, request: web.Request) -> web.Response:
         s = self._server(request)
@@ -206,9 +237,14 @@ class Lab:
         force = request.query.get("force", "").lower() == "true"
         msg = self.state.generate(s, self.page_size, force)
         if msg is None:
+            if "empty-200" in self.variants:
+                return web.Response(status=200, body=b"", content_type="application/octet-stream")
             return web.Response(status=204)
+        if "no-disposition" in self.variants:
+            return web.Response(body=msg.encode(), content_type="application/octet-stream")
+        offset = _local_offset() if "local-time-names" in self.variants else 0
         return web.Response(body=msg.encode(), content_type="application/octet-stream", headers={
-            "Content-Disposition": f'attachment; filename="{file_name(msg.sync_time)}"',
+            "Content-Disposition": f'attachment; filename="{file_name(msg.sync_time, offset)}"',
             "X-FNE-Record-Count": str(len(msg.records))})
 
     async def ack(self, request: web.Request) -> web.Response:
@@ -224,21 +260,29 @@ class Lab:
             return _error(400, "glsErr.invalidSyncAck", f"Invalid sync acknowledgment: {exc}")
         except AckError as exc:
             return _error(400, exc.key, str(exc))
+        if ack.mismatch:  # mismatch-at-process: processed up to what the back office holds, then the mismatch
+            return self._mismatch(*ack.mismatch)
+        if "empty-200" in self.variants:
+            return web.Response(status=200)
         return web.json_response({"lastSyncTime": iso(last), "processed": processed, "purgedRecords": purged})
 
     # --- back office ------------------------------------------------------------------------------------
     async def upload(self, request: web.Request) -> web.Response:
         if wrong := _wrong_media_type(request, "application/octet-stream"):
-            return web.json_response({"Unsupported media type": wrong}, status=415)
+            return self._refusal(415, "syncErr.mediaType", "Unsupported media type", wrong, [])
         raw = await request.read()
         try:
             msg = Message.decode(raw)
         except WireError as exc:
-            return web.json_response({"Invalid sync message": str(exc)}, status=400)
+            return self._refusal(400, "syncErr.invalidMessage", "Invalid sync message", str(exc), [])
+        if msg.host_id in self.unregistered:
+            return self._refusal(400, "syncErr.unknownDevice", "Unknown device", f"The license server with host id "
+                                 f"{msg.host_id} is not registered with this back office: register it first.",
+                                 [msg.host_id])
         try:
-            ack = self.state.upload(msg, raw, self.reupload)
+            ack = self.state.upload(msg, raw, self.reupload, mismatch_in_ack="mismatch-at-process" in self.variants)
         except Mismatch as exc:
-            return web.json_response(mismatch_body(exc.expected, exc.got), status=400)
+            return self._mismatch(exc.expected, exc.got)
         return web.Response(body=ack.encode(), content_type="application/octet-stream")
 
     # --- control ----------------------------------------------------------------------------------------
@@ -294,8 +338,14 @@ class Lab:
             page_size = token_ttl = 0
         if page_size < 1 or token_ttl <= 0:  # a page of 0 records would be handed out forever
             return web.json_response({"error": "page_size must be at least 1 and token_ttl above 0"}, status=400)
+        register = body.get("register")
+        if register is not None and register not in self.by_name:
+            return web.json_response({"error": f"no such server {register!r}"}, status=400)
+        if register is not None:
+            self.unregistered.discard(self.by_name[register].host_id)
         self.reupload, self.page_size, self.token_ttl = reupload, page_size, token_ttl
-        self.state.put(reupload=self.reupload, page_size=self.page_size, token_ttl=self.token_ttl)
+        self.state.put(reupload=self.reupload, page_size=self.page_size, token_ttl=self.token_ttl,
+                       unregistered=json.dumps(sorted(self.unregistered)))
         return await self.c_status(request)
 
     async def c_activity(self, request: web.Request) -> web.Response:
@@ -380,6 +430,7 @@ class Lab:
         bo = web.Application(middlewares=[self._faulty], client_max_size=256 * 1024 * 1024)
         for prefix, tag in (("", ""), (SAME_PREFIX, "r:")):  # SAME_PREFIX: where redirect_same leads, same routes
             lls.router.add_get(f"{prefix}{API}/health", self.health, name=f"{tag}health")
+            lls.router.add_get(f"{prefix}{API}/hostids", self.hostids, name=f"{tag}hostids")
             lls.router.add_post(f"{prefix}{API}/instances/~/authorize", self.authorize, name=f"{tag}authorize")
             lls.router.add_post(f"{prefix}{API}/sync_message/offline", self.generate, name=f"{tag}generate")
             lls.router.add_post(f"{prefix}{API}/sync_ack/offline", self.ack, name=f"{tag}ack")

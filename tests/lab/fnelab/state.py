@@ -197,9 +197,19 @@ class State:
         return ack.last_sync_time, True, purged
 
     # --- back office ------------------------------------------------------------------------------------
-    def upload(self, msg: Message, raw: bytes, reupload: str, now: int | None = None) -> Ack:
-        """Accept one message (store its records once) or raise Mismatch."""
+    def upload(self, msg: Message, raw: bytes, reupload: str, now: int | None = None,
+               mismatch_in_ack: bool = False) -> Ack:
+        """Accept one message (store its records once) or raise Mismatch; `mismatch_in_ack` (the
+        mismatch-at-process variant): answer the mismatch with an acknowledgment of what is stored instead."""
         now = int(time.time()) if now is None else now
+        try:
+            return self._upload(msg, raw, reupload, now)
+        except Mismatch as exc:
+            if not mismatch_in_ack:
+                raise
+            return Ack(msg.host_id, exc.expected, now, (exc.expected, exc.got))
+
+    def _upload(self, msg: Message, raw: bytes, reupload: str, now: int) -> Ack:
         sha = hashlib.sha256(raw).hexdigest()
         with self.tx():
             row = self.db.execute("SELECT last_sync_time FROM bo_hosts WHERE host_id=?", (msg.host_id,)).fetchone()

@@ -19,11 +19,26 @@ class Variant:
     settings: dict = field(default_factory=dict)  # license_servers group variables a user would have to set
 
 
+# A license server whose file names are in its local time (a fixed offset here, so that the lab stays
+# deterministic): names behind UTC are the dangerous direction (read as UTC, they look older than they are).
+LOCAL_OFFSET = "-05:00"
+
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # The vendor's tools: their exit codes are unknown, and a 2022.09 Linux install names them without `.sh`.
     # The collection must judge by the documented console lines and find either name: nothing to configure.
     Variant("exit-zero-tools", "the vendor tools exit 0 after printing an error (as Java tools often do)"),
     Variant("tools-without-sh", "the vendor tools are installed as serverofflinesynctool, without .sh"),
+    Variant("health-wrapped", "GET /api/1.0/health wraps its answer in \"LLS\" (security: \"enabled\"), host ids at "
+            "GET /api/1.0/hostids, as a public LLS 2021.05 sample shows"),
+    Variant("error-objects", "every error answer is {key, message, arguments}, the mismatch too (its text in message)"),
+    Variant("no-disposition", "a sync message comes without Content-Disposition and without a record-count header"),
+    Variant("empty-200", "\"nothing new\" is an empty 200 (not 204); sync_ack answers an empty 200 (no lastSyncTime)"),
+    Variant("mismatch-at-process", "the back office acknowledges an out-of-order message without storing it; the "
+            "license server reports the mismatch when it processes that acknowledgment"),
+    Variant("local-time-names", f"sync file names carry the license server's local time (UTC{LOCAL_OFFSET})",
+            {"fne_lls_time_zone": LOCAL_OFFSET}),
+    Variant("unregistered-device", "the back office refuses lls001 (400, \"not registered\") until "
+            "`fnelab config --register lls001`"),
 )}
 
 

@@ -35,9 +35,9 @@ def parse_iso(text: str) -> int:
     return int(datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
 
 
-def file_name(ts: int) -> str:
-    """The documented sync file name: yyyyMMddTHHmmss.fnesync."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y%m%dT%H%M%S") + ".fnesync"
+def file_name(ts: int, offset: int = 0) -> str:
+    """The documented sync file name: yyyyMMddTHHmmss.fnesync (UTC, or `offset` seconds from it)."""
+    return datetime.fromtimestamp(ts + offset, UTC).strftime("%Y%m%dT%H%M%S") + ".fnesync"
 
 
 def parse_file_name(name: str) -> int | None:
@@ -61,9 +61,11 @@ def vendor_time(ts: int) -> str:
     return f"{_MONTHS[d.month - 1]} {d.day}, {d.year} {hour}:{d.minute:02d}:{d.second:02d} {half}"
 
 
-def mismatch_body(expected: int, got: int) -> dict[str, str]:
-    return {"Mismatched or out of order time stamp in sync message":
-            f"Expected sync time {vendor_time(expected)}, got {vendor_time(got)}"}
+MISMATCH_TITLE = "Mismatched or out of order time stamp in sync message"
+
+
+def mismatch_text(expected: int, got: int) -> str:
+    return f"Expected sync time {vendor_time(expected)}, got {vendor_time(got)}"
 
 
 # --- framing -------------------------------------------------------------------------------------------
@@ -140,12 +142,16 @@ class Ack:
     target_id: str
     last_sync_time: int
     message_time: int
+    mismatch: tuple[int, int] | None = None  # the mismatch-at-process variant: (expected, got), not stored
 
     def lines(self) -> list[str]:
         # Exactly the documented fields, including the vendor's spelling "MessageTIme".
-        return ['MessageType="Server sync acknowledgment"', f"MessageTIme={iso(self.message_time)}",
-                f"LastSyncTime={iso(self.last_sync_time)}", "SourceIDType=String", "SourceID=BACK_OFFICE",
-                "SourceIds=BACK_OFFICE", f"TargetID={self.target_id}", "TargetIDType=Ethernet"]
+        lines = ['MessageType="Server sync acknowledgment"', f"MessageTIme={iso(self.message_time)}",
+                 f"LastSyncTime={iso(self.last_sync_time)}", "SourceIDType=String", "SourceID=BACK_OFFICE",
+                 "SourceIds=BACK_OFFICE", f"TargetID={self.target_id}", "TargetIDType=Ethernet"]
+        if self.mismatch:
+            lines += [f"MismatchExpected={iso(self.mismatch[0])}", f"MismatchGot={iso(self.mismatch[1])}"]
+        return lines
 
     def encode(self) -> bytes:
         return _seal(ACK_MAGIC, "\n".join(self.lines()).encode())
@@ -157,7 +163,10 @@ class Ack:
         try:
             if fields.get("MessageType") != '"Server sync acknowledgment"':
                 raise WireError("not a sync acknowledgment")
-            return cls(fields["TargetID"], parse_iso(fields["LastSyncTime"]), parse_iso(fields["MessageTIme"]))
+            mismatch = ((parse_iso(fields["MismatchExpected"]), parse_iso(fields["MismatchGot"]))
+                        if "MismatchExpected" in fields else None)
+            return cls(fields["TargetID"], parse_iso(fields["LastSyncTime"]), parse_iso(fields["MessageTIme"]),
+                       mismatch)
         except (KeyError, ValueError) as exc:
             raise WireError(f"malformed sync acknowledgment: {exc}") from None
 

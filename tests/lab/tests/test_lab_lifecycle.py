@@ -10,7 +10,9 @@ import threading
 import time
 
 import requests
+import yaml
 from fnelab.cli import alive
+from fnelab.variants import VARIANTS
 from labhelp import Api, backoffice_tool, server_tool, upload
 
 
@@ -295,3 +297,22 @@ def test_backoffice_ack_offers_the_latest_acknowledgment_of_a_server(lab_factory
     web, tool = (lab.cli("decode", str(path)).stdout for path in (out, work / "tool.ack"))
     assert [line for line in web.splitlines() if "LastSyncTime" in line or "TargetID=" in line] == \
         [line for line in tool.splitlines() if "LastSyncTime" in line or "TargetID=" in line]
+
+
+def test_variants_are_listed_chosen_once_and_write_only_what_a_user_sets(lab_factory, tmp_path):
+    lab = lab_factory(2, "--variant", "local-time-names", "--variant", "unregistered-device")
+    text = lab.cli("variants").stdout
+    assert all(name in text for name in VARIANTS)
+    bad = lab.cli("up", "--servers", "1", "--dir", str(tmp_path / "x"), "--variant", "nonesuch", check=False)
+    assert bad.returncode == 2 and "unknown variant nonesuch" in bad.stderr
+    group = yaml.safe_load(lab.inventory.read_text())["all"]["children"]["license_servers"]["vars"]
+    assert group["fne_lls_time_zone"] == "-05:00"  # undetectable; the unregistered server needs nothing
+    assert set(group) == {"fne_backoffice_url", "fne_backoffice_ca_path", "fne_lls_time_zone"}
+    assert lab.info["variants"] == ["local-time-names", "unregistered-device"]
+    lab.down()
+    again = lab.cli("up", "--dir", str(lab.dir), "--variant", "empty-200", check=False)
+    assert again.returncode == 2 and "chosen when a lab is created" in again.stderr
+    lab.up(2)
+    refused = lab.cli("config", "--dir", str(lab.dir), "--register", "lls009", check=False)
+    assert refused.returncode != 0 and "no such server" in refused.stdout + refused.stderr
+    lab.config("--register", "lls001")
