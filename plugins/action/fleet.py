@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import Any, Dict, List, Optional
 
 import yaml
@@ -115,16 +116,25 @@ class ActionModule(ActionBase):
         results.append({"hosts": {name: {"failed": True, "msg": msg} for name, msg in invalid.items()}})
         write = args["write_report"] and not check_mode
         report = report_mod.build_report(store, [c.name for c in configs] + list(invalid), topologies, results,
-                                         args["stale_days"], failed_hosts=args["failed_hosts"], update_cache=write)
+                                         args["stale_days"], failed_hosts=args["failed_hosts"], update_cache=write,
+                                         secrets={c.name: c.secrets for c in configs})
         paths: Dict[str, str] = {}
-        summary = report_mod.summary_lines(report)
+        problem = None
         if write:
             try:
                 paths = report_mod.write_report(report)
             except OSError as exc:  # the per-host results above still stand
-                summary.append(f"the report files could not be written to {store}: {exc.strerror or exc}")
-                display.warning(summary[-1])
-        return {"report": report, "paths": paths, "hosts": report.pop("hosts"), "summary": summary}
+                problem = f"the report files could not be written to {store}: {exc.strerror or exc}"
+                display.warning(problem)
+        summary = report_mod.summary_lines(report, paths.get("html"))
+        if problem:
+            summary.insert(-1, problem)
+        hosts = report.pop("hosts")
+        # fne_sync_summary: printed after the play recap by the collection's summary callback
+        callback = sys.modules.get("ansible_collections.fne.offline_sync.plugins.callback.summary")
+        return {"report": report, "run_report": report_mod.run_view(report), "paths": paths, "hosts": hosts,
+                "summary": summary, "fne_sync_summary": summary,
+                "summary_after_recap": bool(getattr(callback, "ACTIVE", False))}
 
 
 def _setting_warnings(store: str, configs: List[fleet.ServerConfig], step: str) -> List[str]:

@@ -83,7 +83,10 @@ options:
     elements: dict
     default: []
   forced:
-    description: For C(admit), the files come from a forced download.
+    description:
+      - For C(admit), the files come from a forced download.
+      - For C(mark_force), the forced download was requested (C(fne.offline_sync.force_resync)): the ledger records
+        C(recovery_started), not the C(lost_response) of a lost answer.
     type: bool
     default: false
   last_sync_time:
@@ -173,11 +176,28 @@ failed_hosts:
   type: list
   elements: str
 report:
-  description: For I(step=report), the fleet summary (also written to C(STORE/report.json)).
+  description:
+    - For I(step=report), the fleet report (also written to C(STORE/report.json)) covering the whole fleet: every
+      server of this run and every server folder of the store, most urgent first, each with its C(status),
+      C(reasons), C(history) and this C(run)'s figures (C(null) for a server not in this run).
+  returned: when I(step=report)
+  type: dict
+run_report:
+  description: For I(step=report), the report restricted to this run's servers (what C(set_stats) publishes).
   returned: when I(step=report)
   type: dict
 paths:
   description: For I(step=report), the report files written (empty in check mode).
   returned: when I(step=report)
   type: dict
+summary:
+  description: For I(step=report), the short problems-first summary (at most about 20 lines) and the report path.
+  returned: when I(step=report)
+  type: list
+  elements: str
+summary_after_recap:
+  description: For I(step=report), whether the C(fne.offline_sync.summary) callback prints the summary after the
+    play recap (else the role prints it in a task).
+  returned: when I(step=report)
+  type: bool
 """

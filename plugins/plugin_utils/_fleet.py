@@ -542,7 +542,8 @@ class RemoteStoreWork(ServerWork):
 
     def mark_force(self) -> None:
         if not self.opts.check_mode:
-            self.store.log("lost_response", detail=self.opts.reason)
+            # a lost answer on the host is a fault; a requested resynchronization (forced) is no error
+            self.store.log("recovery_started" if self.opts.forced else "lost_response", detail=self.opts.reason)
             self.store.set_needs_force(self.opts.reason or "forced download requested")
 
     def supersede(self) -> None:

@@ -35,7 +35,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._folder import sa
 
 ACK_SUFFIX = ".ack"
 EVENTS = ("generated", "fetched", "uploaded", "acknowledged", "processed", "purged", "mismatch", "lost_response",
-          "recovery_started", "recovered", "superseded", "quarantined", "released", "error")
+          "recovery_started", "recovered", "superseded", "quarantined", "released", "error", "run")
 
 
 class StoreError(Exception):
@@ -160,9 +160,10 @@ class ServerStore:
         return entries
 
     # ---- changes ------------------------------------------------------------------------------------------
-    def log(self, event: str, **fields: Any) -> dict:
+    def log(self, event: str, durable: bool = True, **fields: Any) -> dict:
         """Append one event to the ledger (fsynced: it is the audit trail). A line torn by a crash is ended first,
-        so it never swallows this one; a ledger that cannot be written fails the step (StoreError), never silently."""
+        so it never swallows this one; a ledger that cannot be written fails the step (StoreError), never silently.
+        ``durable=False`` skips the fsync: for the report's ``run`` line, written for every server of a run."""
         entry = {"time": utcnow(), "event": event}
         entry.update({k: scrub(v, self.secrets) if isinstance(v, str) else v for k, v in fields.items()
                       if v is not None})
@@ -176,7 +177,8 @@ class ServerStore:
                 written = os.write(fd, line)
                 if written != len(line):
                     raise OSError(errno.ENOSPC, "short write")
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
