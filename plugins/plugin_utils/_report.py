@@ -72,22 +72,23 @@ def _fresh() -> dict:
             "recoveries": 0, "errors": 0, "last_error": None, "last_error_time": None, "history": []}
 
 
-def _ledger_state(store: ServerStore, update_cache: bool) -> dict:
-    """The ledger folded into figures. ``.summary.json`` remembers them and how far the ledger was read, so a
-    report reads only the new lines; written only with ``update_cache`` (never in check mode or by status)."""
-    cache_path = os.path.join(store.dir, ".summary.json")
-    state = _fresh()
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        with open(cache_path, encoding="utf-8") as handle:
-            cached = json.load(handle)
-        if set(state) <= set(cached):
-            state = cached
+def _ledger_state(store: ServerStore, state: Optional[dict] = None) -> dict:
+    """The ledger folded into figures, from ``state`` (what was read so far) or ``.summary.json`` (which remembers
+    the figures and how far the ledger was read, so a report reads only the new lines)."""
+    if state is None:
+        state = _fresh()
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            with open(os.path.join(store.dir, ".summary.json"), encoding="utf-8") as handle:
+                cached = json.load(handle)
+            if set(state) <= set(cached):
+                state = cached
+        state["_read_from"] = state["offset"]
     try:
         size = os.path.getsize(store.ledger_path)
     except OSError:
         size = 0
     if size < state["offset"]:  # a replaced ledger: read it again from the start
-        state = _fresh()
+        state = dict(_fresh(), _read_from=-1)
     start = state["offset"]
     if size > start:
         with open(store.ledger_path, "rb") as handle:
@@ -98,17 +99,26 @@ def _ledger_state(store: ServerStore, update_cache: bool) -> dict:
             with contextlib.suppress(ValueError):
                 _fold(state, json.loads(line))
         state["offset"] = start + end
-    if update_cache and store.exists() and state["offset"] != start:
-        with contextlib.suppress(OSError):  # only a cache: the next report reads the ledger again
-            write_atomic(cache_path, [json.dumps(state, sort_keys=True).encode("utf-8")])
     return state
+
+
+def _save_state(store: ServerStore, state: dict) -> None:
+    """Remember the figures (a real run only: never in check mode or by status). Only a cache, rebuilt from the
+    ledger when lost: replaced without an fsync."""
+    if store.exists() and state["offset"] != state.get("_read_from"):
+        with contextlib.suppress(OSError):
+            _write_view(os.path.join(store.dir, ".summary.json"),
+                        json.dumps({k: v for k, v in state.items() if k != "_read_from"}, sort_keys=True))
 
 
 def summarize(store: ServerStore, now: Optional[_dt.datetime] = None, update_cache: bool = False,
               state: Optional[dict] = None) -> dict:
     """Per-server figures for the report, from the ledger and the folders."""
     now = now or _dt.datetime.now(_dt.timezone.utc)
-    state = state or _ledger_state(store, update_cache)
+    if state is None:
+        state = _ledger_state(store)
+        if update_cache:
+            _save_state(store, state)
     out = {name: state[name] for name in _SUMMARY_FIELDS}
     out.update(age_days=_age(state["last_sync"], now), outbox=len(store.outbox_files()),
                pending_acks=len(store.pending_acks()), needs_force=store.needs_force(),
@@ -222,7 +232,9 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
         state: Dict[str, Any] = {"records_by_file": {}}
         try:
             store = ServerStore(store_root, name, (secrets or {}).get(name, ()))
-            state = _ledger_state(store, update_cache and name not in in_run)
+            state = _ledger_state(store)
+            if update_cache and name not in in_run:
+                _save_state(store, state)
             info = summarize(store, now, state=state)
         except (StoreError, OSError) as exc:  # one unreadable store must not hide the others
             info = dict(UNKNOWN, last_error=getattr(exc, "msg", None) or str(exc), last_error_time=None)
@@ -234,7 +246,7 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
                 entries.append({"failed": True, "msg": f"{name}: failed earlier in this run (see its tasks above)"})
             run = _run_figures(entries, state["records_by_file"])
             if update_cache and store is not None:
-                info = _log_run(store, run, run_id, now) or info
+                info = _log_run(store, state, run, run_id, now) or info
         info.update(name=name, topology=topologies.get(name, "api" if name in in_run else "unknown"), run=run)
         info["stale"] = info["age_days"] is None or info["age_days"] > stale_days
         info["reasons"] = reasons_of(info)
@@ -255,15 +267,20 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
     }
 
 
-def _log_run(store: ServerStore, run: Dict[str, Any], run_id: str, now: _dt.datetime) -> Optional[dict]:
+def _log_run(store: ServerStore, state: dict, run: Dict[str, Any], run_id: str,
+             now: _dt.datetime) -> Optional[dict]:
     """One ``run`` line in this server's ledger (the history's source), then its figures with that line."""
     try:
-        store.ensure()
-        store.log("run", durable=False, run=run_id, records=run["records"], files=run["files_uploaded"],
+        if not os.path.isdir(store.dir):
+            store.ensure()
+        store.log("run", durable=False, time=now.strftime("%Y-%m-%dT%H:%M:%SZ"), run=run_id, records=run["records"],
+                  files=run["files_uploaded"],
                   failed=run["failed"], detail="; ".join(_without_host(store.name, m) for m in run["errors"]) or None)
     except StoreError:  # the history misses this run; the report and the results still stand
         return None
-    return summarize(store, now, state=_ledger_state(store, True))
+    state = _ledger_state(store, state)
+    _save_state(store, state)
+    return summarize(store, now, state=state)
 
 
 def _host_msg(name: str, info: Dict[str, Any], entries: List[Dict[str, Any]]) -> str:
@@ -303,7 +320,8 @@ def summary_lines(report: Dict[str, Any], path: Optional[str] = None) -> List[st
     ]
     problems = [s for s in report["servers"].values() if s["reasons"]]  # already most urgent first
     for server in problems[:SUMMARY_PROBLEMS]:
-        lines.append(_one_line(f"{server['status'].upper()} {server['name']}: {'; '.join(server['reasons'])}"))
+        reasons = "; ".join(server["reasons"]).removeprefix("failed this run: ")
+        lines.append(_one_line(f"{server['status'].upper()} {server['name']}: {reasons}"))
     if len(problems) > SUMMARY_PROBLEMS:
         rest = problems[SUMMARY_PROBLEMS:]
         counts = ", ".join(f"{sum(1 for s in rest if s['status'] == st)} {st}" for st in STATUSES
