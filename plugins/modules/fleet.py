@@ -85,8 +85,8 @@ options:
   forced:
     description:
       - For C(admit), the files come from a forced download.
-      - For C(mark_force), the forced download was requested (C(fne.offline_sync.force_resync)): the ledger records
-        C(recovery_started), not the C(lost_response) of a lost answer.
+      - For C(mark_force), the forced download was requested (by C(fne.offline_sync.force_resync)), so the ledger
+        records C(recovery_started), not the C(lost_response) of a lost answer.
     type: bool
     default: false
   last_sync_time:
@@ -177,9 +177,9 @@ failed_hosts:
   elements: str
 report:
   description:
-    - For I(step=report), the fleet report (also written to C(STORE/report.json)) covering the whole fleet: every
+    - For I(step=report), the fleet report (also written to C(STORE/report.json)) covering the whole fleet, every
       server of this run and every server folder of the store, most urgent first, each with its C(status),
-      C(reasons), C(history) and this C(run)'s figures (C(null) for a server not in this run).
+      C(reasons), C(history) and this C(run)'s figures (C(null) for a server not in this run)
   returned: when I(step=report)
   type: dict
 run_report:
