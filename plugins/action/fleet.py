@@ -115,9 +115,18 @@ class ActionModule(ActionBase):
         results += [task_vars[n] for n in args["result_vars"] if isinstance(task_vars.get(n), dict)]
         results.append({"hosts": {name: {"failed": True, "msg": msg} for name, msg in invalid.items()}})
         write = args["write_report"] and not check_mode
+        live = {}
+        if args["live_var"]:  # the status playbook's server_info answers, one registered result per host
+            hostvars = task_vars.get("hostvars") or {}
+            for cfg in configs:
+                answer = hostvars[cfg.name].get(args["live_var"]) if cfg.name in hostvars else None
+                if isinstance(answer, dict) and "reachable" in answer:
+                    live[cfg.name] = {k: answer.get(k) for k in ("reachable", "version", "status", "error",
+                                                                 "authorized", "pending")}
         report = report_mod.build_report(store, [c.name for c in configs] + list(invalid), topologies, results,
                                          args["stale_days"], failed_hosts=args["failed_hosts"], update_cache=write,
-                                         secrets={c.name: c.secrets for c in configs})
+                                         secrets={c.name: c.secrets for c in configs}, last_run=args["last_run"],
+                                         live=live)
         paths: Dict[str, str] = {}
         problem = None
         if write:

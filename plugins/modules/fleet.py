@@ -124,6 +124,17 @@ options:
     description: For C(report), servers without a successful sync for longer than this stand out.
     type: float
     default: 7
+  last_run:
+    description:
+      - For C(report), the status playbook's view, which runs no step - each server's last recorded run (its outcome,
+        and its error and time when it failed) stands for this run; nothing is written.
+    type: bool
+    default: false
+  live_var:
+    description:
+      - For C(report), the name of a per-host registered C(fne.offline_sync.server_info) result to add to each
+        server's entry (the status playbook with C(fne_sync_live=true)).
+    type: str
   write_report:
     description: For C(report), write C(report.json) and C(report.html) into the store (never in check mode).
     type: bool

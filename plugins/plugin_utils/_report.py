@@ -168,7 +168,10 @@ def reasons_of(server: Dict[str, Any]) -> List[str]:
     out = []
     run = server.get("run")
     if run and run["failed"]:
-        out.append("failed this run: " + " | ".join(_without_host(server["name"], m) for m in run["errors"]))
+        when = f"last run ({run['time']})" if run.get("time") else "this run"
+        out.append(f"failed {when}: " + " | ".join(_without_host(server["name"], m) for m in run["errors"]))
+    if server.get("live") and not server["live"].get("reachable"):
+        out.append(_live_text(server["live"]))
     if server["needs_force"]:
         out.append(f"awaiting recovery: {server['needs_force']}")
     if server["quarantined"]:
@@ -219,9 +222,12 @@ def _order(servers: Dict[str, Dict[str, Any]]) -> List[str]:
 def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], results: List[Dict[str, Any]],
                  stale_days: float, now: Optional[_dt.datetime] = None,
                  failed_hosts: Optional[List[str]] = None, update_cache: bool = False,
-                 secrets: Optional[Dict[str, List[str]]] = None) -> Dict[str, Any]:
+                 secrets: Optional[Dict[str, List[str]]] = None, last_run: bool = False,
+                 live: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
     """The fleet report from every server's store and this run's step results. With ``update_cache`` (a real
-    run) each server of ``hosts`` gets its ``run`` line in the ledger; nothing else in the store changes."""
+    run) each server of ``hosts`` gets its ``run`` line in the ledger; nothing else in the store changes.
+    ``last_run`` (the status playbook, which runs no step): each server's last recorded run stands for "this run";
+    ``live``: what each server answered to server_info just now."""
     now = now or _dt.datetime.now(_dt.timezone.utc)
     run_id = now.strftime("%Y%m%dT%H%M%SZ")
     servers: Dict[str, Dict[str, Any]] = {}
@@ -244,15 +250,19 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
         if name in in_run:
             if name in (failed_hosts or []) and not any(e.get("failed") for e in entries):
                 entries.append({"failed": True, "msg": f"{name}: failed earlier in this run (see its tasks above)"})
-            run = _run_figures(entries, state["records_by_file"])
-            if update_cache and store is not None:
+            run = _last_run(info) if last_run else _run_figures(entries, state["records_by_file"])
+            if update_cache and store is not None and not last_run:
                 info = _log_run(store, state, run, run_id, now) or info
         info.update(name=name, topology=topologies.get(name, "api" if name in in_run else "unknown"), run=run)
         info["stale"] = info["age_days"] is None or info["age_days"] > stale_days
         info["reasons"] = reasons_of(info)
         info["status"] = status_of(info)
+        if live and name in live:
+            info["live"] = live[name]
         servers[name] = info
-        if run is not None:
+        if last_run and name in in_run:
+            host_results[name] = {"changed": False, "failed": False, "msg": _status_msg(name, info)}
+        elif run is not None:
             host_results[name] = {"changed": run["changed"], "failed": run["failed"],
                                   "msg": _host_msg(name, info, entries)}
     servers = {name: servers[name] for name in _order(servers)}
@@ -261,6 +271,7 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
         "run": run_id,
         "store": os.path.abspath(os.path.expanduser(store_root)),
         "stale_days": stale_days,
+        "last_run": last_run,
         "totals": _totals(servers.values()),
         "servers": servers,
         "hosts": host_results,
@@ -281,6 +292,52 @@ def _log_run(store: ServerStore, state: dict, run: Dict[str, Any], run_id: str,
     state = _ledger_state(store, state)
     _save_state(store, state)
     return summarize(store, now, state=state)
+
+
+def _last_run(info: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """A server's last recorded run in the shape of this run's figures (None: no run recorded yet)."""
+    if not info["history"]:
+        return None
+    last = info["history"][-1]
+    return {"records": last["records"], "files_uploaded": last["files"], "files_downloaded": None,
+            "acks_processed": None, "recovered": False, "changed": False, "failed": last["failed"],
+            "errors": [last["error"] or "failed"] if last["failed"] else [], "time": last["time"]}
+
+
+def _status_msg(name: str, info: Dict[str, Any]) -> str:
+    """The status playbook's line: the last run's outcome, what waits in the store, the sync age, the live answer."""
+    run = info["run"]
+    if run is None:
+        parts = ["no run recorded yet"]
+    elif run["failed"]:
+        parts = [f"last run {run['time']} FAILED: {'; '.join(run['errors'])}"]
+    else:
+        parts = [f"last run {run['time']} ok ({run['records']} record(s) in {run['files_uploaded']} file(s) "
+                 "accepted)"]
+    parts.append("never synchronized" if info["age_days"] is None else
+                 f"last sync {info['last_sync']} ({info['age_days']:.2f} days ago)")
+    waiting = [f"{count} {what}" for count, what in ((info["outbox"], "file(s) in the outbox"),
+                                                      (info["pending_acks"], "acknowledgment(s) pending"),
+                                                      (info["quarantined"], "file(s) quarantined")) if count]
+    parts.append(", ".join(waiting) + " in the store" if waiting else "nothing waits in the store")
+    if info["needs_force"]:
+        parts.append(f"recovery pending: {info['needs_force']}")
+    if info["stale"]:
+        parts.append("STALE")
+    if info.get("live"):
+        parts.append(_live_text(info["live"]))
+    return f"{name}: " + "; ".join(parts)
+
+
+def _live_text(answer: Dict[str, Any]) -> str:
+    if not answer.get("reachable"):
+        return f"live: UNREACHABLE ({answer.get('error') or 'no answer'})"
+    text = f"live: reachable, version {answer.get('version') or '?'}, status {answer.get('status') or '?'}"
+    if answer.get("authorized") is False:
+        text += f", credentials refused ({answer.get('error')})"
+    if answer.get("pending"):
+        text += f", {len(answer['pending'])} sync file(s) waiting on the host"
+    return text
 
 
 def _host_msg(name: str, info: Dict[str, Any], entries: List[Dict[str, Any]]) -> str:
@@ -313,14 +370,15 @@ def summary_lines(report: Dict[str, Any], path: Optional[str] = None) -> List[st
         f"fleet: {t['servers']} server(s), {t['ok']} ok, {t['failed']} failed, {t['changed']} changed, "
         f"{t['stale']} stale (> {report['stale_days']} days), {t['needs_force']} awaiting recovery"
         + (f", {t['quarantined']} file(s) quarantined" if t["quarantined"] else "")
-        + (f"; {t['in_run']} in this run" if t["in_run"] != t["servers"] else ""),
-        f"this run: {t['records_this_run']} record(s) in {t['files_uploaded_this_run']} file(s) accepted by the "
+        + (f"; {t['in_run']} in this run" if t["in_run"] != t["servers"] and not report.get("last_run") else ""),
+        f"{'last runs' if report.get('last_run') else 'this run'}: {t['records_this_run']} record(s) in "
+        f"{t['files_uploaded_this_run']} file(s) accepted by the "
         f"back office, {t['recoveries_this_run']} recovery(ies); all time: {t['records_total']} record(s), "
         f"{t['files_total']} file(s)",
     ]
     problems = [s for s in report["servers"].values() if s["reasons"]]  # already most urgent first
     for server in problems[:SUMMARY_PROBLEMS]:
-        reasons = "; ".join(server["reasons"]).removeprefix("failed this run: ")
+        reasons = "; ".join(server["reasons"]).removeprefix("failed this run: ")  # FAILED says it
         lines.append(_one_line(f"{server['status'].upper()} {server['name']}: {reasons}"))
     if len(problems) > SUMMARY_PROBLEMS:
         rest = problems[SUMMARY_PROBLEMS:]

@@ -10,7 +10,7 @@ import re
 import pytest
 from fnetest import ansible_env
 from report_support import screenshot, start_browser, synthetic_fleet
-from test_sync_support import hosts_of, playbook, sync
+from test_sync_support import hosts_of, lab_state, playbook, sync, tree_digest
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,16 @@ def test_report_after_real_runs(lab_factory, browser, tmp_path):
     assert tail[-1] == f"report: {store / 'report.html'}", tail
     assert "Could not match supplied host pattern" not in first.out
     check_page(browser, store / "report.html", {"lls003", "lls006"}, "report-8-servers.png", tmp_path)
+
+    # status right after the failure: the failure and its time, never "up to date"; live asks without changing
+    before, digest = lab_state(lab), tree_digest(store)
+    status = playbook("status", lab.inventory, store, "-e", "fne_sync_live=true")
+    assert re.search(r'"lls003: last run \S+Z FAILED: collect failed: Cannot reach the license server', status.out)
+    assert "lls003: up to date" not in status.out
+    assert re.search(r'"lls001: last run \S+Z ok \(10 record\(s\) in 1 file\(s\) accepted\); last sync \S+ '
+                     r'\([0-9.]+ days ago\); nothing waits in the store; live: reachable', status.out), status
+    assert re.search(r"lls006: .*live: UNREACHABLE \(Cannot reach the license server", status.out)
+    assert lab_state(lab) == before and tree_digest(store) == digest, "status changed something"
 
     lab.activity(4, "lls001")
     second = sync(lab, store, "--limit", "lls001,lls002")
