@@ -22,8 +22,8 @@ author:
   - fne.offline_sync developers (!UNKNOWN)
 """
 
-from ansible import constants as C
-from ansible.plugins.callback import CallbackBase
+from ansible import constants as C  # noqa: E402
+from ansible.plugins.callback import CallbackBase  # noqa: E402
 
 # True once loaded in this process: the report task (forked from it) then leaves the summary to this plugin
 ACTIVE = False

@@ -316,9 +316,9 @@ def _status_msg(name: str, info: Dict[str, Any]) -> str:
                  "accepted)"]
     parts.append("never synchronized" if info["age_days"] is None else
                  f"last sync {info['last_sync']} ({info['age_days']:.2f} days ago)")
-    waiting = [f"{count} {what}" for count, what in ((info["outbox"], "file(s) in the outbox"),
-                                                      (info["pending_acks"], "acknowledgment(s) pending"),
-                                                      (info["quarantined"], "file(s) quarantined")) if count]
+    counts = ((info["outbox"], "file(s) in the outbox"), (info["pending_acks"], "acknowledgment(s) pending"),
+              (info["quarantined"], "file(s) quarantined"))
+    waiting = [f"{count} {what}" for count, what in counts if count]
     parts.append(", ".join(waiting) + " in the store" if waiting else "nothing waits in the store")
     if info["needs_force"]:
         parts.append(f"recovery pending: {info['needs_force']}")
