@@ -70,7 +70,8 @@ class ActionModule(ActionBase):
         names: List[str] = args["hosts"]
         if names is None:
             names = list(task_vars.get("ansible_play_hosts") or [])
-        configs, invalid = self._configs(names, task_vars, args["topology"])
+        every, invalid = self._configs(names, task_vars, "all")
+        configs = [c for c in every if args["topology"] in ("all", c.topology)]
         problem = ("store must name a folder" if not str(args["store"]).strip() else
                    "workers must be at least 1" if args["workers"] < 1 else
                    "lock_timeout must be 0 or more" if args["lock_timeout"] < 0 else None)
@@ -80,6 +81,9 @@ class ActionModule(ActionBase):
         store = os.path.abspath(os.path.expanduser(args["store"]))
         for warning in _setting_warnings(store, configs, step):
             display.warning(warning)
+        problems = _preflight(store, every, args["preflight"])
+        if problems:
+            return dict(result, failed=True, msg="pre-flight: " + "; ".join(problems) + ". No server was touched.")
 
         if step == "report":
             result.update(changed=False, **self._report(args, task_vars, store, configs, invalid, check_mode))
@@ -162,6 +166,24 @@ def _setting_warnings(store: str, configs: List[fleet.ServerConfig], step: str) 
                             f"false) for {len(insecure)} server(s): {', '.join(insecure[:20])}"
                             f"{' ...' if len(insecure) > 20 else ''}; set ca_path to the private CA instead")
     return warnings
+
+
+def _preflight(store: str, configs: List[fleet.ServerConfig], checks: List[str]) -> List[str]:
+    """What would fail every server, found before any is touched (read-only: also in check mode)."""
+    problems = []
+    if "store" in checks:
+        existing = store
+        while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)  # the store is created on first use: its nearest parent counts
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+            problems.append(f"the store {store} cannot be written ({existing} is not a writable folder): set "
+                            "fne_sync_store to a folder this user can write")
+    if "backoffice" in checks:
+        missing = [c.name for c in configs if not c.backoffice["url"]]
+        if missing:
+            problems.append(f"no back office URL for {len(missing)} server(s) ({', '.join(missing[:5])}"
+                            f"{', ...' if len(missing) > 5 else ''}): set fne_backoffice_url (or FNE_BACKOFFICE_URL)")
+    return problems
 
 
 def _remote_files(files: List[dict], generated: List[Any]) -> List[dict]:

@@ -124,6 +124,15 @@ options:
     description: For C(report), servers without a successful sync for longer than this stand out.
     type: float
     default: 7
+  preflight:
+    description:
+      - Checks made before the step touches any server; when one fails the task fails, naming it, and no server
+        is touched. C(store), the store (or its nearest existing parent) is a folder this user can write;
+        C(backoffice), every server has a back office URL. Read-only, also in check mode.
+    type: list
+    elements: str
+    choices: [store, backoffice]
+    default: []
   last_run:
     description:
       - For C(report), the status playbook's view, which runs no step - each server's last recorded run (its outcome,

@@ -118,6 +118,37 @@ def server_config(name: str, host_vars: Mapping[str, Any]) -> ServerConfig:
     return cfg
 
 
+class BackOfficeBreaker:
+    """The one back office of a fleet step: after ``LIMIT`` uploads in a row could not reach it, the remaining
+    servers' uploads fail at once with one message instead of each retrying on its own (minutes on a large fleet).
+    Their files wait in the outbox; the next run sends them."""
+
+    LIMIT = 3
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.failures = 0
+        self.last: Optional[str] = None
+
+    def check(self) -> None:
+        with self._lock:
+            if self.failures >= self.LIMIT:
+                raise StoreError(f"upload not tried: the back office could not be reached by {self.LIMIT} uploads "
+                                 "in a row; every file waits in the outbox and the next run sends it (the last "
+                                 f"error: {self.last})")
+
+    def record(self, exc: Optional[BaseException]) -> None:
+        """The outcome of one upload: a connection failure counts, anything the back office answered resets."""
+        unreachable = (isinstance(exc, FneError) and not isinstance(exc, (LostResponseError, MismatchError))
+                       and exc.status is None and str(exc.msg).startswith("Cannot reach"))
+        with self._lock:
+            if unreachable:
+                self.failures += 1
+                self.last = _error_text(exc)
+            elif self.failures < self.LIMIT:
+                self.failures = 0
+
+
 @dataclass
 class Options:
     store: str
@@ -130,6 +161,7 @@ class Options:
     reason: Optional[str] = None
     ack: Optional[str] = None  # complete_ack: the acknowledgment that was processed (newer ones stay pending)
     last_sync_time: Optional[str] = None  # complete_ack: what the server answered when it processed it
+    breaker: BackOfficeBreaker = field(default_factory=BackOfficeBreaker)  # one per fleet step
 
 
 def _error_text(exc: BaseException) -> str:
@@ -295,8 +327,9 @@ class ServerWork:
         name = os.path.basename(path)
         sha = sha256_file(path)
         for attempt in (1, 2):
+            self.opts.breaker.check()
             try:
-                ack = self.backoffice.upload_file(path)
+                ack = self._upload_through_breaker(path)
             except MismatchError as exc:
                 if self._already_accepted(path, exc):
                     return
@@ -314,6 +347,15 @@ class ServerWork:
             self.uploaded.append(name)
             self.changed = True
             return
+
+    def _upload_through_breaker(self, path: str) -> bytes:
+        try:
+            ack = self.backoffice.upload_file(path)
+        except FneError as exc:
+            self.opts.breaker.record(exc)
+            raise
+        self.opts.breaker.record(None)
+        return ack
 
     def _set_aside_if_refused(self, path: str, exc: FneError) -> None:
         """A file or acknowledgment the other side refuses as invalid would block this server on every run: set it
@@ -409,6 +451,8 @@ class ServerWork:
     def upload(self) -> None:
         self.resume()
         reason = self.store.needs_force()
+        if (reason or self.store.outbox_files()) and not self.opts.check_mode:
+            self.opts.breaker.check()  # the back office is out of reach: not even a recovery's download
         if reason and self.opts.forced:
             # the remote topology's recovery upload: the outbox holds the forced download now
             self.upload_outbox()

@@ -377,13 +377,19 @@ def summary_lines(report: Dict[str, Any], path: Optional[str] = None) -> List[st
         f"{t['files_total']} file(s)",
     ]
     problems = [s for s in report["servers"].values() if s["reasons"]]  # already most urgent first
-    for server in problems[:SUMMARY_PROBLEMS]:
+    # servers with the very same problem (a back office out of reach, say) make one line, not hundreds
+    groups: Dict[Tuple[str, str], List[str]] = {}
+    for server in problems:
         reasons = "; ".join(server["reasons"]).removeprefix("failed this run: ")  # FAILED says it
-        lines.append(_one_line(f"{server['status'].upper()} {server['name']}: {reasons}"))
-    if len(problems) > SUMMARY_PROBLEMS:
-        rest = problems[SUMMARY_PROBLEMS:]
-        counts = ", ".join(f"{sum(1 for s in rest if s['status'] == st)} {st}" for st in STATUSES
-                           if any(s["status"] == st for s in rest))
+        groups.setdefault((server["status"], reasons), []).append(server["name"])
+    for (status, reasons), names in list(groups.items())[:SUMMARY_PROBLEMS]:
+        who = names[0] if len(names) == 1 else (f"{len(names)} servers ({', '.join(names[:3])}"
+                                                 f"{', ...' if len(names) > 3 else ''})")
+        lines.append(_one_line(f"{status.upper()} {who}: {reasons}"))
+    rest = [server for names in list(groups.values())[SUMMARY_PROBLEMS:] for server in names]
+    if rest:
+        counts = ", ".join(f"{sum(1 for n in rest if report['servers'][n]['status'] == st)} {st}" for st in STATUSES
+                           if any(report["servers"][n]["status"] == st for n in rest))
         lines.append(f"... and {len(rest)} more needing attention ({counts}): see the report")
     if not problems:
         lines.append("nothing needs attention")

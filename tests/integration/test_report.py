@@ -105,7 +105,7 @@ def test_report_after_real_runs(lab_factory, browser, tmp_path):
     assert lls003["last_error"].startswith("collect: Cannot reach") and lls003["last_error_time"]
     assert len(list((store / "reports").glob("*.html"))) == 2, "each run's own report is kept"
     assert [h["records"] for h in report["servers"]["lls001"]["history"]] == [10, 4]
-    assert "STALE lls003: never synchronized" in second.out
+    assert "STALE 2 servers (lls003, lls006): never synchronized" in second.out  # one line for the same problem
 
 
 def test_report_at_1000_servers(browser, tmp_path):
