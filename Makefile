@@ -19,11 +19,15 @@ $(VENV)/.installed: requirements-dev.txt tests/lab/pyproject.toml
 	ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/fne/offline_sync
 	touch $@
 
-# sshd for the remote-topology tests (real SSH to this machine). Needs root or an sshd already installed.
+# sshd for the remote-topology tests (real SSH to this machine), Chromium and its driver for the report's browser
+# test. Needs root or both already installed.
 system-deps:
 	@command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || { \
 	  [ "$$(id -u)" = 0 ] || { echo "install openssh-server (sshd) for the remote-topology tests" >&2; exit 1; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; }
+	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { \
+	  [ "$$(id -u)" = 0 ] || { echo "install chromium and chromium-driver for the report's browser test" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 test: venv system-deps
 	$(VENV)/bin/ruff check plugins tests benchmarks tools

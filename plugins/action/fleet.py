@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from typing import Any, Dict, List, Optional
 
 import yaml
@@ -19,6 +20,7 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.fne.offline_sync.plugins.modules import fleet as fleet_doc
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _fleet as fleet
+from ansible_collections.fne.offline_sync.plugins.plugin_utils import _metrics as metrics
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _report as report_mod
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import StoreError
 
@@ -64,6 +66,7 @@ class ActionModule(ActionBase):
     def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         task_vars = task_vars or {}
         result = super().run(tmp, task_vars)
+        result["started"] = time.time()  # the plan's is the run's start (the report's metrics give its duration)
         del tmp
         _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         step = args["step"]
@@ -139,6 +142,13 @@ class ActionModule(ActionBase):
             except OSError as exc:  # the per-host results above still stand
                 problem = f"the report files could not be written to {store}: {exc.strerror or exc}"
                 display.warning(problem)
+            if args["metrics_file"]:
+                duration = time.time() - args["run_started"] if args["run_started"] else None
+                try:
+                    paths["metrics"] = metrics.write(report, args["metrics_file"], duration)
+                except OSError as exc:
+                    problem = f"the metrics file {args['metrics_file']} could not be written: {exc.strerror or exc}"
+                    display.warning(problem)
         summary = report_mod.summary_lines(report, paths.get("html"))
         if problem:
             summary.insert(-1, problem)

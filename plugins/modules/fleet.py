@@ -133,6 +133,16 @@ options:
     elements: str
     choices: [store, backoffice]
     default: []
+  metrics_file:
+    description:
+      - For C(report) (when the report is written), write Prometheus metrics for node_exporter's textfile collector
+        to this file, atomically and readable by all (0644) - per server the last successful sync time, records and
+        files synchronized, failures, recovery pending, files waiting; per run its duration, records and files,
+        servers ok and failed.
+    type: path
+  run_started:
+    description: For C(report), when the run started (Unix time; the plan step's C(started)), for the run's duration.
+    type: float
   last_run:
     description:
       - For C(report), the status playbook's view, which runs no step - each server's last recorded run (its outcome,
@@ -210,6 +220,10 @@ paths:
   description: For I(step=report), the report files written (empty in check mode).
   returned: when I(step=report)
   type: dict
+started:
+  description: When this step started (Unix time); the plan's is the run's start.
+  returned: always
+  type: float
 summary:
   description: For I(step=report), the short problems-first summary (at most about 20 lines) and the report path.
   returned: when I(step=report)

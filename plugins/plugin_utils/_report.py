@@ -383,8 +383,8 @@ def summary_lines(report: Dict[str, Any], path: Optional[str] = None) -> List[st
         reasons = "; ".join(server["reasons"]).removeprefix("failed this run: ")  # FAILED says it
         groups.setdefault((server["status"], reasons), []).append(server["name"])
     for (status, reasons), names in list(groups.items())[:SUMMARY_PROBLEMS]:
-        who = names[0] if len(names) == 1 else (f"{len(names)} servers ({', '.join(names[:3])}"
-                                                 f"{', ...' if len(names) > 3 else ''})")
+        more = ", ..." if len(names) > 3 else ""
+        who = names[0] if len(names) == 1 else f"{len(names)} servers ({', '.join(names[:3])}{more})"
         lines.append(_one_line(f"{status.upper()} {who}: {reasons}"))
     rest = [server for names in list(groups.values())[SUMMARY_PROBLEMS:] for server in names]
     if rest:

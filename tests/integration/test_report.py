@@ -67,6 +67,26 @@ def check_page(driver, page, failed: set[str], shot: str, tmp_path) -> None:
     assert "failed" in driver.find_element("css selector", "table tbody tr").text
 
 
+def check_metrics(path, report: dict) -> None:
+    """Prometheus' own parser reads the file; it holds every server with the report's figures; 0644."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert path.stat().st_mode & 0o777 == 0o644
+    samples = {(s.name, s.labels.get("server") or s.labels.get("outcome")): s.value
+               for family in text_string_to_metric_families(path.read_text()) for s in family.samples}
+    for name, server in report["servers"].items():
+        assert samples[("fne_sync_records_synchronized_total", name)] == server["records_synchronized"]
+        assert samples[("fne_sync_files_synchronized_total", name)] == server["files_uploaded"]
+        assert samples[("fne_sync_last_run_failed", name)] == int(server["status"] == "failed")
+        assert samples[("fne_sync_recovery_pending", name)] == int(bool(server["needs_force"]))
+        assert (("fne_sync_last_success_timestamp_seconds", name) in samples) == bool(server["last_sync"])
+    t = report["totals"]
+    assert samples[("fne_sync_run_servers", "failed")] == t["failed"]
+    assert samples[("fne_sync_run_servers", "ok")] == t["ok"]
+    assert samples[("fne_sync_run_records", None)] == t["records_this_run"]
+    assert samples[("fne_sync_run_duration_seconds", None)] > 0
+
+
 def test_report_after_real_runs(lab_factory, browser, tmp_path):
     """8 servers, two down: the report puts them first with the reason; a --limit run keeps the whole fleet in
     the report (the earlier failure as the last error with its date, not as an error of this run)."""
@@ -93,6 +113,8 @@ def test_report_after_real_runs(lab_factory, browser, tmp_path):
                      r'\([0-9.]+ days ago\); nothing waits in the store; live: reachable', status.out), status
     assert re.search(r"lls006: .*live: UNREACHABLE \(Cannot reach the license server", status.out)
     assert lab_state(lab) == before and tree_digest(store) == digest, "status changed something"
+
+    check_metrics(store / "fne_sync.prom", json.loads((store / "report.json").read_text()))
 
     lab.activity(4, "lls001")
     second = sync(lab, store, "--limit", "lls001,lls002")
