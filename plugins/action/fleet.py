@@ -95,7 +95,8 @@ class ActionModule(ActionBase):
         opts = fleet.Options(store=store, check_mode=check_mode, auto_recover=args["auto_recover"],
                              lock_timeout=args["lock_timeout"], workers=args["workers"],
                              remote_files=_remote_files(args["files"], args["generated"]), forced=args["forced"],
-                             reason=args["reason"], ack=args["ack"], last_sync_time=args["last_sync_time"])
+                             reason=args["reason"], ack=args["ack"], last_sync_time=args["last_sync_time"],
+                             keep_days=args["keep_days"])
         results = fleet.run_fleet(step, configs, opts)
         for name, msg in invalid.items():
             results[name] = {"host": name, "step": step, "changed": False, "failed": True, "msg": msg}

@@ -124,6 +124,13 @@ options:
     description: For C(report), servers without a successful sync for longer than this stand out.
     type: float
     default: 7
+  keep_days:
+    description:
+      - For C(acknowledge), retention - remove from C(sent/) the sync files and acknowledgments more than this many
+        days old (by their sync time) and older than any acknowledgment still pending; what is not yet
+        acknowledged is never there. The ledger keeps their lines (the totals stay true). C(0) keeps every file.
+    type: float
+    default: 0
   preflight:
     description:
       - Checks made before the step touches any server; when one fails the task fails, naming it, and no server

@@ -162,6 +162,7 @@ class Options:
     ack: Optional[str] = None  # complete_ack: the acknowledgment that was processed (newer ones stay pending)
     last_sync_time: Optional[str] = None  # complete_ack: what the server answered when it processed it
     breaker: BackOfficeBreaker = field(default_factory=BackOfficeBreaker)  # one per fleet step
+    keep_days: float = 0  # acknowledge: prune sent/ files older than this (0: keep every file)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -484,6 +485,10 @@ class ServerWork:
     def acknowledge(self) -> None:
         self.resume()
         self.process_pending()
+        if self.opts.keep_days and not self.opts.check_mode:  # retention, once the cycle is done
+            pruned = self.store.prune_sent(self.opts.keep_days)
+            if pruned:
+                self.notes.append(f"retention: {len(pruned)} old file(s) removed from sent/")
 
     def recover_requested(self) -> None:
         self.recover(self.store.needs_force() or "forced resynchronization requested")
