@@ -4,10 +4,11 @@
 summary lines of the play output, and the report files.
 
 The report always covers the whole fleet: every server of this run and every server folder of the store (a
-``--limit`` run or an AWX slice does not shrink it). Each real run appends one ``run`` line per server it worked
-to that server's ledger (what the back office accepted this run, and the error if it failed); the history pages
-and charts are drawn from those lines. Files (all 0600): ``STORE/report.{json,html}`` (the latest run),
-``STORE/reports/<run>.{json,html}`` (each run's own, the newest ``KEEP_RUN_REPORTS`` kept) and
+``--limit`` run or an AWX slice does not shrink it). Each real run appends one ``run`` line to the ledger of each
+server it changed or failed (what the back office accepted this run, and the error if it failed; a run with
+nothing to do leaves the store as it was); the history pages and charts are drawn from those lines. Files (all
+0600): ``STORE/report.{json,html}`` (the latest run), ``STORE/reports/<run>.{json,html}`` (each run's own, the
+newest ``KEEP_RUN_REPORTS`` kept) and
 ``STORE/reports/servers/<host>.html`` (one server's history). The HTML is self-contained: inline CSS, SVG and a
 little JavaScript for sorting and filtering, nothing fetched."""
 
@@ -251,7 +252,8 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
             if name in (failed_hosts or []) and not any(e.get("failed") for e in entries):
                 entries.append({"failed": True, "msg": f"{name}: failed earlier in this run (see its tasks above)"})
             run = _last_run(info) if last_run else _run_figures(entries, state["records_by_file"])
-            if update_cache and store is not None and not last_run:
+            # a run that found nothing to do leaves the server's store as it was (no line)
+            if update_cache and store is not None and not last_run and (run["changed"] or run["failed"]):
                 info = _log_run(store, state, run, run_id, now) or info
         info.update(name=name, topology=topologies.get(name, "api" if name in in_run else "unknown"), run=run)
         info["stale"] = info["age_days"] is None or info["age_days"] > stale_days
