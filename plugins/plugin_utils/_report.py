@@ -362,7 +362,14 @@ def _host_msg(name: str, info: Dict[str, Any], entries: List[Dict[str, Any]]) ->
 def run_view(report: Dict[str, Any]) -> Dict[str, Any]:
     """The report restricted to this run's servers (what an AWX job hands to the next workflow node)."""
     servers = {n: s for n, s in report["servers"].items() if s["run"]}
-    return dict({k: v for k, v in report.items() if k != "hosts"}, servers=servers, totals=_totals(servers.values()))
+    return dict({k: v for k, v in report.items() if k != "hosts"}, servers=_without_history(servers),
+                totals=_totals(servers.values()))
+
+
+def _without_history(servers: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """The servers without their history (the ledger and the history pages hold it): JSON and set_stats stay
+    small on large fleets."""
+    return {n: {k: v for k, v in s.items() if k != "history"} for n, s in servers.items()}
 
 
 def summary_lines(report: Dict[str, Any], path: Optional[str] = None) -> List[str]:
@@ -638,7 +645,7 @@ def write_report(report: Dict[str, Any]) -> Dict[str, str]:
     pages = os.path.join(reports, "servers")
     for folder in (root, reports, pages):
         os.makedirs(folder, mode=0o700, exist_ok=True)
-    body = {k: v for k, v in report.items() if k != "hosts"}
+    body = dict({k: v for k, v in report.items() if k != "hosts"}, servers=_without_history(report["servers"]))
     data = (json.dumps(body, indent=1, sort_keys=True) + "\n").encode("utf-8")
     json_path = os.path.join(root, "report.json")
     html_path = os.path.join(root, "report.html")
