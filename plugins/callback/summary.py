@@ -42,7 +42,7 @@ class CallbackModule(CallbackBase):
         ACTIVE = True
         self._summary = None
 
-    def v2_runner_on_ok(self, result, **kwargs):
+    def v2_runner_on_ok(self, result):
         data = getattr(result, "result", None)
         if data is None:
             data = result._result  # ansible-core before 2.19
