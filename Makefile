@@ -20,8 +20,9 @@ $(VENV)/.installed: requirements-dev.txt tests/lab/pyproject.toml
 	-$(VENV)/bin/fnelab build-tools  # the stand-in vendor tools (Java); `fnelab up` builds them when this could not
 	touch $@
 
-# sshd for the remote-topology tests (real SSH to this machine); a headless JDK for the stand-in vendor tools (Java
-# programs, as the vendor's are). Needs root or both already installed.
+# sshd for the remote-topology tests (real SSH to this machine), a headless JDK for the stand-in vendor tools (Java
+# programs, as the vendor's are), Chromium and its driver for the report's browser test. Needs root or all three
+# already installed.
 system-deps:
 	@command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || { \
 	  [ "$$(id -u)" = 0 ] || { echo "install openssh-server (sshd) for the remote-topology tests" >&2; exit 1; }; \
@@ -29,6 +30,9 @@ system-deps:
 	@command -v javac >/dev/null || [ -n "$$JAVA_HOME" -a -x "$$JAVA_HOME/bin/javac" ] || { \
 	  [ "$$(id -u)" = 0 ] || { echo "install a JDK (default-jdk-headless) for the stand-in vendor tools" >&2; exit 1; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jdk-headless >/dev/null; }
+	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { \
+	  [ "$$(id -u)" = 0 ] || { echo "install chromium and chromium-driver for the report's browser test" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 test: system-deps venv
 	$(VENV)/bin/ruff check plugins tests benchmarks tools

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import time
 from typing import Any, Dict, List, Optional
 
 import yaml
@@ -18,6 +20,7 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 from ansible_collections.fne.offline_sync.plugins.modules import fleet as fleet_doc
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _fleet as fleet
+from ansible_collections.fne.offline_sync.plugins.plugin_utils import _metrics as metrics
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _report as report_mod
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import StoreError
 
@@ -63,13 +66,15 @@ class ActionModule(ActionBase):
     def run(self, tmp: Optional[str] = None, task_vars: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         task_vars = task_vars or {}
         result = super().run(tmp, task_vars)
+        result["started"] = time.time()  # the plan's is the run's start (the report's metrics give its duration)
         del tmp
         _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         step = args["step"]
         names: List[str] = args["hosts"]
         if names is None:
             names = list(task_vars.get("ansible_play_hosts") or [])
-        configs, invalid = self._configs(names, task_vars, args["topology"])
+        every, invalid = self._configs(names, task_vars, "all")
+        configs = [c for c in every if args["topology"] in ("all", c.topology)]
         problem = ("store must name a folder" if not str(args["store"]).strip() else
                    "workers must be at least 1" if args["workers"] < 1 else
                    "lock_timeout must be 0 or more" if args["lock_timeout"] < 0 else None)
@@ -79,6 +84,9 @@ class ActionModule(ActionBase):
         store = os.path.abspath(os.path.expanduser(args["store"]))
         for warning in _setting_warnings(store, configs, step):
             display.warning(warning)
+        problems = _preflight(store, every, args["preflight"])
+        if problems:
+            return dict(result, failed=True, msg="pre-flight: " + "; ".join(problems) + ". No server was touched.")
 
         if step == "report":
             result.update(changed=False, **self._report(args, task_vars, store, configs, invalid, check_mode))
@@ -87,7 +95,8 @@ class ActionModule(ActionBase):
         opts = fleet.Options(store=store, check_mode=check_mode, auto_recover=args["auto_recover"],
                              lock_timeout=args["lock_timeout"], workers=args["workers"],
                              remote_files=_remote_files(args["files"], args["generated"]), forced=args["forced"],
-                             reason=args["reason"], ack=args["ack"], last_sync_time=args["last_sync_time"])
+                             reason=args["reason"], ack=args["ack"], last_sync_time=args["last_sync_time"],
+                             keep_days=args["keep_days"])
         results = fleet.run_fleet(step, configs, opts)
         for name, msg in invalid.items():
             results[name] = {"host": name, "step": step, "changed": False, "failed": True, "msg": msg}
@@ -114,18 +123,42 @@ class ActionModule(ActionBase):
         results += [task_vars[n] for n in args["result_vars"] if isinstance(task_vars.get(n), dict)]
         results.append({"hosts": {name: {"failed": True, "msg": msg} for name, msg in invalid.items()}})
         write = args["write_report"] and not check_mode
+        live = {}
+        if args["live_var"]:  # the status playbook's server_info answers, one registered result per host
+            hostvars = task_vars.get("hostvars") or {}
+            for cfg in configs:
+                answer = hostvars[cfg.name].get(args["live_var"]) if cfg.name in hostvars else None
+                if isinstance(answer, dict) and "reachable" in answer:
+                    live[cfg.name] = {k: answer.get(k) for k in ("reachable", "version", "status", "error",
+                                                                 "authorized", "pending")}
         report = report_mod.build_report(store, [c.name for c in configs] + list(invalid), topologies, results,
                                          args["stale_days"], failed_hosts=args["failed_hosts"], update_cache=write,
-                                         backends={c.name: c.lls["backend"] for c in configs})
+                                         secrets={c.name: c.secrets for c in configs}, last_run=args["last_run"],
+                                         live=live, backends={c.name: c.lls["backend"] for c in configs})
         paths: Dict[str, str] = {}
-        summary = report_mod.summary_lines(report)
+        problem = None
         if write:
             try:
                 paths = report_mod.write_report(report)
             except OSError as exc:  # the per-host results above still stand
-                summary.append(f"the report files could not be written to {store}: {exc.strerror or exc}")
-                display.warning(summary[-1])
-        return {"report": report, "paths": paths, "hosts": report.pop("hosts"), "summary": summary}
+                problem = f"the report files could not be written to {store}: {exc.strerror or exc}"
+                display.warning(problem)
+            if args["metrics_file"]:
+                duration = time.time() - args["run_started"] if args["run_started"] else None
+                try:
+                    paths["metrics"] = metrics.write(report, args["metrics_file"], duration)
+                except OSError as exc:
+                    problem = f"the metrics file {args['metrics_file']} could not be written: {exc.strerror or exc}"
+                    display.warning(problem)
+        summary = report_mod.summary_lines(report, paths.get("html"))
+        if problem:
+            summary.insert(-1, problem)
+        hosts = report.pop("hosts")
+        # fne_sync_summary: printed after the play recap by the collection's summary callback
+        callback = sys.modules.get("ansible_collections.fne.offline_sync.plugins.callback.summary")
+        return {"report": report, "run_report": report_mod.run_view(report), "paths": paths, "hosts": hosts,
+                "summary": summary, "fne_sync_summary": summary,
+                "summary_after_recap": bool(getattr(callback, "ACTIVE", False))}
 
 
 def _setting_warnings(store: str, configs: List[fleet.ServerConfig], step: str) -> List[str]:
@@ -144,6 +177,24 @@ def _setting_warnings(store: str, configs: List[fleet.ServerConfig], step: str) 
                             f"false) for {len(insecure)} server(s): {', '.join(insecure[:20])}"
                             f"{' ...' if len(insecure) > 20 else ''}; set ca_path to the private CA instead")
     return warnings
+
+
+def _preflight(store: str, configs: List[fleet.ServerConfig], checks: List[str]) -> List[str]:
+    """What would fail every server, found before any is touched (read-only: also in check mode)."""
+    problems = []
+    if "store" in checks:
+        existing = store
+        while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)  # the store is created on first use: its nearest parent counts
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+            problems.append(f"the store {store} cannot be written ({existing} is not a writable folder): set "
+                            "fne_sync_store to a folder this user can write")
+    if "backoffice" in checks:
+        missing = [c.name for c in configs if not c.backoffice["url"]]
+        if missing:
+            problems.append(f"no back office URL for {len(missing)} server(s) ({', '.join(missing[:5])}"
+                            f"{', ...' if len(missing) > 5 else ''}): set fne_backoffice_url (or FNE_BACKOFFICE_URL)")
+    return problems
 
 
 def _remote_files(files: List[dict], generated: List[Any]) -> List[dict]:

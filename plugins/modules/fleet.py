@@ -85,7 +85,10 @@ options:
     elements: dict
     default: []
   forced:
-    description: For C(admit), the files come from a forced download.
+    description:
+      - For C(admit), the files come from a forced download.
+      - For C(mark_force), the forced download was requested (by C(fne.offline_sync.force_resync)), so the ledger
+        records C(recovery_started), not the C(lost_response) of a lost answer.
     type: bool
     default: false
   last_sync_time:
@@ -123,6 +126,43 @@ options:
     description: For C(report), servers without a successful sync for longer than this stand out.
     type: float
     default: 7
+  keep_days:
+    description:
+      - For C(acknowledge), retention - remove from C(sent/) the sync files and acknowledgments more than this many
+        days old (by their sync time) and older than any acknowledgment still pending; what is not yet
+        acknowledged is never there. The ledger keeps their lines (the totals stay true). C(0) keeps every file.
+    type: float
+    default: 0
+  preflight:
+    description:
+      - Checks made before the step touches any server; when one fails the task fails, naming it, and no server
+        is touched. C(store), the store (or its nearest existing parent) is a folder this user can write;
+        C(backoffice), every server has a back office URL. Read-only, also in check mode.
+    type: list
+    elements: str
+    choices: [store, backoffice]
+    default: []
+  metrics_file:
+    description:
+      - For C(report) (when the report is written), write Prometheus metrics for node_exporter's textfile collector
+        to this file, atomically and readable by all (0644) - per server the last successful sync time, records and
+        files synchronized, failures, recovery pending, files waiting; per run its duration, records and files,
+        servers ok and failed.
+    type: path
+  run_started:
+    description: For C(report), when the run started (Unix time; the plan step's C(started)), for the run's duration.
+    type: float
+  last_run:
+    description:
+      - For C(report), the status playbook's view, which runs no step - each server's last recorded run (its outcome,
+        and its error and time when it failed) stands for this run; nothing is written.
+    type: bool
+    default: false
+  live_var:
+    description:
+      - For C(report), the name of a per-host registered C(fne.offline_sync.server_info) result to add to each
+        server's entry (the status playbook with C(fne_sync_live=true)).
+    type: str
   write_report:
     description: For C(report), write C(report.json) and C(report.html) into the store (never in check mode).
     type: bool
@@ -175,11 +215,32 @@ failed_hosts:
   type: list
   elements: str
 report:
-  description: For I(step=report), the fleet summary (also written to C(STORE/report.json)).
+  description:
+    - For I(step=report), the fleet report (also written to C(STORE/report.json)) covering the whole fleet, every
+      server of this run and every server folder of the store, most urgent first, each with its C(status),
+      C(reasons), C(history) and this C(run)'s figures (C(null) for a server not in this run)
+  returned: when I(step=report)
+  type: dict
+run_report:
+  description: For I(step=report), the report restricted to this run's servers (what C(set_stats) publishes).
   returned: when I(step=report)
   type: dict
 paths:
   description: For I(step=report), the report files written (empty in check mode).
   returned: when I(step=report)
   type: dict
+started:
+  description: When this step started (Unix time); the plan's is the run's start.
+  returned: always
+  type: float
+summary:
+  description: For I(step=report), the short problems-first summary (at most about 20 lines) and the report path.
+  returned: when I(step=report)
+  type: list
+  elements: str
+summary_after_recap:
+  description: For I(step=report), whether the C(fne.offline_sync.summary) callback prints the summary after the
+    play recap (else the role prints it in a task).
+  returned: when I(step=report)
+  type: bool
 """

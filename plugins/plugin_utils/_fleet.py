@@ -126,6 +126,37 @@ def server_config(name: str, host_vars: Mapping[str, Any]) -> ServerConfig:
     return cfg
 
 
+class BackOfficeBreaker:
+    """The one back office of a fleet step: after ``LIMIT`` uploads in a row could not reach it, the remaining
+    servers' uploads fail at once with one message instead of each retrying on its own (minutes on a large fleet).
+    Their files wait in the outbox; the next run sends them."""
+
+    LIMIT = 3
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.failures = 0
+        self.last: Optional[str] = None
+
+    def check(self) -> None:
+        with self._lock:
+            if self.failures >= self.LIMIT:
+                raise StoreError(f"upload not tried: the back office could not be reached by {self.LIMIT} uploads "
+                                 "in a row; every file waits in the outbox and the next run sends it (the last "
+                                 f"error: {self.last})")
+
+    def record(self, exc: Optional[BaseException]) -> None:
+        """The outcome of one upload: a connection failure counts, anything the back office answered resets."""
+        unreachable = (isinstance(exc, FneError) and not isinstance(exc, (LostResponseError, MismatchError))
+                       and exc.status is None and str(exc.msg).startswith("Cannot reach"))
+        with self._lock:
+            if unreachable:
+                self.failures += 1
+                self.last = _error_text(exc)
+            elif self.failures < self.LIMIT:
+                self.failures = 0
+
+
 @dataclass
 class Options:
     store: str
@@ -138,6 +169,8 @@ class Options:
     reason: Optional[str] = None
     ack: Optional[str] = None  # complete_ack: the acknowledgment that was processed (newer ones stay pending)
     last_sync_time: Optional[str] = None  # complete_ack: what the server answered when it processed it
+    breaker: BackOfficeBreaker = field(default_factory=BackOfficeBreaker)  # one per fleet step
+    keep_days: float = 0  # acknowledge: prune sent/ files older than this (0: keep every file)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -315,8 +348,9 @@ class ServerWork:
         name = os.path.basename(path)
         sha = sha256_file(path)
         for attempt in (1, 2):
+            self.opts.breaker.check()
             try:
-                ack = self.backoffice.upload_file(path)
+                ack = self._upload_through_breaker(path)
             except MismatchError as exc:
                 if self._already_accepted(path, exc):
                     return
@@ -336,6 +370,15 @@ class ServerWork:
             self.uploaded.append(name)
             self.changed = True
             return
+
+    def _upload_through_breaker(self, path: str) -> bytes:
+        try:
+            ack = self.backoffice.upload_file(path)
+        except FneError as exc:
+            self.opts.breaker.record(exc)
+            raise
+        self.opts.breaker.record(None)
+        return ack
 
     def _set_aside_if_refused(self, path: str, exc: FneError) -> None:
         """A file or acknowledgment the other side refuses as invalid would block this server on every run: set it
@@ -435,6 +478,8 @@ class ServerWork:
     def upload(self) -> None:
         self.resume()
         reason = self.store.needs_force()
+        if (reason or self.store.outbox_files()) and not self.opts.check_mode:
+            self.opts.breaker.check()  # the back office is out of reach: not even a recovery's download
         if reason and self.opts.forced:
             # the remote topology's recovery upload: the outbox holds the forced download now
             self.upload_outbox()
@@ -470,6 +515,10 @@ class ServerWork:
             self.recover(self.ack_mismatch)
         elif self.ack_mismatch:
             self.notes.append(f"recovery pending: {self.ack_mismatch}")
+        if self.opts.keep_days and not self.opts.check_mode:  # retention, once the cycle is done
+            pruned = self.store.prune_sent(self.opts.keep_days)
+            if pruned:
+                self.notes.append(f"retention: {len(pruned)} old file(s) removed from sent/")
 
     def recover_requested(self) -> None:
         self.recover(self.store.needs_force() or "forced resynchronization requested")
@@ -572,7 +621,8 @@ class RemoteStoreWork(ServerWork):
 
     def mark_force(self) -> None:
         if not self.opts.check_mode:
-            self.store.log("lost_response", detail=self.opts.reason)
+            # a lost answer on the host is a fault; a requested resynchronization (forced) is no error
+            self.store.log("recovery_started" if self.opts.forced else "lost_response", detail=self.opts.reason)
             self.store.set_needs_force(self.opts.reason or "forced download requested")
 
     def supersede(self) -> None:

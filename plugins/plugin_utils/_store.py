@@ -35,7 +35,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._folder import sa
 
 ACK_SUFFIX = ".ack"
 EVENTS = ("generated", "fetched", "uploaded", "acknowledged", "processed", "purged", "mismatch", "lost_response",
-          "recovery_started", "recovered", "superseded", "quarantined", "released", "error")
+          "recovery_started", "recovered", "superseded", "quarantined", "released", "error", "run", "pruned")
 
 
 class StoreError(Exception):
@@ -174,9 +174,10 @@ class ServerStore:
         return entries
 
     # ---- changes ------------------------------------------------------------------------------------------
-    def log(self, event: str, **fields: Any) -> dict:
+    def log(self, event: str, durable: bool = True, **fields: Any) -> dict:
         """Append one event to the ledger (fsynced: it is the audit trail). A line torn by a crash is ended first,
-        so it never swallows this one; a ledger that cannot be written fails the step (StoreError), never silently."""
+        so it never swallows this one; a ledger that cannot be written fails the step (StoreError), never silently.
+        ``durable=False`` skips the fsync: for the report's ``run`` line, written for every server of a run."""
         entry = {"time": utcnow(), "event": event}
         if event in BACKEND_EVENTS and self.backend:
             entry["backend"] = self.backend
@@ -192,7 +193,8 @@ class ServerStore:
                 written = os.write(fd, line)
                 if written != len(line):
                     raise OSError(errno.ENOSPC, "short write")
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -328,6 +330,36 @@ class ServerStore:
             moved.append(os.path.basename(path))
             self.log("released", file=os.path.basename(path))
         return moved
+
+    def prune_sent(self, keep_days: float, now: Optional[_dt.datetime] = None) -> List[str]:
+        """Retention: remove from sent/ the sync files and acknowledgments whose sync time is more than
+        ``keep_days`` old and older than every acknowledgment still pending (what is not yet acknowledged and
+        processed is never in sent/, and nothing at or after a pending one goes). The ledger keeps their lines, so
+        the report's totals stay true; one ``pruned`` line names how many went. Returns the names removed."""
+        now = now or _dt.datetime.now(_dt.timezone.utc)
+        limit = now - _dt.timedelta(days=keep_days)
+        pending = [sync_time_of(os.path.basename(a)[: -len(ACK_SUFFIX)] + SYNC_SUFFIX) for a in self.pending_acks()]
+        for when in pending:
+            if when is not None and when < limit:
+                limit = when
+        removed = []
+        try:
+            names = sorted(os.listdir(self.sent))
+        except FileNotFoundError:
+            return removed
+        for name in names:
+            stem = name[: -len(ACK_SUFFIX)] + SYNC_SUFFIX if name.endswith(ACK_SUFFIX) else name
+            when = sync_time_of(stem)
+            if when is None or when >= limit:  # an unknown name or a recent file stays
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.sent, name))
+                removed.append(name)
+        if removed:
+            fsync_dir(self.sent)
+            self.log("pruned", detail=f"{len(removed)} file(s) older than {keep_days:g} days removed from sent/: "
+                                      f"{removed[0]} to {removed[-1]}")
+        return removed
 
     def set_needs_force(self, reason: str) -> None:
         write_atomic(self.needs_force_path, [(reason.strip() + "\n").encode("utf-8")])

@@ -245,8 +245,8 @@ CYCLE = REPO / "roles" / "cycle"
 # the cycle's entry points (a file tasks/NAME.yml each; the other task files are internal): the phases, each
 # registering its result as fne_sync_<phase>_result, and the entry points made of them
 CYCLE_PHASES = {"plan", "collect", "upload", "acknowledge", "recover", "collect_remote", "upload_remote",
-                "acknowledge_remote", "recover_remote"}
-CYCLE_ENTRY_POINTS = CYCLE_PHASES | {"main", "api", "remote", "report"}
+                "acknowledge_remote", "recover_remote", "live"}
+CYCLE_ENTRY_POINTS = CYCLE_PHASES | {"main", "api", "remote", "report", "status"}
 
 
 def test_only_the_cycle_and_schedule_roles_exist():
@@ -738,8 +738,8 @@ def test_awx_sliced_job(lab_factory, sshd, awx_jobs, tmp_path):
         assert result["hosts"] <= mine | {"localhost"}, result["hosts"]
         after = store_snapshot(store)
         touched = {path.split("/", 1)[0] for path in set(before) | set(after) if before.get(path) != after.get(path)}
-        # STORE/report.{json,html} is the run's summary, rewritten by every run (every slice)
-        assert touched - {"report.json", "report.html"} == mine, (k, touched)
+        # the fleet's report files, rewritten by every run (every slice): report.{json,html}, reports/, metrics
+        assert touched - {"report.json", "report.html", "reports", "fne_sync.prom"} == mine, (k, touched)
         assert_report_covers(result, mine)
     lab.verify(complete=True)
 

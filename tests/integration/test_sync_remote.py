@@ -100,6 +100,8 @@ def test_remote_mismatch_and_force_resync(lab_factory, sshd, tmp_path):
     forced = playbook("force_resync", inventory, store, "--limit", "lls003")
     assert forced.changed() <= {"lls003"} and not forced.failed(), forced
     assert "recovered" in [e["event"] for e in ledger(store, "lls003")]
+    # requested, not a fault: neither a lost response nor an error in the ledger
+    assert not [e for e in ledger(store, "lls003") if e["event"] in ("lost_response", "error")]
     lab.verify(complete=True)
     again = run(lab, inventory, store)
     assert again.changed() == set() and not again.failed(), again

@@ -418,3 +418,24 @@ def test_an_invalid_time_zone_fails_that_host_alone():
     with pytest.raises(StoreError) as err:
         fleet.server_config("lls001", {"fne_lls_url": "http://h:7070", "fne_lls_time_zone": "Mars/Olympus"})
     assert "fne_lls_time_zone" in err.value.msg
+
+
+def test_retention_prunes_only_old_acknowledged_files(store, tmp_path):
+    """sent/ loses what is older than keep_days and older than any pending acknowledgment; the totals stay."""
+    from ansible_collections.fne.offline_sync.plugins.plugin_utils._report import summarize
+
+    for stamp, records in (("20260101T000000", 4), ("20260102T000000", 5), ("20260301T000000", 6)):
+        store.record_ack(store.admit(put(str(tmp_path), f"{stamp}.fnesync", stamp.encode()), records=records), b"A")
+    store.complete_acks(store.pending_acks()[1])  # the March acknowledgment is still pending
+    totals = summarize(store)["records_synchronized"]
+    now = dt.datetime(2026, 3, 10, tzinfo=dt.timezone.utc)
+    removed = store.prune_sent(30, now=now)
+    assert removed == ["20260101T000000.ack", "20260101T000000.fnesync", "20260102T000000.ack",
+                       "20260102T000000.fnesync"]
+    assert sorted(os.listdir(store.sent)) == ["20260301T000000.fnesync"]  # recent: kept
+    assert [os.path.basename(a) for a in store.pending_acks()] == ["20260301T000000.ack"]  # never touched
+    assert summarize(store)["records_synchronized"] == totals == 15
+    assert store.ledger()[-1]["event"] == "pruned"
+    # a pending acknowledgment older than the limit keeps everything from its time on
+    store.record_ack(store.admit(put(str(tmp_path), "20250101T000000.fnesync", b"old"), records=1), b"A")
+    assert store.prune_sent(1, now=now) == []
