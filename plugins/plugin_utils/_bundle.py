@@ -193,7 +193,8 @@ def read_bundle(path: str, kind: str, site: str, key: Optional[str]) -> Bundle:
         if manifest.get("format") != FORMAT:
             raise BundleError(f"{where}: manifest format {manifest.get('format')!r}, this collection reads {FORMAT}")
         if bundle_kind != kind:
-            raise BundleError(f"{where}: a {bundle_kind} bundle, a {kind} bundle is needed here")
+            raise BundleError(f"{where}: this is {'an outgoing' if bundle_kind == OUTGOING else 'a return'} bundle, "
+                              f"{'an outgoing' if kind == OUTGOING else 'a return'} bundle is needed here")
         if bundle_site != site:
             raise BundleError(f"{where}: a bundle of site {bundle_site!r}, this is site {site!r}: refused")
         extra = set(members) - set(expected) - {MANIFEST, SIGNATURE}
@@ -397,24 +398,10 @@ def upload(store: str, site: str, key: Optional[str], sources: List[str], dest: 
     bundles = read_bundles(sources, OUTGOING, site, key)
     if not bundles:
         raise BundleError(f"no outgoing bundle of site {site} in {', '.join(sources)}")
-    with side.lock():
+    _check_sequence(side.load(), bundles, site)  # before the lock, which creates the site's folder
+    with contextlib.nullcontext() if check_mode else side.lock():
         state = side.load() or {"site": site, "received": {}, "next_return": 1, "returns": []}
-        received = {int(k): v for k, v in state["received"].items()}
-        for bundle in bundles:
-            known = received.get(bundle.sequence)
-            if known and known["id"] != bundle.id:
-                raise BundleError(f"{os.path.basename(bundle.path)}: sequence {bundle.sequence} was already received "
-                                  f"as bundle {known['id']}, this one is {bundle.id}: refused (was the inside store "
-                                  "replaced? see docs/air-gap.md)")
-        expected = max(received, default=0) + 1
-        for bundle in bundles:
-            if bundle.sequence in received:
-                continue
-            if bundle.sequence != expected:
-                raise BundleError(f"{os.path.basename(bundle.path)}: sequence {bundle.sequence}, but bundle "
-                                  f"{expected} of site {site} has not arrived: carry it too (the inside copies every "
-                                  "unacknowledged bundle onto the medium) and run again; nothing changed")
-            expected += 1
+        received = _check_sequence(state, bundles, site)
         entries: Dict[str, Dict[str, Any]] = {}
         if check_mode:
             for bundle in bundles:
@@ -448,6 +435,27 @@ def upload(store: str, site: str, key: Optional[str], sources: List[str], dest: 
     return {"changed": any(e.get("changed") for e in entries.values()) or return_name is not None,
             "hosts": entries, "return_bundle": return_name, "copied": copied,
             "received": [b.id for b in bundles]}
+
+
+def _check_sequence(state: Dict[str, Any], bundles: List[Bundle], site: str) -> Dict[int, Dict[str, Any]]:
+    """Outgoing bundles are taken in sequence order, each sequence number once, with one id."""
+    received = {int(k): v for k, v in (state.get("received") or {}).items()}
+    for bundle in bundles:
+        known = received.get(bundle.sequence)
+        if known and known["id"] != bundle.id:
+            raise BundleError(f"{os.path.basename(bundle.path)}: sequence {bundle.sequence} was already received "
+                              f"as bundle {known['id']}, this one is {bundle.id}: refused (was the inside store "
+                              "replaced? see docs/air-gap.md)")
+    expected = max(received, default=0) + 1
+    for bundle in bundles:
+        if bundle.sequence in received:
+            continue
+        if bundle.sequence != expected:
+            raise BundleError(f"{os.path.basename(bundle.path)}: sequence {bundle.sequence}, but bundle "
+                              f"{expected} of site {site} has not arrived: carry it too (the inside copies every "
+                              "unacknowledged bundle onto the medium) and run again; nothing changed")
+        expected += 1
+    return received
 
 
 def _write_return(side: SiteState, state: Dict[str, Any], root: str, hosts: List[str],
