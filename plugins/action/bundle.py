@@ -13,12 +13,14 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
 from ansible_collections.fne.offline_sync.plugins.module_utils._errors import FneError, MismatchError
 from ansible_collections.fne.offline_sync.plugins.modules import bundle as bundle_doc
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _bundle as bundles
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _fleet as fleet
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import StoreError
 
+display = Display()
 SPEC_KEYS = ("type", "required", "default", "choices", "elements", "no_log")
 ARGUMENT_SPEC = {name: {k: v for k, v in doc.items() if k in SPEC_KEYS}
                  for name, doc in yaml.safe_load(bundle_doc.DOCUMENTATION)["options"].items()}
@@ -40,16 +42,26 @@ class ActionModule(ActionBase):
         if hosts is None:
             hosts = list(task_vars.get("ansible_play_hosts") or [])
         key = args["site_key"] or None
+        if check_mode and args["op"] in ("unpack", "pack"):
+            return dict(result, skipped=True, changed=False, msg=f"bundle {args['op']}: not supported in check mode")
         try:
             bundles.check_site(args["site"])
             if args["op"] == "export":
                 hostvars = task_vars.get("hostvars") or {}
                 out = bundles.export(args["store"], args["site"], key, args["dest"],
                                      {h: {"host_id": (hostvars.get(h) or {}).get("fne_lls_host_id")} for h in hosts},
-                                     args["lock_timeout"], check_mode)
+                                     args["lock_timeout"], check_mode, args["stale_days"])
+                if out["stale"]:
+                    display.warning(f"bundle(s) out for longer than {args['stale_days']} day(s) without an "
+                                    f"acknowledgment: {', '.join(out['stale'])}; is the return path working? "
+                                    "(docs/air-gap.md, recovery)")
             elif args["op"] == "import":
                 out = bundles.import_returns(args["store"], args["site"], key, args["src"], hosts,
                                              args["lock_timeout"], check_mode)
+            elif args["op"] == "unpack":
+                out = bundles.unpack(args["store"], args["site"], key, args["src"], _required(args, "dest"))
+            elif args["op"] == "pack":
+                out = bundles.pack(args["store"], args["site"], key, _required(args, "folder"), args["dest"])
             else:
                 cfg = fleet.server_config("backoffice", task_vars)  # the back office settings of this task's host
                 if not cfg.backoffice["url"]:
@@ -57,7 +69,9 @@ class ActionModule(ActionBase):
                 out = bundles.upload(args["store"], args["site"], key, args["src"], args["dest"],
                                      lambda root, names: upload_servers(cfg, root, names, args["lock_timeout"]),
                                      check_mode)
-        except StoreError as exc:
+        except (StoreError, OSError) as exc:
+            if isinstance(exc, OSError):
+                exc = StoreError(f"{exc.strerror or exc}: {exc.filename or ''}")
             return dict(result, failed=True, changed=False, msg=f"bundle {args['op']}: {exc.msg}")
         failed = sorted(h for h, e in out["hosts"].items() if e.get("failed"))
         if failed and args["op"] == "upload":  # no per-host task on the outside: the run itself fails
@@ -65,6 +79,12 @@ class ActionModule(ActionBase):
         result.update(out, failed_hosts=failed,
                       msg=f"bundle {args['op']}: {len(out['hosts'])} server(s), {len(failed)} failed")
         return result
+
+
+def _required(args: Dict[str, Any], name: str) -> str:
+    if not args[name]:
+        raise StoreError(f"{name} is required for op={args['op']}")
+    return args[name]
 
 
 def upload_servers(base: fleet.ServerConfig, root: str, names: List[str], lock_timeout: float) -> Dict[str, dict]:

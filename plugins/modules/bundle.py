@@ -40,9 +40,17 @@ options:
         to I(dest).
       - C(import) (inside) verifies the return bundles in I(src) and takes their acknowledgments into each server's
         store (C(acks/)); the files they cover leave C(outbox/).
+      - C(unpack) (outside with a browser only) takes the outgoing bundles in I(src) into the outside store as
+        C(upload) does, then lays out every file still waiting for the back office in
+        C(DEST/SITE/HOST/part-NN/) (at most 100 files each, all from one server, in upload order; a part never
+        changes once laid out) and writes C(DEST/SITE/CHECKLIST.txt), one line per submission of the back office's
+        web page.
+      - C(pack) (outside with a browser only) takes the acknowledgments saved from the web page as
+        C(FOLDER/SITE/HOST/part-NN/acknowledgment.bin) into the outside store (each covers its part's files and
+        every earlier one) and writes a return bundle to I(dest), as C(upload) does.
     type: str
     required: true
-    choices: [export, upload, import]
+    choices: [export, upload, import, unpack, pack]
   site:
     description: The site name every bundle carries; a bundle of another site is refused.
     type: str
@@ -59,10 +67,15 @@ options:
     type: path
     required: true
   dest:
-    description: For C(export) and C(upload), the folder the bundles are written to (the medium, or a transfer folder).
+    description:
+      - For C(export), C(upload) and C(pack), the folder the bundles are written to (the medium, or a transfer
+        folder). For C(unpack), the folder the per-server part folders and the checklist are written to.
+    type: path
+  folder:
+    description: For C(pack), the folder C(unpack) wrote to (its I(dest)).
     type: path
   src:
-    description: For C(upload) and C(import), bundle files or folders holding them (a folder stands for every bundle
+    description: For C(upload), C(unpack) and C(import), bundle files or folders holding them (a folder stands for every bundle
       of the kind needed in it).
     type: list
     elements: path
@@ -71,14 +84,20 @@ options:
     description: For C(export) and C(import), the inventory names to work. Defaults to C(ansible_play_hosts).
     type: list
     elements: str
+  stale_days:
+    description: For C(export), a bundle not acknowledged after this many days is named in a warning (C(stale)).
+    type: float
+    default: 7
   lock_timeout:
     description: Seconds to wait for a server's store lock held by another run.
     type: float
     default: 5
 attributes:
   check_mode:
-    support: full
-    details: Nothing is written, uploaded or moved; each server's entry says what a real run would do.
+    support: partial
+    details:
+      - C(export), C(upload) and C(import) write, upload and move nothing; each server's entry says what a real run
+        would do. C(unpack) and C(pack) do not support check mode (the task is skipped).
   diff_mode:
     support: none
   platform:
@@ -128,17 +147,32 @@ written:
   returned: when I(op=export)
   type: str
 outstanding:
-  description: For C(export), the bundles not yet acknowledged (C(name), C(id), C(created)), oldest first.
+  description: For C(export), the bundles not yet acknowledged (C(name), C(id), C(created), C(age_days), C(stale)),
+    oldest first.
   returned: when I(op=export)
   type: list
   elements: dict
+stale:
+  description: For C(export), the names of the bundles out longer than I(stale_days).
+  returned: when I(op=export)
+  type: list
+  elements: str
 copied:
   description: Paths of the bundles written or copied to I(dest).
   returned: always
   type: list
   elements: str
+checklist:
+  description: For C(unpack), the path of the checklist.
+  returned: when I(op=unpack)
+  type: str
+lines:
+  description: For C(unpack), the checklist's lines.
+  returned: when I(op=unpack)
+  type: list
+  elements: str
 return_bundle:
-  description: For C(upload), the name of the new return bundle, or null when nothing new came back.
-  returned: when I(op=upload)
+  description: For C(upload) and C(pack), the name of the new return bundle, or null when nothing new came back.
+  returned: when I(op=upload) or I(op=pack)
   type: str
 """

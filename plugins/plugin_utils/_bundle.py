@@ -301,7 +301,7 @@ def _entry(host: str, changed: bool = False, msg: str = "", failed: bool = False
 
 # ---- inside: export ---------------------------------------------------------------------------------------------
 def export(store: str, site: str, key: Optional[str], dest: Optional[str], hosts: Dict[str, Dict[str, Any]],
-           lock_timeout: float = 5, check_mode: bool = False) -> Dict[str, Any]:
+           lock_timeout: float = 5, check_mode: bool = False, stale_days: float = 7) -> Dict[str, Any]:
     """Write one outgoing bundle with every outbox file of ``hosts`` ({name: {host_id}}) not yet in a bundle; copy
     every unacknowledged bundle to ``dest``."""
     side = SiteState(store, "inside", site)
@@ -361,9 +361,17 @@ def export(store: str, site: str, key: Optional[str], dest: Optional[str], hosts
             if waiting and not entries[host]["changed"]:
                 entries[host]["msg"] = f"{host}: in transit in {', '.join(waiting)}"
             entries[host]["in_transit"] = waiting
-    return {"changed": written is not None, "written": written, "copied": copied,
-            "outstanding": [{"name": b["name"], "id": b["id"], "created": b["created"]} for b in outstanding],
-            "hosts": entries}
+    now = _dt.datetime.now(_dt.timezone.utc)
+    out = [{"name": b["name"], "id": b["id"], "created": b["created"],
+            "age_days": round((now - _parse_utc(b["created"])).total_seconds() / 86400, 2)} for b in outstanding]
+    for item in out:
+        item["stale"] = item["age_days"] > stale_days
+    return {"changed": written is not None, "written": written, "copied": copied, "outstanding": out,
+            "stale": [i["name"] for i in out if i["stale"]], "hosts": entries}
+
+
+def _parse_utc(text: str) -> _dt.datetime:
+    return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
 
 
 def _remove_orphans(side: SiteState, state: Dict[str, Any]) -> None:
@@ -409,32 +417,38 @@ def upload(store: str, site: str, key: Optional[str], sources: List[str], dest: 
                     entries.setdefault(host, _entry(host))["msg"] = \
                         f"{host}: would take bundle {bundle.sequence} ({len(entry['files'])} file(s))"
             return {"changed": False, "hosts": entries, "return_bundle": None, "copied": []}
-        for bundle in bundles:
-            for host, entry in bundle.servers.items():
-                server = ServerStore(root, host).ensure()
-                held = set()
-                for folder in (server.outbox, server.sent, server.superseded, server.quarantine):
-                    held.update(os.listdir(folder))
-                incoming = os.path.join(server.dir, ".incoming")
-                ensure_dir(incoming)
-                for item in entry["files"]:
-                    if item["name"] in held:
-                        continue  # a re-carried file: the outside store has it already
-                    tmp = os.path.join(incoming, item["name"])
-                    bundle.extract(f"servers/{host}/{item['name']}", tmp, item["sha256"])
-                    server.admit(tmp, sha256=item["sha256"], records=item.get("records"),
-                                 event="fetched")
-            if bundle.sequence not in received:
-                received[bundle.sequence] = {"id": bundle.id, "received": utcnow()}
-                state["received"] = {str(k): v for k, v in sorted(received.items())}
-                side.save(state)
-        hosts = sorted(n for n in os.listdir(root) if not n.startswith(".")) if os.path.isdir(root) else []
+        hosts = _admit(side, state, received, bundles, root)
         for host, entry in upload_servers(root, hosts).items():
             entries[host] = dict(_entry(host), **entry)
         return_name, copied = _write_return(side, state, root, hosts, entries, key, dest)
     return {"changed": any(e.get("changed") for e in entries.values()) or return_name is not None,
             "hosts": entries, "return_bundle": return_name, "copied": copied,
             "received": [b.id for b in bundles]}
+
+
+def _admit(side: SiteState, state: Dict[str, Any], received: Dict[int, Dict[str, Any]], bundles: List[Bundle],
+           root: str) -> List[str]:
+    """Take the bundles' files into the outside store, each file once (a re-carried one is there already); record
+    each bundle once all its files are in. Returns every server of the outside store."""
+    for bundle in bundles:
+        for host, entry in bundle.servers.items():
+            server = ServerStore(root, host).ensure()
+            held = set()
+            for folder in (server.outbox, server.sent, server.superseded, server.quarantine):
+                held.update(os.listdir(folder))
+            incoming = os.path.join(server.dir, ".incoming")
+            ensure_dir(incoming)
+            for item in entry["files"]:
+                if item["name"] in held:
+                    continue  # a re-carried file: the outside store has it already
+                tmp = os.path.join(incoming, item["name"])
+                bundle.extract(f"servers/{host}/{item['name']}", tmp, item["sha256"])
+                server.admit(tmp, sha256=item["sha256"], records=item.get("records"), event="fetched")
+        if bundle.sequence not in received:
+            received[bundle.sequence] = {"id": bundle.id, "received": utcnow()}
+            state["received"] = {str(k): v for k, v in sorted(received.items())}
+            side.save(state)
+    return sorted(n for n in os.listdir(root) if not n.startswith(".")) if os.path.isdir(root) else []
 
 
 def _check_sequence(state: Dict[str, Any], bundles: List[Bundle], site: str) -> Dict[int, Dict[str, Any]]:
@@ -561,3 +575,111 @@ def _take_ack(server: ServerStore, bundle: Bundle, host: str, ack: Dict[str, str
     if not os.path.exists(server.ack_for(sync_file)):
         server.record_ack(sync_file, data, detail=f"uploaded from an outgoing bundle; return bundle {bundle.id}")
     return moved
+
+
+# ---- outside with a browser only: unpack for the web page, pack what it answered --------------------------------
+WEB_LIMIT = 100  # the back office's web page: up to 100 files per submission, all from one license server
+ACK_FILE = "acknowledgment.bin"  # where the checklist asks to save the web page's answer in each part folder
+
+
+def _parts(files: List[str]) -> List[List[str]]:
+    return [files[i:i + WEB_LIMIT] for i in range(0, len(files), WEB_LIMIT)]
+
+
+def unpack(store: str, site: str, key: Optional[str], sources: List[str], dest: str) -> Dict[str, Any]:
+    """Take the outgoing bundles into the outside store as ``upload`` does, then lay out every server's files still
+    waiting for the back office in ``DEST/SITE/HOST/part-NN/`` (at most 100 files each, in upload order) with a
+    checklist, ``DEST/SITE/CHECKLIST.txt``, for the back office's web page."""
+    side = SiteState(store, "outside", site)
+    root = os.path.join(side.dir, "servers")
+    bundles = read_bundles(sources, OUTGOING, site, key)
+    if not bundles:
+        raise BundleError(f"no outgoing bundle of site {site} in {', '.join(sources)}")
+    _check_sequence(side.load(), bundles, site)
+    out = os.path.join(os.path.abspath(os.path.expanduser(dest)), site)
+    entries: Dict[str, Dict[str, Any]] = {}
+    lines = [f"Site {site}: upload on the back office's page \"Upload synchronization history\", in this order.",
+             "Each line is one submission: choose every file of the folder (all from one license server), submit,",
+             f"download the acknowledgment and save it in that folder as {ACK_FILE}. Go on with the next part of a",
+             "server only after its previous part was acknowledged. Then run fne.offline_sync.pack_return.", ""]
+    with side.lock():
+        state = side.load() or {"site": site, "received": {}, "next_return": 1, "returns": []}
+        received = _check_sequence(state, bundles, site)
+        for host in _admit(side, state, received, bundles, root):
+            entries[host] = _entry(host)
+            waiting = {os.path.basename(p) for p in ServerStore(root, host).outbox_files()}
+            # a part, once laid out, never changes (its acknowledgment covers exactly its files): new files go
+            # into new parts
+            parts = sorted(glob_parts(os.path.join(out, host)), key=_part_number)
+            laid_out = {n for part in parts for n in os.listdir(part)}
+            new = sorted(waiting - laid_out)
+            number = max((_part_number(p) for p in parts), default=0)
+            for chunk in _parts(new):
+                number += 1
+                folder = os.path.join(out, host, f"part-{number:02d}")
+                ensure_dir(folder)
+                for name in chunk:
+                    _copy_to(os.path.join(root, host, "outbox", name), folder)
+                parts.append(folder)
+            for part in parts:
+                names = sorted(n for n in os.listdir(part) if n.endswith(SYNC_SUFFIX))
+                if names and names[-1] in waiting and not os.path.exists(os.path.join(part, ACK_FILE)):
+                    lines.append(f"[ ] {host} {os.path.basename(part)}: {len(names)} file(s), {names[0]} .. "
+                                 f"{names[-1]} -> {part}")
+            if new:
+                entries[host].update(changed=True, msg=f"{host}: {len(new)} file(s) laid out for the web page in "
+                                                       f"{os.path.join(out, host)}")
+        ensure_dir(out)
+        write_atomic(os.path.join(out, "CHECKLIST.txt"), [("\n".join(lines) + "\n").encode("utf-8")])
+    return {"changed": any(e["changed"] for e in entries.values()), "hosts": entries,
+            "checklist": os.path.join(out, "CHECKLIST.txt"), "lines": lines, "copied": []}
+
+
+def pack(store: str, site: str, key: Optional[str], folder: str, dest: Optional[str]) -> Dict[str, Any]:
+    """The acknowledgments saved from the web page (``FOLDER/SITE/HOST/part-NN/acknowledgment.bin``) into the
+    outside store (each covers its part's files and every earlier one), then a return bundle as ``upload`` writes."""
+    side = SiteState(store, "outside", site)
+    root = os.path.join(side.dir, "servers")
+    base = os.path.join(os.path.abspath(os.path.expanduser(folder)), site)
+    entries: Dict[str, Dict[str, Any]] = {}
+    with side.lock():
+        state = side.load() or {"site": site, "received": {}, "next_return": 1, "returns": []}
+        hosts = sorted(n for n in os.listdir(root) if not n.startswith(".")) if os.path.isdir(root) else []
+        for host in hosts:
+            entries[host] = _entry(host)
+            server = ServerStore(root, host)
+            for part in sorted(glob_parts(os.path.join(base, host)), key=_part_number):
+                ack_path = os.path.join(part, ACK_FILE)
+                names = sorted(n for n in os.listdir(part) if n.endswith(SYNC_SUFFIX))
+                if not os.path.isfile(ack_path) or not names:
+                    continue
+                last = os.path.join(server.outbox, names[-1])
+                if not os.path.exists(last):
+                    continue  # packed already (the acknowledgment is in the store)
+                with open(ack_path, "rb") as handle:
+                    data = handle.read()
+                if not data:
+                    raise BundleError(f"{ack_path} is empty: download the acknowledgment again")
+                with server.lock():
+                    for path in server.outbox_files():
+                        if os.path.basename(path) < names[-1]:
+                            server.mark_accepted(path, f"uploaded on the web page; covered by {ack_path}")
+                    server.record_ack(last, data, detail=f"uploaded on the web page ({os.path.basename(part)})")
+                entries[host].update(changed=True, msg=f"{host}: acknowledgment of {os.path.basename(part)} taken")
+            waiting = len(server.outbox_files())
+            if waiting:
+                entries[host]["msg"] += f"; {waiting} file(s) still waiting for the web page"
+        return_name, copied = _write_return(side, state, root, hosts, entries, key, dest)
+    return {"changed": return_name is not None or any(e["changed"] for e in entries.values()), "hosts": entries,
+            "return_bundle": return_name, "copied": copied}
+
+
+def _part_number(path: str) -> int:
+    return int(os.path.basename(path).split("-")[1])
+
+
+def glob_parts(folder: str) -> List[str]:
+    try:
+        return [os.path.join(folder, n) for n in os.listdir(folder) if re.match(r"^part-\d+$", n)]
+    except FileNotFoundError:
+        return []

@@ -80,6 +80,15 @@ def test_a_file_enters_one_bundle_and_unacknowledged_bundles_are_carried_again(i
     assert list(second.servers) == ["lls002"] and [f["name"] for f in second.servers["lls002"]["files"]] == [
         "20261101T000003.fnesync"]
     assert third["hosts"]["lls001"]["in_transit"] == ["fne-plant7-out-000001.tar"]
+    assert third["stale"] == []
+
+    # a bundle out longer than stale_days without an acknowledgment is named
+    state_path = inside / ".airgap" / "inside" / SITE / "state.json"
+    state = json.loads(state_path.read_text())
+    state["bundles"][0]["created"] = "2026-01-01T00:00:00Z"
+    state_path.write_text(json.dumps(state))
+    late = bundles.export(str(inside), SITE, KEY, None, HOSTS, stale_days=7)
+    assert late["stale"] == ["fne-plant7-out-000001.tar"] and late["outstanding"][0]["age_days"] > 7
 
 
 def _tar(path: Path, members: list) -> Path:
