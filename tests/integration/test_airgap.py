@@ -163,3 +163,48 @@ def _refused_when_tampered(lab, tmp_path: Path, inside: Path, good: Path, carry_
     assert "signature does not match the site key" in result.out, result
 
     assert lab_state(lab) == before and _without_report(tree_digest(inside)) == digest
+
+
+def test_browser_only_outside(lab_factory, tmp_path):
+    """The outside has only a browser: a bundle laid out in per-server parts of at most 100 files with a checklist,
+    the parts submitted to the lab's "Upload synchronization history" page (as a person would, one server's part
+    at a time), the saved acknowledgments packed into a return bundle, imported inside: complete."""
+    import requests
+
+    lab = lab_factory(2, "--records", "206", "--page-size", "2")  # 103 files per server: two parts each
+    inside_inv, outside_inv = _inventories(lab, tmp_path)
+    inside, outside = tmp_path / "inside-store", tmp_path / "outside-store"
+    site = ["-e", f"fne_sync_site={SITE}"]  # no site key: unsigned bundles
+    upload_dir, medium, back = tmp_path / "upload", tmp_path / "m1", tmp_path / "r"
+    playbook("carry_out", inside_inv, inside, *site, "-e", f"fne_sync_bundle_dir={medium}")
+
+    before = _counters(lab)
+    unpacked = playbook("unpack_bundle", outside_inv, outside, *site, "-e", f"fne_sync_bundle_src={medium}",
+                        "-e", f"fne_sync_bundle_dir={upload_dir}")
+    assert _counters(lab) == before, "unpacking talked to the lab"
+    checklist = (upload_dir / SITE / "CHECKLIST.txt").read_text()
+    assert checklist.count("[ ] ") == 4 and "[ ] lls001 part-01: 100 file(s)" in checklist, unpacked
+    parts = {host: sorted((upload_dir / SITE / host).iterdir()) for host in hosts_of(lab)}
+    assert [len(list(p.glob("*.fnesync"))) for p in parts["lls001"]] == [100, 3]
+
+    info = lab.info["backoffice"]
+    page = info["url"].replace("/deviceservices", "/history")
+
+    def submit(part: Path) -> None:
+        files = [("file", (p.name, p.read_bytes())) for p in sorted(part.glob("*.fnesync"))]
+        answer = requests.post(page, files=files, verify=info["ca_path"], timeout=60)
+        assert answer.status_code == 200, answer.text
+        (part / "acknowledgment.bin").write_bytes(answer.content)
+
+    submit(parts["lls001"][0])  # one part only before the first pack: the rest stays pending
+    pack = ["-e", f"fne_sync_bundle_src={upload_dir}", "-e", f"fne_sync_bundle_dir={back}"]
+    playbook("pack_return", outside_inv, outside, *site, *pack)
+    assert [p.name for p in back.iterdir()] == [f"fne-{SITE}-return-000001.tar"]
+    assert list(_manifest(back / f"fne-{SITE}-return-000001.tar")["servers"]) == ["lls001"]
+    for part in (parts["lls001"][1], *parts["lls002"]):
+        submit(part)
+    playbook("pack_return", outside_inv, outside, *site, *pack)
+    playbook("carry_in", inside_inv, inside, *site, "-e", f"fne_sync_bundle_src={back}")
+    lab.verify(complete=True)
+    assert _counters(lab)[1].get("history_upload") == 4 and not _counters(lab)[1].get("upload")
+    assert lab.state()["backoffice"]["messages_accepted"] == 2 * 103  # each file once
