@@ -9,7 +9,7 @@ DOCUMENTATION = r"""
 ---
 module: bundle
 short_description: Carry the offline synchronization across an air gap as verified transfer bundles
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - For sites where no machine reaches both the license servers and the back office (see docs/air-gap.md). The
     inside control node collects as usual and writes an outgoing bundle (I(op=export)); the outside one uploads it

@@ -187,7 +187,7 @@ def read_bundle(path: str, kind: str, site: str, key: Optional[str]) -> Bundle:
             manifest = json.loads(data)
             expected = payload_files(manifest)
             bundle_site, bundle_kind = manifest["site"], manifest["kind"]
-            int(manifest["sequence"]), str(manifest["id"])  # noqa: B018 - both must be present and well typed
+            manifest["sequence"], manifest["id"] = int(manifest["sequence"]), str(manifest["id"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BundleError(f"{where}: its manifest is not a bundle manifest ({exc!r}); refused") from None
         if manifest.get("format") != FORMAT:

@@ -199,3 +199,34 @@ def test_a_return_bundle_imported_twice_changes_nothing(inside, outgoing, tmp_pa
     state = json.loads((inside / ".airgap" / "inside" / SITE / "state.json").read_text())
     assert state["bundles"][0]["done"]  # acknowledged: no longer carried
     assert bundles.export(str(inside), SITE, KEY, str(tmp_path / "m5"), HOSTS)["copied"] == []
+
+
+def test_browser_parts_hold_at_most_100_files_and_never_change(tmp_path):
+    """unpack: parts of at most 100 files of one server in upload order; a part laid out never changes (its saved
+    acknowledgment covers exactly its files), new files go into new parts. pack: each saved acknowledgment covers
+    its part's files, the others wait."""
+    inside, outside, upload_dir = tmp_path / "inside", tmp_path / "outside", tmp_path / "upload"
+    for second in range(101):
+        fetch(inside, "lls001", f"20261101T00{second // 60:02d}{second % 60:02d}.fnesync")
+    bundles.export(str(inside), SITE, None, str(tmp_path / "m1"), HOSTS)
+    first = bundles.unpack(str(outside), SITE, None, [str(tmp_path / "m1")], str(upload_dir))
+    host_dir = upload_dir / SITE / "lls001"
+    assert [len(os.listdir(host_dir / p)) for p in ("part-01", "part-02")] == [100, 1]
+    assert sorted(os.listdir(host_dir / "part-01"))[-1] == "20261101T000139.fnesync"  # upload order
+    assert len([line for line in first["lines"] if line.startswith("[ ] ")]) == 2
+
+    (host_dir / "part-01" / "acknowledgment.bin").write_bytes(b"ack of part 1")
+    fetch(inside, "lls001", "20261101T010000.fnesync")
+    bundles.export(str(inside), SITE, None, str(tmp_path / "m2"), HOSTS)
+    second = bundles.unpack(str(outside), SITE, None, [str(tmp_path / "m2")], str(upload_dir))
+    assert [len(os.listdir(host_dir / p)) for p in ("part-01", "part-02", "part-03")] == [101, 1, 1]  # 100 + ack
+    assert [line.split()[3] for line in second["lines"] if line.startswith("[ ] ")] == ["part-02:", "part-03:"]
+
+    packed = bundles.pack(str(outside), SITE, None, str(upload_dir), str(tmp_path / "r1"))
+    server = ServerStore(str(outside / ".airgap" / "outside" / SITE / "servers"), "lls001")
+    assert [os.path.basename(p) for p in server.outbox_files()] == ["20261101T000140.fnesync",
+                                                                    "20261101T010000.fnesync"]
+    assert [os.path.basename(p) for p in server.pending_acks()] == ["20261101T000139.ack"]
+    assert packed["return_bundle"] == "fne-plant7-return-000001.tar"
+    again = bundles.pack(str(outside), SITE, None, str(upload_dir), str(tmp_path / "r2"))
+    assert again["return_bundle"] is None and not again["changed"]  # nothing new saved: nothing new packed
