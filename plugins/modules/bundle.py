@@ -75,8 +75,9 @@ options:
     description: For C(pack), the folder C(unpack) wrote to (its I(dest)).
     type: path
   src:
-    description: For C(upload), C(unpack) and C(import), bundle files or folders holding them (a folder stands for every bundle
-      of the kind needed in it).
+    description:
+      - For C(upload), C(unpack) and C(import), bundle files or folders holding them (a folder stands for every
+        bundle of the kind needed in it).
     type: list
     elements: path
     default: []

@@ -519,7 +519,7 @@ def import_returns(store: str, site: str, key: Optional[str], sources: List[str]
     if not bundles:
         raise BundleError(f"no return bundle of site {site} in {', '.join(sources)}")
     entries = {h: _entry(h) for h in hosts}
-    with side.lock():
+    with contextlib.nullcontext() if check_mode else side.lock():
         state = side.load() or {"site": site, "next_sequence": 1, "bundles": []}
         acked: Dict[str, str] = state.setdefault("acked", {})
         dirty = False
@@ -529,10 +529,15 @@ def import_returns(store: str, site: str, key: Optional[str], sources: List[str]
                     continue  # another slice's or an unlisted server: its store is not this run's to change
                 ack = entry.get("ack")
                 server = ServerStore(store, host)
+                # a problem is taken once per return bundle (a re-import, or an older bundle, changes nothing)
+                problems: Dict[str, int] = state.setdefault("problems_seen", {})
                 if entry.get("problem") and not check_mode and server.exists() and \
-                        server.needs_force() is None and (not ack or ack["name"] > acked.get(host, "")):
+                        bundle.sequence > problems.get(host, 0):
                     with server.lock(lock_timeout):
-                        server.set_needs_force(f"outside upload: {entry['problem']}")
+                        if server.needs_force() is None:
+                            server.set_needs_force(f"outside upload: {entry['problem']}")
+                    problems[host] = bundle.sequence
+                    dirty = True
                     entries[host].update(changed=True, msg=f"{host}: the outside reported: {entry['problem']}")
                 if not ack or ack["name"] <= acked.get(host, ""):
                     continue
@@ -547,7 +552,7 @@ def import_returns(store: str, site: str, key: Optional[str], sources: List[str]
                 dirty = True
                 entries[host].update(changed=True, msg=f"{host}: acknowledgment {ack['name']} from "
                                                        f"{os.path.basename(bundle.path)} ({moved} file(s) accepted)")
-        dirty = _settle(state, store) or dirty
+        dirty = (not check_mode and _settle(state, store)) or dirty
         if dirty and not check_mode:
             seen = state.setdefault("imported", [])
             seen += [b.id for b in bundles if b.id not in seen]

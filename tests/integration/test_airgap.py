@@ -99,6 +99,10 @@ def test_air_gap_cycle(lab_factory, tmp_path):
 
     # the returns come back late, the second one imported twice
     assert [p.name for p in r1.iterdir()] == [f"fne-{SITE}-return-000001.tar"]
+    before, digest = lab_state(lab), tree_digest(inside)
+    check = carry_in(r1, extra=("--check",))
+    assert "would take acknowledgment" in check.out and check.changed() == set(hosts), check
+    assert lab_state(lab) == before and tree_digest(inside) == digest, "check mode changed something"
     first = carry_in(r1)
     assert first.changed() == set(hosts), first
     for host in hosts:

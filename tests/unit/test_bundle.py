@@ -230,3 +230,22 @@ def test_browser_parts_hold_at_most_100_files_and_never_change(tmp_path):
     assert packed["return_bundle"] == "fne-plant7-return-000001.tar"
     again = bundles.pack(str(outside), SITE, None, str(upload_dir), str(tmp_path / "r2"))
     assert again["return_bundle"] is None and not again["changed"]  # nothing new saved: nothing new packed
+
+
+def test_a_mismatch_answered_outside_marks_the_server_for_recovery_inside(inside, outgoing, tmp_path):
+    """Only the inside can run the documented forced download: the return bundle names the outside's problem and
+    the import marks that server (needs_force), once."""
+    outside = tmp_path / "outside"
+    bundles.upload(str(outside), SITE, KEY, [str(outgoing)], None, lambda root, names: {})  # nothing accepted
+    root = outside / ".airgap" / "outside" / SITE / "servers"
+    ServerStore(str(root), "lls002").set_needs_force("back office mismatch: Expected sync time ...")
+    packed = bundles.pack(str(outside), SITE, KEY, str(tmp_path / "none"), str(tmp_path / "r1"))
+    manifest = bundles.read_bundle(str(tmp_path / "r1" / packed["return_bundle"]), bundles.RETURN, SITE, KEY).manifest
+    assert manifest["servers"] == {"lls002": {"problem": "back office mismatch: Expected sync time ..."}}
+    done = bundles.import_returns(str(inside), SITE, KEY, [str(tmp_path / "r1")], list(HOSTS))
+    assert "the outside reported: back office mismatch" in done["hosts"]["lls002"]["msg"]
+    assert "back office mismatch" in ServerStore(str(inside), "lls002").needs_force()
+    assert ServerStore(str(inside), "lls001").needs_force() is None
+    ServerStore(str(inside), "lls002").clear_needs_force()  # recovered meanwhile: the same bundle again is no news
+    again = bundles.import_returns(str(inside), SITE, KEY, [str(tmp_path / "r1")], list(HOSTS))
+    assert not again["changed"] and ServerStore(str(inside), "lls002").needs_force() is None
