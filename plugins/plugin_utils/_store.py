@@ -35,7 +35,8 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._folder import sa
 
 ACK_SUFFIX = ".ack"
 EVENTS = ("generated", "fetched", "uploaded", "acknowledged", "processed", "purged", "mismatch", "lost_response",
-          "recovery_started", "recovered", "superseded", "quarantined", "released", "error", "run", "pruned")
+          "recovery_started", "recovered", "superseded", "quarantined", "released", "error", "run", "pruned",
+          "bundled")
 
 
 class StoreError(Exception):

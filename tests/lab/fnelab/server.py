@@ -46,6 +46,14 @@ def _local_offset() -> int:
     return sign * (int(hours) * 3600 + int(minutes) * 60)
 
 
+HISTORY_PAGE = """<!doctype html><title>Upload synchronization history</title>
+<h1>Upload synchronization history</h1>
+<p>Up to 100 files per submission, all from one license server.</p>
+<form method="post" action="/history" enctype="multipart/form-data">
+<input type="file" name="file" multiple> <button>Upload</button></form>
+"""
+
+
 def _wrong_media_type(request: web.Request, expected: str) -> str | None:
     """The complaint when the request body is not declared as `expected` (a real REST server answers 415)."""
     if request.content_type == expected:  # aiohttp: the media type alone, lower case, without parameters
@@ -285,6 +293,38 @@ class Lab:
             return self._mismatch(exc.expected, exc.got)
         return web.Response(body=ack.encode(), content_type="application/octet-stream")
 
+    # --- back office web page "Upload synchronization history" (vendor: up to 100 files per submission, all from
+    # one license server, answered with one acknowledgment to download); the browser-only path of air-gapped sites
+    async def history_page(self, request: web.Request) -> web.Response:
+        return web.Response(text=HISTORY_PAGE, content_type="text/html")
+
+    async def history_upload(self, request: web.Request) -> web.Response:
+        if not request.content_type.startswith("multipart/"):
+            return web.json_response({"Invalid request": "expected multipart/form-data with file fields"}, status=400)
+        files = []
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if getattr(part, "name", None) == "file":
+                files.append(await part.read())
+        if not 1 <= len(files) <= 100:
+            return web.json_response({"Invalid request": f"{len(files)} files: 1 to 100 per submission"}, status=400)
+        try:
+            messages = sorted(((Message.decode(raw), raw) for raw in files), key=lambda pair: pair[0].sync_time)
+        except WireError as exc:
+            return web.json_response({"Invalid sync message": str(exc)}, status=400)
+        if len({msg.host_id for msg, _raw in messages}) != 1:
+            return web.json_response({"Invalid request": "all files of a submission must come from one license "
+                                                         "server"}, status=400)
+        ack = None
+        for msg, raw in messages:  # like one upload each, in time order; refused ones store nothing
+            try:
+                ack = self.state.upload(msg, raw, self.reupload)
+            except Mismatch as exc:
+                return self._mismatch(exc.expected, exc.got)
+        assert ack is not None
+        return web.Response(body=ack.encode(), content_type="application/octet-stream",
+                            headers={"Content-Disposition": 'attachment; filename="syncack.bin"'})
+
     # --- control ----------------------------------------------------------------------------------------
     def _apply_fault(self, target: str, fault: Fault) -> None:
         if target != "backoffice" and target not in self.by_name:
@@ -435,6 +475,8 @@ class Lab:
             lls.router.add_post(f"{prefix}{API}/sync_message/offline", self.generate, name=f"{tag}generate")
             lls.router.add_post(f"{prefix}{API}/sync_ack/offline", self.ack, name=f"{tag}ack")
             bo.router.add_post(f"{prefix}/deviceservices", self.upload, name=f"{tag}upload")
+        bo.router.add_get("/history", self.history_page, name="history_page")
+        bo.router.add_post("/history", self.history_upload, name="history_upload")
         elsewhere = web.Application(client_max_size=256 * 1024 * 1024)
         elsewhere.router.add_route("*", "/{tail:.*}", self.elsewhere.handle)
         control = web.Application()

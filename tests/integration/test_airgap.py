@@ -1,0 +1,214 @@
+"""Air-gapped site end to end (issue 11, "Done when"): the inside reaches only the license servers, the outside only
+the back office; bundles are lost, carried out of order, carried twice, and come back late. Judged by `fnelab verify`,
+the lab's per-endpoint counters and the stores."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import yaml
+from test_sync_support import hosts_of, lab_state, ledger, playbook, tree_digest
+
+SITE, KEY = "plant7", "s3cret-site-key"
+
+
+def _inventories(lab, tmp_path: Path) -> tuple[Path, Path]:
+    """Inside: the license servers, no back office settings at all. Outside: localhost with the back office only."""
+    data = yaml.safe_load(lab.inventory.read_text())
+    backoffice = {k: data["all"]["children"]["license_servers"]["vars"].pop(k)
+                  for k in ("fne_backoffice_url", "fne_backoffice_ca_path")}
+    inside = tmp_path / "inside.yml"
+    inside.write_text(json.dumps(data))
+    outside = tmp_path / "outside.yml"
+    outside.write_text(json.dumps({"all": {"hosts": {"localhost": {"ansible_connection": "local", **backoffice}}}}))
+    return inside, outside
+
+
+def _counters(lab) -> tuple[dict, dict]:
+    state = lab.state()
+    return ({h: s["requests"] for h, s in state["servers"].items()}, state["backoffice"]["requests"])
+
+
+def _without_report(digest: dict) -> dict:
+    return {k: v for k, v in digest.items() if not k.startswith("report.") and ".summary.json" not in k}
+
+
+def test_air_gap_cycle(lab_factory, tmp_path):
+    lab = lab_factory(20, "--security", "0.3", "--https", "0.3", "--records", "12", "--page-size", "5")
+    hosts = hosts_of(lab)
+    inside_inv, outside_inv = _inventories(lab, tmp_path)
+    inside, outside = tmp_path / "inside-store", tmp_path / "outside-store"
+    site = ["-e", f"fne_sync_site={SITE}", "-e", f"fne_sync_site_key={KEY}"]
+
+    def carry_out(medium: Path):
+        return _inside_only(lab, lambda: playbook("carry_out", inside_inv, inside, *site,
+                                                  "-e", f"fne_sync_bundle_dir={medium}"))
+
+    def carry_in(*src: Path, expect_rc: int = 0, extra: tuple = ()):
+        return _inside_only(lab, lambda: playbook("carry_in", inside_inv, inside, *site, *extra,
+                                                  "-e", json.dumps({"fne_sync_bundle_src": [str(s) for s in src]}),
+                                                  expect_rc=expect_rc))
+
+    def upload(src: list[Path], dest: Path, expect_rc: int = 0):
+        before = _counters(lab)[0]
+        result = playbook("upload_bundle", outside_inv, outside, *site, "-e", f"fne_sync_bundle_dir={dest}",
+                          "-e", json.dumps({"fne_sync_bundle_src": [str(s) for s in src]}), expect_rc=expect_rc)
+        assert _counters(lab)[0] == before, "the outside run called a license server"
+        return result
+
+    # three outgoing bundles before the first return; the first medium is lost
+    m1, m2, m3 = tmp_path / "m1", tmp_path / "m2", tmp_path / "m3"
+    out1 = carry_out(m1)
+    assert sorted(p.name for p in m1.iterdir()) == [f"fne-{SITE}-out-000001.tar"], out1
+    manifest = _manifest(m1 / f"fne-{SITE}-out-000001.tar")
+    assert manifest["site"] == SITE and manifest["sequence"] == 1 and set(manifest["servers"]) == set(hosts)
+    assert all(len(s["files"]) == 3 and s["waiting_for"].endswith(".ack") for s in manifest["servers"].values())
+    assert sum(f["records"] for s in manifest["servers"].values() for f in s["files"]) == 20 * 12
+    shutil.rmtree(m1)  # lost on the way
+
+    lab.activity(4)
+    carry_out(m2)  # bundle 2, and bundle 1 again (not acknowledged: re-sent whole)
+    assert sorted(p.name for p in m2.iterdir()) == [f"fne-{SITE}-out-00000{i}.tar" for i in (1, 2)]
+    assert all(len(s["files"]) == 1 for s in _manifest(m2 / f"fne-{SITE}-out-000002.tar")["servers"].values())
+
+    # carried out of order: bundle 2 without bundle 1 is refused, nothing changes
+    lab_before, bo_before = lab_state(lab), _counters(lab)[1]
+    refused = upload([m2 / f"fne-{SITE}-out-000002.tar"], tmp_path / "r0", expect_rc=2)
+    assert "bundle 1 of site plant7 has not arrived" in refused.out, refused
+    assert lab_state(lab) == lab_before and _counters(lab)[1] == bo_before
+    assert not (outside / ".airgap" / "outside" / SITE / "servers").exists()
+
+    r1, r2 = tmp_path / "r1", tmp_path / "r2"
+    upload([m2], r1)
+    lab.verify()  # in the back office, not yet acknowledged on the servers
+    lab.activity(3)
+    carry_out(m3)  # bundle 3; bundles 1 and 2 again: no acknowledgment has come back yet
+    assert len(list(m3.iterdir())) == 3
+    upload([m3], r2)  # bundles 1 and 2 carried a second time: nothing of them is uploaded again
+    digest, uploads = tree_digest(outside), _counters(lab)[1].get("upload", 0)
+    again = upload([m3], tmp_path / "r2-again")  # the whole medium carried twice
+    assert _counters(lab)[1].get("upload", 0) == uploads, "a re-carried bundle uploaded something again"
+    assert _without_report(tree_digest(outside)) == _without_report(digest), again
+    total = 20 * 5  # files: 3 + 1 + 1 per server
+    assert uploads == total and lab.state()["backoffice"]["messages_accepted"] == total
+
+    # the returns come back late, the second one imported twice
+    assert [p.name for p in r1.iterdir()] == [f"fne-{SITE}-return-000001.tar"]
+    before, digest = lab_state(lab), tree_digest(inside)
+    check = carry_in(r1, extra=("--check",))
+    assert "would take acknowledgment" in check.out and check.changed() == set(hosts), check
+    assert lab_state(lab) == before and tree_digest(inside) == digest, "check mode changed something"
+    first = carry_in(r1)
+    assert first.changed() == set(hosts), first
+    for host in hosts:
+        assert len(list((inside / host / "outbox").glob("*.fnesync"))) == 1  # bundle 3's file is still in transit
+    _refused_when_tampered(lab, tmp_path, inside, r2 / f"fne-{SITE}-return-000002.tar", carry_in)
+    carry_in(r2)
+    settled, digest = lab_state(lab), _without_report(tree_digest(inside))
+    twice = carry_in(r2)
+    assert twice.changed() == set(), twice
+    assert lab_state(lab) == settled and _without_report(tree_digest(inside)) == digest, "a second import changed"
+
+    lab.verify(complete=True)
+    final = carry_out(tmp_path / "m4")  # nothing new, nothing in transit: nothing to carry
+    assert not (tmp_path / "m4").exists() or not list((tmp_path / "m4").iterdir()), final
+    for host in hosts:
+        assert not list((inside / host / "outbox").iterdir()) and not list((inside / host / "acks").iterdir())
+        assert len(list((inside / host / "sent").glob("*.fnesync"))) == 5
+        events = [e["event"] for e in ledger(outside / ".airgap" / "outside" / SITE / "servers", host)]
+        assert events.count("uploaded") == 5 and "mismatch" not in events, (host, events)
+
+
+def _inside_only(lab, run):
+    """The inside never calls the back office (its inventory has no back office URL, and the counters prove it)."""
+    before = _counters(lab)[1]
+    result = run()
+    assert _counters(lab)[1] == before, "the inside run called the back office"
+    return result
+
+
+def _manifest(path: Path) -> dict:
+    with tarfile.open(path) as tar:
+        return json.loads(tar.extractfile("manifest.json").read())
+
+
+def _refused_when_tampered(lab, tmp_path: Path, inside: Path, good: Path, carry_in) -> None:
+    """A return bundle tampered with is refused with a clear error; nothing changes on the servers or in the store
+    (corrupted bundles, other sites, unsigned ones: tests/unit/test_bundle.py)."""
+    before, digest = lab_state(lab), _without_report(tree_digest(inside))
+    with tarfile.open(good) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    manifest = json.loads(dict((m.name, d) for m, d in members)["manifest.json"])
+
+    def rewrite(name: str, change) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        path = folder / good.name
+        with tarfile.open(path, "w") as tar:
+            for member, data in members:
+                data = change(member.name, data)
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+        return path
+
+    ack_member = next(m.name for m, _d in members if m.name.endswith(".ack"))
+    # tampered: the manifest follows the changed file, but its signature cannot
+    changed_ack = next(d for m, d in members if m.name == ack_member)[:-1] + b"!"
+    host = ack_member.split("/")[1]
+    manifest["servers"][host]["ack"]["sha256"] = hashlib.sha256(changed_ack).hexdigest()
+    tampered = rewrite("tampered", lambda n, d: changed_ack if n == ack_member else
+                       (json.dumps(manifest).encode() if n == "manifest.json" else d))
+    result = carry_in(tampered, expect_rc=2)
+    assert "signature does not match the site key" in result.out, result
+
+    assert lab_state(lab) == before and _without_report(tree_digest(inside)) == digest
+
+
+def test_browser_only_outside(lab_factory, tmp_path):
+    """The outside has only a browser: a bundle laid out in per-server parts of at most 100 files with a checklist,
+    the parts submitted to the lab's "Upload synchronization history" page (as a person would, one server's part
+    at a time), the saved acknowledgments packed into a return bundle, imported inside: complete."""
+    import requests
+
+    lab = lab_factory(2, "--records", "206", "--page-size", "2")  # 103 files per server: two parts each
+    inside_inv, outside_inv = _inventories(lab, tmp_path)
+    inside, outside = tmp_path / "inside-store", tmp_path / "outside-store"
+    site = ["-e", f"fne_sync_site={SITE}"]  # no site key: unsigned bundles
+    upload_dir, medium, back = tmp_path / "upload", tmp_path / "m1", tmp_path / "r"
+    playbook("carry_out", inside_inv, inside, *site, "-e", f"fne_sync_bundle_dir={medium}")
+
+    before = _counters(lab)
+    unpacked = playbook("unpack_bundle", outside_inv, outside, *site, "-e", f"fne_sync_bundle_src={medium}",
+                        "-e", f"fne_sync_bundle_dir={upload_dir}")
+    assert _counters(lab) == before, "unpacking talked to the lab"
+    checklist = (upload_dir / SITE / "CHECKLIST.txt").read_text()
+    assert checklist.count("[ ] ") == 4 and "[ ] lls001 part-01: 100 file(s)" in checklist, unpacked
+    parts = {host: sorted((upload_dir / SITE / host).iterdir()) for host in hosts_of(lab)}
+    assert [len(list(p.glob("*.fnesync"))) for p in parts["lls001"]] == [100, 3]
+
+    info = lab.info["backoffice"]
+    page = info["url"].replace("/deviceservices", "/history")
+
+    def submit(part: Path) -> None:
+        files = [("file", (p.name, p.read_bytes())) for p in sorted(part.glob("*.fnesync"))]
+        answer = requests.post(page, files=files, verify=info["ca_path"], timeout=60)
+        assert answer.status_code == 200, answer.text
+        (part / "acknowledgment.bin").write_bytes(answer.content)
+
+    submit(parts["lls001"][0])  # one part only before the first pack: the rest stays pending
+    pack = ["-e", f"fne_sync_bundle_src={upload_dir}", "-e", f"fne_sync_bundle_dir={back}"]
+    playbook("pack_return", outside_inv, outside, *site, *pack)
+    assert [p.name for p in back.iterdir()] == [f"fne-{SITE}-return-000001.tar"]
+    assert list(_manifest(back / f"fne-{SITE}-return-000001.tar")["servers"]) == ["lls001"]
+    for part in (parts["lls001"][1], *parts["lls002"]):
+        submit(part)
+    playbook("pack_return", outside_inv, outside, *site, *pack)
+    playbook("carry_in", inside_inv, inside, *site, "-e", f"fne_sync_bundle_src={back}")
+    lab.verify(complete=True)
+    assert _counters(lab)[1].get("history_upload") == 4 and not _counters(lab)[1].get("upload")
+    assert lab.state()["backoffice"]["messages_accepted"] == 2 * 103  # each file once

@@ -1,0 +1,251 @@
+"""Air-gap bundles (plugin_utils/_bundle.py): a file enters one bundle, unacknowledged bundles are re-sent whole,
+every bundle is verified whole (site, kind, signature, sha256) and a refused one changes nothing, outgoing bundles
+are taken in sequence order only, a return bundle imported twice changes nothing. The back office and the license
+servers are the lab's, in tests/integration/test_airgap.py; here the outside's acknowledgments are written into
+its store as the fleet's upload writes them."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".venv" / "collections"))
+
+from ansible_collections.fne.offline_sync.plugins.plugin_utils import _bundle as bundles  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._bundle import BundleError  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import ServerStore  # noqa: E402
+
+SITE, KEY = "plant7", "key-1"
+HOSTS = {"lls001": {"host_id": "A1"}, "lls002": {"host_id": "A2"}}
+
+
+def digest(root: Path) -> dict:
+    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
+            for p in sorted(root.rglob("*"))} if root.exists() else {}
+
+
+def fetch(store: Path, host: str, name: str, records: int = 5) -> None:
+    server = ServerStore(str(store), host).ensure()
+    tmp = Path(server.dir) / name
+    tmp.write_bytes(f"{host} {name}".encode())
+    server.admit(str(tmp), records=records)
+
+
+def outside_uploads(root: str, names: list) -> dict:
+    """What the fleet's upload leaves in the outside store: an acknowledgment per file, the file in sent/."""
+    for name in names:
+        server = ServerStore(root, name)
+        for path in server.outbox_files():
+            server.record_ack(path, b"ack of " + os.path.basename(path).encode())
+    return {n: {"changed": True} for n in names}
+
+
+@pytest.fixture
+def inside(tmp_path):
+    store = tmp_path / "inside"
+    for host in HOSTS:
+        fetch(store, host, "20261101T000001.fnesync")
+        fetch(store, host, "20261101T000002.fnesync")
+    return store
+
+
+def test_a_file_enters_one_bundle_and_unacknowledged_bundles_are_carried_again(inside, tmp_path):
+    before = digest(inside)
+    check = bundles.export(str(inside), SITE, KEY, str(tmp_path / "m0"), HOSTS, check_mode=True)
+    assert check["hosts"]["lls001"]["changed"] and check["written"] is None
+    assert digest(inside) == before and not (tmp_path / "m0").exists()
+
+    first = bundles.export(str(inside), SITE, KEY, str(tmp_path / "m1"), HOSTS)
+    assert first["written"] == "fne-plant7-out-000001.tar"
+    manifest = bundles.read_bundle(str(tmp_path / "m1" / first["written"]), bundles.OUTGOING, SITE, KEY).manifest
+    entry = manifest["servers"]["lls001"]
+    names = [f["name"] for f in entry["files"]]
+    assert entry["host_id"] == "A1" and names == ["20261101T000001.fnesync", "20261101T000002.fnesync"]
+    assert entry["files"][0]["records"] == 5 and entry["waiting_for"] == "20261101T000002.ack"
+
+    again = bundles.export(str(inside), SITE, KEY, str(tmp_path / "m2"), HOSTS)  # nothing new: no bundle 2
+    assert again["written"] is None and not again["changed"]
+    assert sorted(os.listdir(tmp_path / "m2")) == ["fne-plant7-out-000001.tar"]  # bundle 1 again, whole
+    fetch(inside, "lls002", "20261101T000003.fnesync")
+    third = bundles.export(str(inside), SITE, KEY, str(tmp_path / "m3"), HOSTS)
+    assert sorted(os.listdir(tmp_path / "m3")) == ["fne-plant7-out-000001.tar", "fne-plant7-out-000002.tar"]
+    second = bundles.read_bundle(str(tmp_path / "m3" / third["written"]), bundles.OUTGOING, SITE, KEY)
+    assert list(second.servers) == ["lls002"] and [f["name"] for f in second.servers["lls002"]["files"]] == [
+        "20261101T000003.fnesync"]
+    assert third["hosts"]["lls001"]["in_transit"] == ["fne-plant7-out-000001.tar"]
+    assert third["stale"] == []
+
+    # a bundle out longer than stale_days without an acknowledgment is named
+    state_path = inside / ".airgap" / "inside" / SITE / "state.json"
+    state = json.loads(state_path.read_text())
+    state["bundles"][0]["created"] = "2026-01-01T00:00:00Z"
+    state_path.write_text(json.dumps(state))
+    late = bundles.export(str(inside), SITE, KEY, None, HOSTS, stale_days=7)
+    assert late["stale"] == ["fne-plant7-out-000001.tar"] and late["outstanding"][0]["age_days"] > 7
+
+
+def _tar(path: Path, members: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _members(path: Path) -> list:
+    with tarfile.open(path) as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+
+
+@pytest.fixture
+def outgoing(inside, tmp_path) -> Path:
+    bundles.export(str(inside), SITE, KEY, str(tmp_path / "m1"), HOSTS)
+    return tmp_path / "m1" / "fne-plant7-out-000001.tar"
+
+
+def test_a_bundle_is_refused_whole_when_anything_is_wrong(outgoing, tmp_path):
+    members = _members(outgoing)
+    by_name = dict(members)
+    payload = "servers/lls001/20261101T000001.fnesync"
+    manifest = json.loads(by_name["manifest.json"])
+
+    def variant(name: str, change) -> str:
+        return str(_tar(tmp_path / name / outgoing.name, [(n, change(n, d)) for n, d in members if change(n, d)
+                                                          is not None]))
+
+    flipped = variant("flipped", lambda n, d: d + b"!" if n == payload else d)
+    manifest["servers"]["lls001"]["files"][0]["sha256"] = hashlib.sha256(by_name[payload] + b"!").hexdigest()
+    tampered = variant("tampered", lambda n, d: by_name[payload] + b"!" if n == payload else
+                       json.dumps(manifest).encode() if n == "manifest.json" else d)
+    unsigned = variant("unsigned", lambda n, d: None if n == "manifest.hmac" else d)
+    extra = str(_tar(tmp_path / "extra" / outgoing.name, [*members, ("servers/lls001/x.fnesync", b"x")]))
+    (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 100)
+    cases = [
+        (flipped, SITE, KEY, bundles.OUTGOING, f"{payload} is corrupted"),
+        (tampered, SITE, KEY, bundles.OUTGOING, "signature does not match the site key"),
+        (unsigned, SITE, KEY, bundles.OUTGOING, "not signed, but this site has a key"),
+        (str(outgoing), SITE, None, bundles.OUTGOING, "signed, but no site key is configured"),
+        (str(outgoing), SITE, "other-key", bundles.OUTGOING, "signature does not match"),
+        (str(outgoing), "plant8", KEY, bundles.OUTGOING, "a bundle of site 'plant7', this is site 'plant8'"),
+        (str(outgoing), SITE, KEY, bundles.RETURN, "this is an outgoing bundle, a return bundle is needed"),
+        (extra, SITE, KEY, bundles.OUTGOING, "do not match its manifest"),
+        (str(tmp_path / "junk.tar"), SITE, KEY, bundles.OUTGOING, "not a readable bundle"),
+    ]
+    for path, site, key, kind, words in cases:
+        with pytest.raises(BundleError, match=words):
+            bundles.read_bundle(path, kind, site, key)
+    assert bundles.read_bundle(str(outgoing), bundles.OUTGOING, SITE, KEY).sequence == 1
+
+
+def test_outgoing_bundles_are_taken_in_sequence_order_only(inside, outgoing, tmp_path):
+    fetch(inside, "lls001", "20261101T000003.fnesync")
+    bundles.export(str(inside), SITE, KEY, str(tmp_path / "m2"), HOSTS)
+    second = tmp_path / "m2" / "fne-plant7-out-000002.tar"
+    outside = tmp_path / "outside"
+    calls = []
+
+    def uploads(root, names):
+        calls.append(names)
+        return outside_uploads(root, names)
+
+    with pytest.raises(BundleError, match="bundle 1 of site plant7 has not arrived"):
+        bundles.upload(str(outside), SITE, KEY, [str(second)], None, uploads)
+    assert not calls and not outside.exists()
+
+    done = bundles.upload(str(outside), SITE, KEY, [str(tmp_path / "m2")], str(tmp_path / "r1"), uploads)
+    assert done["return_bundle"] == "fne-plant7-return-000001.tar" and calls == [["lls001", "lls002"]]
+    held = digest(outside)
+    repeat = bundles.upload(str(outside), SITE, KEY, [str(second), str(outgoing)], str(tmp_path / "r2"), uploads)
+    assert repeat["return_bundle"] is None and os.listdir(tmp_path / "r2") == ["fne-plant7-return-000001.tar"]
+    assert digest(outside) == held  # nothing admitted twice, no new return bundle
+
+    # an inside store that was replaced numbers its bundles from 1 again: refused, not taken for a re-carry
+    fresh = tmp_path / "fresh"
+    fetch(fresh, "lls001", "20261102T000001.fnesync")
+    bundles.export(str(fresh), SITE, KEY, str(tmp_path / "m9"), HOSTS)
+    with pytest.raises(BundleError, match="sequence 1 was already received as bundle"):
+        bundles.upload(str(outside), SITE, KEY, [str(tmp_path / "m9")], None, uploads)
+    assert digest(outside) == held
+
+
+def test_a_return_bundle_imported_twice_changes_nothing(inside, outgoing, tmp_path):
+    bundles.upload(str(tmp_path / "outside"), SITE, KEY, [str(outgoing)], str(tmp_path / "r1"), outside_uploads)
+    ret = tmp_path / "r1" / "fne-plant7-return-000001.tar"
+    before = digest(inside)
+    with pytest.raises(BundleError, match="this is site 'plant8'"):
+        bundles.import_returns(str(inside), "plant8", KEY, [str(ret)], list(HOSTS))
+    with pytest.raises(BundleError, match="this is an outgoing bundle"):
+        bundles.import_returns(str(inside), SITE, KEY, [str(outgoing)], list(HOSTS))
+    assert digest(inside) == before
+
+    first = bundles.import_returns(str(inside), SITE, KEY, [str(ret)], list(HOSTS))
+    assert first["changed"]
+    for host in HOSTS:
+        server = ServerStore(str(inside), host)
+        assert not server.outbox_files()  # the newest acknowledgment covers the older file too
+        assert [os.path.basename(a) for a in server.pending_acks()] == ["20261101T000002.ack"]
+    after = digest(inside)
+    second = bundles.import_returns(str(inside), SITE, KEY, [str(ret)], list(HOSTS))
+    assert not second["changed"] and digest(inside) == after
+    state = json.loads((inside / ".airgap" / "inside" / SITE / "state.json").read_text())
+    assert state["bundles"][0]["done"]  # acknowledged: no longer carried
+    assert bundles.export(str(inside), SITE, KEY, str(tmp_path / "m5"), HOSTS)["copied"] == []
+
+
+def test_browser_parts_hold_at_most_100_files_and_never_change(tmp_path):
+    """unpack: parts of at most 100 files of one server in upload order; a part laid out never changes (its saved
+    acknowledgment covers exactly its files), new files go into new parts. pack: each saved acknowledgment covers
+    its part's files, the others wait."""
+    inside, outside, upload_dir = tmp_path / "inside", tmp_path / "outside", tmp_path / "upload"
+    for second in range(101):
+        fetch(inside, "lls001", f"20261101T00{second // 60:02d}{second % 60:02d}.fnesync")
+    bundles.export(str(inside), SITE, None, str(tmp_path / "m1"), HOSTS)
+    first = bundles.unpack(str(outside), SITE, None, [str(tmp_path / "m1")], str(upload_dir))
+    host_dir = upload_dir / SITE / "lls001"
+    assert [len(os.listdir(host_dir / p)) for p in ("part-01", "part-02")] == [100, 1]
+    assert sorted(os.listdir(host_dir / "part-01"))[-1] == "20261101T000139.fnesync"  # upload order
+    assert len([line for line in first["lines"] if line.startswith("[ ] ")]) == 2
+
+    (host_dir / "part-01" / "acknowledgment.bin").write_bytes(b"ack of part 1")
+    fetch(inside, "lls001", "20261101T010000.fnesync")
+    bundles.export(str(inside), SITE, None, str(tmp_path / "m2"), HOSTS)
+    second = bundles.unpack(str(outside), SITE, None, [str(tmp_path / "m2")], str(upload_dir))
+    assert [len(os.listdir(host_dir / p)) for p in ("part-01", "part-02", "part-03")] == [101, 1, 1]  # 100 + ack
+    assert [line.split()[3] for line in second["lines"] if line.startswith("[ ] ")] == ["part-02:", "part-03:"]
+
+    packed = bundles.pack(str(outside), SITE, None, str(upload_dir), str(tmp_path / "r1"))
+    server = ServerStore(str(outside / ".airgap" / "outside" / SITE / "servers"), "lls001")
+    assert [os.path.basename(p) for p in server.outbox_files()] == ["20261101T000140.fnesync",
+                                                                    "20261101T010000.fnesync"]
+    assert [os.path.basename(p) for p in server.pending_acks()] == ["20261101T000139.ack"]
+    assert packed["return_bundle"] == "fne-plant7-return-000001.tar"
+    again = bundles.pack(str(outside), SITE, None, str(upload_dir), str(tmp_path / "r2"))
+    assert again["return_bundle"] is None and not again["changed"]  # nothing new saved: nothing new packed
+
+
+def test_a_mismatch_answered_outside_marks_the_server_for_recovery_inside(inside, outgoing, tmp_path):
+    """Only the inside can run the documented forced download: the return bundle names the outside's problem and
+    the import marks that server (needs_force), once."""
+    outside = tmp_path / "outside"
+    bundles.upload(str(outside), SITE, KEY, [str(outgoing)], None, lambda root, names: {})  # nothing accepted
+    root = outside / ".airgap" / "outside" / SITE / "servers"
+    ServerStore(str(root), "lls002").set_needs_force("back office mismatch: Expected sync time ...")
+    packed = bundles.pack(str(outside), SITE, KEY, str(tmp_path / "none"), str(tmp_path / "r1"))
+    manifest = bundles.read_bundle(str(tmp_path / "r1" / packed["return_bundle"]), bundles.RETURN, SITE, KEY).manifest
+    assert manifest["servers"] == {"lls002": {"problem": "back office mismatch: Expected sync time ..."}}
+    done = bundles.import_returns(str(inside), SITE, KEY, [str(tmp_path / "r1")], list(HOSTS))
+    assert "the outside reported: back office mismatch" in done["hosts"]["lls002"]["msg"]
+    assert "back office mismatch" in ServerStore(str(inside), "lls002").needs_force()
+    assert ServerStore(str(inside), "lls001").needs_force() is None
+    ServerStore(str(inside), "lls002").clear_needs_force()  # recovered meanwhile: the same bundle again is no news
+    again = bundles.import_returns(str(inside), SITE, KEY, [str(tmp_path / "r1")], list(HOSTS))
+    assert not again["changed"] and ServerStore(str(inside), "lls002").needs_force() is None
