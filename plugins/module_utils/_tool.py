@@ -40,6 +40,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
     FneError,
     LostResponseError,
     MismatchError,
+    SettingError,
     mismatch_times,
     scrub,
 )
@@ -126,6 +127,28 @@ def java_truststore(pem_file: str, dest: str) -> None:
         handle.write(body + digest)
 
 
+def tool_command(tool_path: Optional[str], command: Optional[str], name: str) -> List[str]:
+    """The exact command when one is set, else NAME.sh, NAME or NAME.bat in tool_path (or on PATH); SettingError
+    naming the setting to fix when there is none."""
+    option = "tool_server_command" if name == SERVER_TOOL else "tool_backoffice_command"
+    if command:
+        argv = shlex.split(command)
+        found = shutil.which(argv[0]) if argv else None
+        if not found:
+            raise SettingError(f"The {name} command {command!r} was not found or is not executable.", option)
+        return [found] + argv[1:]
+    folder = os.path.expanduser(tool_path) if tool_path else None
+    names = [name + suffix for suffix in TOOL_SUFFIXES]
+    for candidate in names:
+        path = os.path.join(folder, candidate) if folder else shutil.which(candidate)
+        if path and os.path.isfile(path):
+            # a script without its execute bit (copied from an archive, say) runs through the shell
+            return [path] if os.access(path, os.X_OK) or path.endswith((".bat", ".cmd")) else ["/bin/sh", path]
+    where = f"in {folder}" if folder else "on PATH"
+    raise SettingError(f"The vendor tool {name} was not found {where} (looked for {', '.join(names)}): set "
+                       "tool_path to the folder that holds it, or give the exact command.", "tool_path", option)
+
+
 class _Tool:
     def __init__(self, conn: Connection, tool_path: Optional[str], command: Optional[str], name: str,
                  warn: Callable[[str], None], run_command: RunCommand):
@@ -138,29 +161,9 @@ class _Tool:
         self.conn = conn
         self.warn = warn
         self.run_command = run_command
-        self.argv = self._command(tool_path, command, name)
+        self.argv = tool_command(tool_path, command, name)
         script = self.argv[1] if self.argv[0] == "/bin/sh" and len(self.argv) > 1 else self.argv[0]
         self.name = os.path.basename(script)  # what error messages call the tool
-
-    @staticmethod
-    def _command(tool_path: Optional[str], command: Optional[str], name: str) -> List[str]:
-        """The exact command when one is set, else NAME.sh, NAME or NAME.bat in tool_path (or on PATH)."""
-        if command:
-            argv = shlex.split(command)
-            found = shutil.which(argv[0]) if argv else None
-            if not found:
-                raise FneError(f"The {name} command {command!r} was not found or is not executable.")
-            return [found] + argv[1:]
-        folder = os.path.expanduser(tool_path) if tool_path else None
-        names = [name + suffix for suffix in TOOL_SUFFIXES]
-        for candidate in names:
-            path = os.path.join(folder, candidate) if folder else shutil.which(candidate)
-            if path and os.path.isfile(path):
-                # a script without its execute bit (copied from an archive, say) runs through the shell
-                return [path] if os.access(path, os.X_OK) or path.endswith((".bat", ".cmd")) else ["/bin/sh", path]
-        where = f"in {folder}" if folder else "on PATH"
-        raise FneError(f"The vendor tool {name} was not found {where} (looked for {', '.join(names)}): set tool_path "
-                       "to the folder that holds it, or give the exact command.")
 
     @contextlib.contextmanager
     def _environment(self) -> Iterator[Dict[str, str]]:

@@ -52,7 +52,12 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
     sync_time_of,
     zone_of,
 )
-from ansible_collections.fne.offline_sync.plugins.module_utils._tool import iso_time
+from ansible_collections.fne.offline_sync.plugins.module_utils._tool import (
+    BACKOFFICE_TOOL,
+    SERVER_TOOL,
+    iso_time,
+    tool_command,
+)
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._action import run_command
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import (
     ACK_SUFFIX,
@@ -107,6 +112,10 @@ def _validate(host_vars: Mapping[str, Any]) -> tuple:
     return validation.validated_parameters, sorted(str(v) for v in validation._no_log_values if v)
 
 
+TOOLS = {"lls": SERVER_TOOL, "backoffice": BACKOFFICE_TOOL}
+TOOL_OPTIONS = {"lls": "server", "backoffice": "backoffice"}
+
+
 def server_config(name: str, host_vars: Mapping[str, Any]) -> ServerConfig:
     """A server's settings from its host variables; raises StoreError naming the variable when one is invalid."""
     validated, secrets = _validate(host_vars)
@@ -123,6 +132,13 @@ def server_config(name: str, host_vars: Mapping[str, Any]) -> ServerConfig:
             except SettingError as exc:
                 names = ", ".join(s.host_var for s in SIDES[side] if s.option in exc.options)
                 raise StoreError(f"invalid host variables ({names or side}): {scrub(exc.msg, secrets)}") from None
+        # the vendor tools of an api-topology server run here (a remote-topology server's, on its host)
+        if params["backend"] == "tool" and cfg.topology == "api":
+            try:
+                tool_command(params["tool_path"], params.get(f"tool_{TOOL_OPTIONS[side]}_command"), TOOLS[side])
+            except SettingError as exc:
+                names = ", ".join(dict.fromkeys(s.host_var for s in SIDES[side] if s.option in exc.options))
+                raise StoreError(f"invalid host variables ({names}): {exc.msg}") from None
     return cfg
 
 

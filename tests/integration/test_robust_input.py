@@ -260,7 +260,8 @@ MODULE_CASES = [
       server="plain", backoffice=True),
     C("upload-tool-path-missing", "upload", {"url": "{bo}", "ca_path": "{ca}", "src": "{d}/src", "backend": "tool",
                                              "tool_path": "{d}/adir"},
-      "The vendor tool backofficeofflinesynctool.sh was not found in {d}/adir: set tool_path",
+      "The vendor tool backofficeofflinesynctool was not found in {d}/adir (looked for "
+      "backofficeofflinesynctool.sh, backofficeofflinesynctool): set tool_path",
       files={**SYNC_SRC, "adir": "dir"}, server="plain", backoffice=True),
     C("process-src-missing", "process", {"url": "{url}", "src": "{d}/nope.bin"},
       "Cannot read the acknowledgment file {d}/nope.bin: No such file or directory", server="plain"),
@@ -285,10 +286,11 @@ MODULE_CASES = [
       expect_any=("no certificate or crl found", "PEM"), files={"junk.pem": b"not a certificate\n"}, server="https",
       creates=("out/",)),
     C("tool-path-without-tools", "generate", {**GEN, "url": "{url}", "backend": "tool", "tool_path": "{d}/adir"},
-      "The vendor tool serverofflinesynctool.sh was not found in {d}/adir: set tool_path", files={"adir": "dir"},
+      "The vendor tool serverofflinesynctool was not found in {d}/adir (looked for "
+      "serverofflinesynctool.sh, serverofflinesynctool): set tool_path", files={"adir": "dir"},
       server="plain"),
     C("tool-path-is-file", "generate", {**GEN, "url": "{url}", "backend": "tool", "tool_path": "{d}/afile"},
-      "serverofflinesynctool.sh was not found in {d}/afile", files={"afile": b"x"}, server="plain"),
+      "serverofflinesynctool was not found in {d}/afile", files={"afile": b"x"}, server="plain"),
     # reach a server (its answer is the error) and change nothing
     C("process-empty-ack", "process", {"url": "{url}", "src": "{d}/ack.bin"}, expect_any=("invalidSyncAck", "empty"),
       files={"ack.bin": b""}, server="plain", contacts=True),
@@ -581,7 +583,7 @@ HOST_CASES = [
       URL_ERR),
     H("username-without-password", "secured", {"fne_lls_password": None}, "fne_lls_password"),
     H("tool-path-without-tools", "plain", {"fne_sync_backend": "tool", "fne_sync_tool_path": "{empty}"},
-      "serverofflinesynctool.sh was not found in {empty}"),
+      "serverofflinesynctool was not found in {empty}"),
     H("url-http-to-tls-port", "https", {"fne_lls_url": "http://{host}"}, "https", connects=True),
     H("url-https-to-plain-port", "plain", {"fne_lls_url": "https://{host}"}, "TLS failure", connects=True),
     H("host-name-with-slash", "plain", {}, "invalid server name for the store: 'dc1/", name="dc1/{server}"),
