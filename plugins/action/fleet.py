@@ -86,7 +86,12 @@ class ActionModule(ActionBase):
             display.warning(warning)
         problems = _preflight(store, every, args["preflight"])
         if problems:
-            return dict(result, failed=True, msg="pre-flight: " + "; ".join(problems) + ". No server was touched.")
+            msg = "pre-flight: " + "; ".join(problems) + ". No server was touched."
+            if step != "status":
+                return dict(result, failed=True, msg=msg)
+            # the plan (run_once): a failed task here would leave every other server out of the recap and the
+            # report; the cycle skips its steps and the report fails every server with this message
+            return dict(result, changed=False, msg=msg, preflight_failed=msg, remote_hosts=[], hosts={})
 
         if step == "report":
             result.update(changed=False, **self._report(args, task_vars, store, configs, invalid, check_mode))
@@ -122,7 +127,10 @@ class ActionModule(ActionBase):
         results = [r for r in args["results"] if isinstance(r, dict)]
         results += [task_vars[n] for n in args["result_vars"] if isinstance(task_vars.get(n), dict)]
         results.append({"hosts": {name: {"failed": True, "msg": msg} for name, msg in invalid.items()}})
-        write = args["write_report"] and not check_mode
+        if args["preflight_failed"]:
+            results.append({"hosts": {c.name: {"failed": True, "msg": f"{c.name}: {args['preflight_failed']}"}
+                                      for c in configs}})
+        write = args["write_report"] and not check_mode and not args["preflight_failed"]  # a blocked run writes nothing
         live = {}
         if args["live_var"]:  # the status playbook's server_info answers, one registered result per host
             hostvars = task_vars.get("hostvars") or {}

@@ -138,10 +138,17 @@ options:
       - Checks made before the step touches any server; when one fails the task fails, naming it, and no server
         is touched. C(store), the store (or its nearest existing parent) is a folder this user can write;
         C(backoffice), every server has a back office URL. Read-only, also in check mode.
+      - For the C(status) step (the cycle role's plan, run once for the play) the task does not fail; it returns
+        RV(preflight_failed), the cycle skips its steps and the C(report) step fails every server with it (given
+        as O(preflight_failed)), so each server shows the reason in the recap and the report.
     type: list
     elements: str
     choices: [store, backoffice]
     default: []
+  preflight_failed:
+    description:
+      - For C(report), the pre-flight failure of the plan (RV(preflight_failed)); every server fails with it.
+    type: str
   metrics_file:
     description:
       - For C(report) (when the report is written), write Prometheus metrics for node_exporter's textfile collector
@@ -194,6 +201,12 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+preflight_failed:
+  description: For the C(status) step, what the pre-flight found (see O(preflight)); no server was touched.
+  returned: when a pre-flight check of the status step failed
+  type: str
+  sample: "pre-flight: no back office URL for 3 server(s) (lls001, lls002, lls003): set fne_backoffice_url (or
+    FNE_BACKOFFICE_URL). No server was touched."
 hosts:
   description: One entry per server worked, keyed by inventory name.
   returned: always

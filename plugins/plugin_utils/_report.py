@@ -286,9 +286,9 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
 def _log_run(store: ServerStore, state: dict, run: Dict[str, Any], run_id: str,
              now: _dt.datetime) -> Optional[dict]:
     """One ``run`` line in this server's ledger (the history's source), then its figures with that line."""
+    if not os.path.isdir(store.dir):  # a server no step touched (its variables are invalid, say) keeps no trace
+        return None
     try:
-        if not os.path.isdir(store.dir):
-            store.ensure()
         store.log("run", durable=False, time=now.strftime("%Y-%m-%dT%H:%M:%SZ"), run=run_id, records=run["records"],
                   files=run["files_uploaded"],
                   failed=run["failed"], detail="; ".join(_without_host(store.name, m) for m in run["errors"]) or None)

@@ -734,7 +734,8 @@ def test_play_variables_and_patterns(lab_factory, tmp_path, case):
 
 
 # ---- the store ---------------------------------------------------------------------------------------------------
-STORE_WIDE = {"path-is-a-file": ("not a directory", "not a folder"), "read-only": ("permission denied",)}
+STORE_WIDE = {"path-is-a-file": ("not a directory", "not a folder"),
+              "read-only": ("permission denied", "not a writable folder")}
 
 
 @pytest.mark.parametrize("kind", sorted(STORE_WIDE))
