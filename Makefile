@@ -8,7 +8,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export PATH := $(VENV)/bin:$(PATH)
 PYTEST_ARGS ?= -n 2
 
-.PHONY: venv test demo lint clean system-deps reliability
+.PHONY: venv cores test test-cores demo lint clean system-deps reliability
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements-dev.txt tests/lab/pyproject.toml
@@ -19,15 +19,39 @@ $(VENV)/.installed: requirements-dev.txt tests/lab/pyproject.toml
 	ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/fne/offline_sync
 	touch $@
 
+# Every older ansible-core the collection supports (meta/runtime.yml, README), with the oldest Python each runs on
+# as a controller: .venv/cores/X.Y holds that ansible-core, pytest and requests; the lab runs from .venv. The
+# newest ansible-core is .venv's own (requirements-dev.txt) and gets the whole suite.
+CORES := 2.16.19:3.11 2.17.14:3.11 2.18.19:3.11 2.19.14:3.13 2.20.10:3.12
+CORE_VENVS := $(foreach core,$(CORES),$(VENV)/cores/$(basename $(firstword $(subst :, ,$(core)))))
+# What runs on each older version: the module tests, one sync per topology, the README's ad-hoc examples and every
+# EXAMPLES block (tests/integration/test_examples.py). About a minute each.
+CORE_TESTS := tests/integration/test_modules.py tests/integration/test_examples.py \
+	tests/integration/test_sync_api.py::test_fleet_cycle tests/integration/test_sync_remote.py::test_remote_topology_cycle
+cores: $(addsuffix /.installed,$(CORE_VENVS))
+
+$(VENV)/cores/%/.installed: tests/requirements-cores.txt Makefile
+	@spec=$$(for c in $(CORES); do case $$c in $*.*) echo $$c;; esac; done) && \
+	  python=$$(tools/find-python $${spec#*:}) && echo "ansible-core $${spec%:*} on $$python" && \
+	  rm -rf $(VENV)/cores/$* && $$python -m venv $(VENV)/cores/$* && \
+	  $(VENV)/cores/$*/bin/pip install -q "ansible-core==$${spec%:*}" -r tests/requirements-cores.txt
+	touch $@
+
 # sshd for the remote-topology tests (real SSH to this machine). Needs root or an sshd already installed.
 system-deps:
 	@command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || { \
 	  [ "$$(id -u)" = 0 ] || { echo "install openssh-server (sshd) for the remote-topology tests" >&2; exit 1; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; }
 
-test: venv system-deps
+test: venv system-deps test-cores
 	$(VENV)/bin/ruff check plugins tests benchmarks tools
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# CORE_TESTS on each older ansible-core: pytest runs in that venv, so ansible-playbook, the modules' Python and
+# ansible's own imports are that version's.
+test-cores: venv system-deps cores
+	@set -e; for core in $(CORE_VENVS); do echo "== $$($$core/bin/ansible --version | head -1) on $$($$core/bin/python -V)"; \
+	  $$core/bin/python -m pytest $(PYTEST_ARGS) $(CORE_TESTS); done
 
 # docs/reliability.md from one run of the robustness suites (crash, faults, hostile servers, bad input, secrets,
 # fuzzing): each case records its figures, tools/reliability_report.py writes the document.
