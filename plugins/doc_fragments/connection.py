@@ -99,4 +99,12 @@ options:
       - PEM file of the CA that signed the license server's HTTPS certificate, for a private CA.
       - If not set, the value of the E(FNE_LLS_CA_PATH) environment variable is used.
     type: path
+  proxy:
+    description:
+      - The proxy for the license server, C(http://HOST:PORT), named in connection errors; the back office has its
+        own setting.
+      - Set, it wins over the E(HTTPS_PROXY), E(HTTP_PROXY) and E(NO_PROXY) environment variables for the license
+        server; not set, those apply. Credentials in the URL are refused. O(backend=tool) does not use it.
+      - If not set, the value of the E(FNE_LLS_PROXY) environment variable is used.
+    type: str
 """

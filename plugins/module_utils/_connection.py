@@ -39,12 +39,15 @@ LLS_SETTINGS = (
     Setting("password", {"type": "str", "no_log": True}, "fne_lls_password", "FNE_LLS_PASSWORD"),
     Setting("ca_path", {"type": "path"}, "fne_lls_ca_path", "FNE_LLS_CA_PATH"),
     Setting("validate_certs", {"type": "bool", "default": True}, "fne_lls_validate_certs"),
+    Setting("proxy", {"type": "str"}, "fne_lls_proxy", "FNE_LLS_PROXY"),
 )
 # The back office (upload).
 BACKOFFICE_SETTINGS = (
     Setting("url", {"type": "str", "required": True}, "fne_backoffice_url", "FNE_BACKOFFICE_URL"),
     Setting("ca_path", {"type": "path"}, "fne_backoffice_ca_path", "FNE_BACKOFFICE_CA_PATH"),
     Setting("validate_certs", {"type": "bool", "default": True}, "fne_backoffice_validate_certs"),
+    # The back office alone through a proxy: HTTPS_PROXY would take the HTTPS license servers there too.
+    Setting("proxy", {"type": "str"}, "fne_backoffice_proxy", "FNE_BACKOFFICE_PROXY"),
 )
 # How requests are made, for either side.
 TRANSPORT_SETTINGS = (
@@ -98,6 +101,7 @@ class Connection:
     timeout: float = 30
     retries: int = 3
     max_retry_wait: float = 60
+    proxy: Optional[str] = None  # unset: the environment's HTTP(S)_PROXY / NO_PROXY, as requests reads them
 
     def secrets(self) -> list[str]:
         return [s for s in (self.password,) if s]
@@ -114,6 +118,7 @@ def connection_from_params(params: dict) -> Connection:
         timeout=params["timeout"],
         retries=params["retries"],
         max_retry_wait=params["max_retry_wait"],
+        proxy=params.get("proxy") or None,
     )
 
 
@@ -157,6 +162,8 @@ def check_url(url: str, what: str) -> str:
 def check_connection(conn: Connection, what: str) -> None:
     """The settings of one side before any request: FneError naming what to fix."""
     check_url(conn.url, what)
+    if conn.proxy:
+        check_url(conn.proxy, f"{what} proxy")
     check_numbers(conn)
     if conn.validate_certs and conn.ca_path and not os.path.isfile(conn.ca_path):
         raise FneError(f"ca_path {conn.ca_path} is not a file: set it to the PEM file of the {what}'s CA.")

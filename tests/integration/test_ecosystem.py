@@ -678,6 +678,8 @@ def runner(pdd: Path, playbook: str = "sync.yml") -> dict:
                           capture_output=True, text=True, env=env, timeout=600, check=False)
     artifacts = pdd / "artifacts" / "job"
     events = [json.loads(p.read_text()) for p in sorted((artifacts / "job_events").glob("*.json"))]
+    for event in events:  # a prompt's echo (the Vault password) is a verbose event without data
+        event.setdefault("event_data", {})
     hosts = {e["event_data"]["host"] for e in events if e["event_data"].get("host")}
     failed = [e for e in events if e["event"] in ("runner_on_failed", "runner_on_unreachable")
               and not e["event_data"].get("ignore_errors")]
