@@ -8,7 +8,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export PATH := $(VENV)/bin:$(PATH)
 PYTEST_ARGS ?= -n 2
 
-.PHONY: venv cores test test-cores demo lint clean system-deps reliability
+.PHONY: venv cores test test-cores demo lint clean system-deps reliability FORCE
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements-dev.txt tests/lab/pyproject.toml
@@ -24,18 +24,28 @@ $(VENV)/.installed: requirements-dev.txt tests/lab/pyproject.toml
 # newest ansible-core is .venv's own (requirements-dev.txt) and gets the whole suite.
 CORES := 2.16.19:3.11 2.17.14:3.11 2.18.19:3.11 2.19.14:3.13 2.20.10:3.12
 CORE_VENVS := $(foreach core,$(CORES),$(VENV)/cores/$(basename $(firstword $(subst :, ,$(core)))))
-# What runs on each older version: the module tests, one sync per topology, the README's ad-hoc examples and every
-# EXAMPLES block (tests/integration/test_examples.py). About a minute each.
-CORE_TESTS := tests/integration/test_modules.py tests/integration/test_examples.py \
-	tests/integration/test_sync_api.py::test_fleet_cycle tests/integration/test_sync_remote.py::test_remote_topology_cycle
+# What runs on each older version (a few minutes each; the newest runs everything): the module results on both
+# execution paths and backends, no_log scrubbing, module_defaults groups, ansible-doc; every documentation example
+# (test_examples: module EXAMPLES, README ad-hoc commands and play, role READMEs, whose cycle plays are api-topology
+# syncs); one sync per topology through the sync playbook (with check mode and a rerun).
+CORE_TESTS := tests/integration/test_examples.py \
+	tests/integration/test_modules.py::test_full_cycle_both_paths \
+	tests/integration/test_modules.py::test_no_log_values_are_scrubbed_alike \
+	tests/integration/test_modules.py::test_module_defaults_lls_and_backoffice_groups \
+	tests/integration/test_modules.py::test_ansible_doc_renders \
+	tests/integration/test_sync_api.py::test_status_changes_nothing \
+	tests/integration/test_sync_remote.py::test_remote_topology_cycle
 cores: $(addsuffix /.installed,$(CORE_VENVS))
 
-$(VENV)/cores/%/.installed: tests/requirements-cores.txt Makefile
+# Rebuilt when requirements-cores.txt changes or CORES names another release for it (the stamp holds the spec).
+$(VENV)/cores/%/.installed: tests/requirements-cores.txt FORCE
 	@spec=$$(for c in $(CORES); do case $$c in $*.*) echo $$c;; esac; done) && \
-	  python=$$(tools/find-python $${spec#*:}) && echo "ansible-core $${spec%:*} on $$python" && \
-	  rm -rf $(VENV)/cores/$* && $$python -m venv $(VENV)/cores/$* && \
-	  $(VENV)/cores/$*/bin/pip install -q "ansible-core==$${spec%:*}" -r tests/requirements-cores.txt
-	touch $@
+	  if [ "$$(cat $@ 2>/dev/null)" != "$$spec" ] || [ $@ -ot tests/requirements-cores.txt ]; then \
+	    python=$$(tools/find-python $${spec#*:}) && echo "ansible-core $${spec%:*} on $$python" && \
+	    rm -rf $(VENV)/cores/$* && $$python -m venv $(VENV)/cores/$* && \
+	    $(VENV)/cores/$*/bin/pip install -q "ansible-core==$${spec%:*}" -r tests/requirements-cores.txt && \
+	    echo "$$spec" > $@; fi
+FORCE:
 
 # sshd for the remote-topology tests (real SSH to this machine). Needs root or an sshd already installed.
 system-deps:

@@ -464,7 +464,7 @@ def test_schedule_role_cron_follows_on_calendar(tmp_path, calendar, line):
         assert entries == [f"{line} root /usr/local/bin/fne-offline-sync --quiet"], entries
     else:
         assert proc.returncode != 0 and not cron.exists(), proc.stdout
-        assert f"fne_sync_schedule_on_calendar {json.dumps(calendar)} has no exact cron equivalent" in proc.stdout
+        assert f"fne_sync_schedule_on_calendar '{calendar}' has no exact cron equivalent" in proc.stdout
         assert "fne_sync_schedule_cron" in proc.stdout
 
 
