@@ -26,9 +26,11 @@ CORES := 2.16.19:3.11 2.17.14:3.11 2.18.19:3.11 2.19.14:3.13 2.20.10:3.12
 CORE_VENVS := $(foreach core,$(CORES),$(VENV)/cores/$(basename $(firstword $(subst :, ,$(core)))))
 # What runs on each older version (a few minutes each; the newest runs everything): the module results on both
 # execution paths and backends, no_log scrubbing, module_defaults groups, ansible-doc; every documentation example
-# (test_examples: module EXAMPLES, README ad-hoc commands and play, role READMEs, whose cycle plays are api-topology
-# syncs); one sync per topology through the sync playbook (with check mode and a rerun).
-CORE_TESTS := tests/integration/test_examples.py \
+# (test_examples: module EXAMPLES, README ad-hoc commands and play, the schedule README; the cycle README's plays,
+# api-topology syncs again, only on the newest); one sync per topology through the sync playbook.
+CORE_TESTS := tests/integration/test_examples.py::test_module_examples \
+	tests/integration/test_examples.py::test_readme_ad_hoc_and_module_defaults \
+	tests/integration/test_examples.py::test_schedule_role_readme_example \
 	tests/integration/test_modules.py::test_full_cycle_both_paths \
 	tests/integration/test_modules.py::test_no_log_values_are_scrubbed_alike \
 	tests/integration/test_modules.py::test_module_defaults_lls_and_backoffice_groups \
