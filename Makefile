@@ -8,7 +8,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export PATH := $(VENV)/bin:$(PATH)
 PYTEST_ARGS ?= -n 2
 
-.PHONY: venv test demo lint clean system-deps reliability bench
+.PHONY: venv cores test test-cores demo lint clean system-deps reliability bench FORCE
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements-dev.txt tests/lab/pyproject.toml
@@ -19,6 +19,36 @@ $(VENV)/.installed: requirements-dev.txt tests/lab/pyproject.toml
 	ln -sfn $(CURDIR) $(COLLECTIONS)/ansible_collections/fne/offline_sync
 	-$(VENV)/bin/fnelab build-tools  # the stand-in vendor tools (Java); `fnelab up` builds them when this could not
 	touch $@
+
+# Every older ansible-core the collection supports (meta/runtime.yml, README), with the oldest Python each runs on
+# as a controller: .venv/cores/X.Y holds that ansible-core, pytest and requests; the lab runs from .venv. The
+# newest ansible-core is .venv's own (requirements-dev.txt) and gets the whole suite.
+CORES := 2.16.19:3.11 2.17.14:3.11 2.18.19:3.11 2.19.14:3.13 2.20.10:3.12
+CORE_VENVS := $(foreach core,$(CORES),$(VENV)/cores/$(basename $(firstword $(subst :, ,$(core)))))
+# What runs on each older version (a few minutes each; the newest runs everything): the module results on both
+# execution paths and backends, no_log scrubbing, module_defaults groups, ansible-doc; every documentation example
+# (test_examples: module EXAMPLES, README ad-hoc commands and play, the schedule README; the cycle README's plays,
+# api-topology syncs again, only on the newest); one sync per topology through the sync playbook.
+CORE_TESTS := tests/integration/test_examples.py::test_module_examples \
+	tests/integration/test_examples.py::test_readme_ad_hoc_and_module_defaults \
+	tests/integration/test_examples.py::test_schedule_role_readme_example \
+	tests/integration/test_modules.py::test_full_cycle_both_paths \
+	tests/integration/test_modules.py::test_no_log_values_are_scrubbed_alike \
+	tests/integration/test_modules.py::test_module_defaults_lls_and_backoffice_groups \
+	tests/integration/test_modules.py::test_ansible_doc_renders \
+	tests/integration/test_sync_api.py::test_status_changes_nothing \
+	tests/integration/test_sync_remote.py::test_remote_topology_cycle
+cores: $(addsuffix /.installed,$(CORE_VENVS))
+
+# Rebuilt when requirements-cores.txt changes or CORES names another release for it (the stamp holds the spec).
+$(VENV)/cores/%/.installed: tests/requirements-cores.txt FORCE
+	@spec=$$(for c in $(CORES); do case $$c in $*.*) echo $$c;; esac; done) && \
+	  if [ "$$(cat $@ 2>/dev/null)" != "$$spec" ] || [ $@ -ot tests/requirements-cores.txt ]; then \
+	    python=$$(tools/find-python $${spec#*:}) && echo "ansible-core $${spec%:*} on $$python" && \
+	    rm -rf $(VENV)/cores/$* && $$python -m venv $(VENV)/cores/$* && \
+	    $(VENV)/cores/$*/bin/pip install -q "ansible-core==$${spec%:*}" -r tests/requirements-cores.txt && \
+	    echo "$$spec" > $@; fi
+FORCE:
 
 # sshd for the remote-topology tests (real SSH to this machine), a headless JDK for the stand-in vendor tools (Java
 # programs, as the vendor's are), Chromium and its driver for the report's browser test. Needs root or all three
@@ -34,9 +64,15 @@ system-deps:
 	  [ "$$(id -u)" = 0 ] || { echo "install chromium and chromium-driver for the report's browser test" >&2; exit 1; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-test: system-deps venv
+test: system-deps venv test-cores
 	$(VENV)/bin/ruff check plugins tests benchmarks tools
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# CORE_TESTS on each older ansible-core: pytest runs in that venv, so ansible-playbook, the modules' Python and
+# ansible's own imports are that version's.
+test-cores: venv system-deps cores
+	@set -e; for core in $(CORE_VENVS); do echo "== $$($$core/bin/ansible --version | head -1) on $$($$core/bin/python -V)"; \
+	  $$core/bin/python -m pytest $(PYTEST_ARGS) $(CORE_TESTS); done
 
 # docs/reliability.md from one run of the robustness suites (crash, faults, hostile servers, bad input, secrets,
 # fuzzing): each case records its figures, tools/reliability_report.py writes the document.

@@ -84,7 +84,8 @@ def sshd(tmp_path_factory):
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nAuthorizedKeysFile {authorized}\n"
         f"PidFile {home}/sshd.pid\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
-        f"MaxStartups 100:30:200\nMaxSessions 100\nSubsystem sftp internal-sftp\n")
+        f"MaxStartups 100:30:200\nMaxSessions 100\nSubsystem sftp internal-sftp\n"
+        "AcceptEnv FNE_*\n")  # a license server host's own settings (ssh -o SetEnv=FNE_LLS_URL=...)
     with open(home / "sshd.log", "w") as log:
         proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(config)], stderr=log)
     for _attempt in range(100):

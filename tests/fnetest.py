@@ -12,6 +12,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# The lab is installed in .venv only: the venvs of older ansible-core versions (.venv/cores/X.Y) run their tests
+# against it.
+FNELAB = REPO / ".venv" / "bin" / "fnelab"
 
 
 def ansible_env(**extra: str) -> dict[str, str]:
@@ -50,7 +53,7 @@ class Lab:
         self.address_base = address_base
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return run([str(BIN / "fnelab"), *args], check=check)
+        return run([str(FNELAB), *args], check=check)
 
     def up(self, servers: int, *options: str) -> Lab:
         self.cli("up", "--servers", str(servers), "--dir", str(self.dir), "--address-base", self.address_base,

@@ -28,4 +28,13 @@ options:
         the module adds the documented arguments. Overrides the lookup in O(tool_path).
       - If not set, the value of the E(FNE_TOOL_BACKOFFICE_COMMAND) environment variable is used.
     type: str
+  proxy:
+    description:
+      - The proxy for the back office alone, C(http://HOST:PORT) (HTTPS goes through it with C(CONNECT)); it is
+        named in connection errors. The license servers keep their own setting.
+      - Set, it wins over the E(HTTPS_PROXY), E(HTTP_PROXY) and E(NO_PROXY) environment variables for the back
+        office; not set, those apply (to both sides alike). Credentials in the URL are refused (they end up in
+        logs). O(backend=tool) does not use it.
+      - If not set, the value of the E(FNE_BACKOFFICE_PROXY) environment variable is used.
+    type: str
 """

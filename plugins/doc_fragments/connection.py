@@ -130,4 +130,12 @@ options:
         comes with the next run (the server keeps what it has not handed out).
     type: int
     default: 10000
+  proxy:
+    description:
+      - The proxy for the license server, C(http://HOST:PORT), named in connection errors; the back office has its
+        own setting.
+      - Set, it wins over the E(HTTPS_PROXY), E(HTTP_PROXY) and E(NO_PROXY) environment variables for the license
+        server; not set, those apply. Credentials in the URL are refused. O(backend=tool) does not use it.
+      - If not set, the value of the E(FNE_LLS_PROXY) environment variable is used.
+    type: str
 """

@@ -46,6 +46,7 @@ LLS_SETTINGS = (
     # The compatibility profile (docs/compatibility.md): what cannot be detected from the answers.
     Setting("time_zone", {"type": "str"}, "fne_lls_time_zone"),
     Setting("max_pages", {"type": "int", "default": MAX_PAGES}, "fne_lls_max_pages"),
+    Setting("proxy", {"type": "str"}, "fne_lls_proxy", "FNE_LLS_PROXY"),
 )
 # The back office (upload).
 BACKOFFICE_SETTINGS = (
@@ -54,6 +55,8 @@ BACKOFFICE_SETTINGS = (
     Setting("validate_certs", {"type": "bool", "default": True}, "fne_backoffice_validate_certs"),
     Setting("tool_backoffice_command", {"type": "str"}, "fne_sync_tool_backoffice_command",
             "FNE_TOOL_BACKOFFICE_COMMAND"),
+    # The back office alone through a proxy: HTTPS_PROXY would take the HTTPS license servers there too.
+    Setting("proxy", {"type": "str"}, "fne_backoffice_proxy", "FNE_BACKOFFICE_PROXY"),
 )
 # How requests are made, for either side.
 TRANSPORT_SETTINGS = (
@@ -109,6 +112,7 @@ class Connection:
     max_retry_wait: float = 60
     time_zone: Optional[str] = None  # of the license server's file names (and of a lastSyncTime without a zone)
     max_pages: int = MAX_PAGES       # sync messages one generate call downloads at most
+    proxy: Optional[str] = None  # unset: the environment's HTTP(S)_PROXY / NO_PROXY, as requests reads them
 
     def secrets(self) -> list[str]:
         return [s for s in (self.password,) if s]
@@ -127,6 +131,7 @@ def connection_from_params(params: dict) -> Connection:
         max_retry_wait=params["max_retry_wait"],
         time_zone=params.get("time_zone") or None,
         max_pages=MAX_PAGES if params.get("max_pages") is None else params["max_pages"],
+        proxy=params.get("proxy") or None,
     )
 
 
@@ -170,6 +175,8 @@ def check_url(url: str, what: str) -> str:
 def check_connection(conn: Connection, what: str) -> None:
     """The settings of one side before any request: SettingError naming what to fix."""
     check_url(conn.url, what)
+    if conn.proxy:
+        check_url(conn.proxy, f"{what} proxy")
     check_numbers(conn)
     if conn.validate_certs and conn.ca_path and not os.path.isfile(conn.ca_path):
         raise SettingError(f"ca_path {conn.ca_path} is not a file: set it to the PEM file of the {what}'s CA.",

@@ -311,6 +311,9 @@ class Http:
         self.session.mount("https://", _Adapter())
         # Passed with every request: a session-level setting loses to REQUESTS_CA_BUNDLE in the environment.
         self.verify = (conn.ca_path or True) if conn.validate_certs else False
+        # Passed with every request too: it then wins over the environment's proxies for this side only.
+        self.proxies = {"http": conn.proxy, "https": conn.proxy} if conn.proxy else None
+        self.via = f" through the proxy {conn.proxy}" if conn.proxy else ""  # for messages
         self.session.headers["User-Agent"] = "fne.offline_sync"
         self.session.headers["Accept-Encoding"] = "identity"  # the bytes as sent: sizes and caps mean what they say
 
@@ -342,7 +345,7 @@ class Http:
         try:
             response = self.session.request(method, url, data=handle if handle is not None else data,
                                             timeout=self.conn.timeout, stream=True, allow_redirects=False,
-                                            verify=self.verify, **kwargs)
+                                            verify=self.verify, proxies=self.proxies, **kwargs)
         except BaseException:
             WATCHDOG.forget(deadline)
             raise
@@ -374,18 +377,19 @@ class Http:
                 kind, reason = self._classify(exc, deadline, repeatable, url)
                 if kind == "tls":
                     raise self.fail(
-                        f"TLS failure talking to the {self.what} at {url}: {reason}. If its certificate is signed "
-                        "by a private CA, set ca_path to that CA's PEM file (or validate_certs: false, not "
+                        f"TLS failure talking to the {self.what} at {url}{self.via}: {reason}. If its certificate is "
+                        "signed by a private CA, set ca_path to that CA's PEM file (or validate_certs: false, not "
                         "recommended).", url) from None
                 if kind == "connect" or repeatable:
                     if self._backoff(attempt, f"{method} {url} failed ({reason})"):
                         attempt += 1
                         continue
                     if kind == "connect":
-                        raise self.fail(f"Cannot reach the {self.what} at {url}: {reason}. Check the URL and that "
-                                        "the server is running and reachable from this host.", url) from None
-                    raise self.fail(f"The answer of the {self.what} to {method} {url} was lost: {reason}.", url,
-                                    LostResponseError) from None
+                        raise self.fail(f"Cannot reach the {self.what} at {url}{self.via}: {reason}. Check the URL"
+                                        f"{', the proxy' if self.via else ''} and that the server is running and "
+                                        "reachable from this host.", url) from None
+                    raise self.fail(f"The answer of the {self.what} to {method} {url}{self.via} was lost: {reason}.",
+                                    url, LostResponseError) from None
                 raise self.fail(f"The {self.what} at {url} received the request but its answer was lost ({reason}).",
                                 url, LostResponseError) from None
             status = response.status_code

@@ -74,13 +74,13 @@ EXAMPLES = r"""
     path: /var/tmp/fnesync
   register: generated
 
-- name: The same with administrative security over HTTPS with a private CA
+- name: Another server, with administrative security over HTTPS with a private CA (a folder per server)
   fne.offline_sync.generate:
-    url: https://lls01.example.com:1443
+    url: https://lls02.example.com:1443
     username: admin
     password: "{{ vault_lls_password }}"
     ca_path: /etc/pki/fne-ca.pem
-    path: /var/tmp/fnesync
+    path: /var/tmp/fnesync-lls02
 
 - name: Recover records after an out-of-order upload or a lost answer
   fne.offline_sync.generate:

@@ -40,9 +40,17 @@ attributes:
 """
 
 EXAMPLES = r"""
-- name: Report each server's result
+- name: Upload the files waiting in the store for every server of the play
+  fne.offline_sync.fleet:
+    step: upload
+    store: /var/lib/fne_sync
+  run_once: true
+  delegate_to: localhost
+  register: __fne_upload
+
+- name: Report each server's result on its own host
   fne.offline_sync.result:
-    var: __fne_report
+    var: __fne_upload
 """
 
 RETURN = r"""

@@ -40,16 +40,21 @@ author:
 """
 
 EXAMPLES = r"""
+# In a play over the license servers of the inventory: each server is asked from the controller.
 - name: Check the license servers
   fne.offline_sync.server_info:
     url: "{{ fne_lls_url }}"
+    username: "{{ fne_lls_username | default(omit) }}"
+    password: "{{ fne_lls_password | default(omit) }}"
+    ca_path: "{{ fne_lls_ca_path | default(omit) }}"
     path: /var/tmp/fnesync
+  delegate_to: localhost
   register: info
 
 - name: Fail on unreachable servers
   ansible.builtin.assert:
     that: info.reachable
-    fail_msg: "{{ info.error }}"
+    fail_msg: "{{ inventory_hostname }} is unreachable: {{ info.error }}"
 """
 
 RETURN = r"""

@@ -50,6 +50,14 @@ def task_environment(env: dict[str, str]) -> t.Iterator[None]:
                 os.environ[key] = value
 
 
+def inject_invocation(task_vars: dict[str, t.Any]) -> bool:
+    """Whether a shipped module's result would carry `invocation`: always before ansible-core 2.21, which made it
+    the INJECT_INVOCATION setting (off by default). Reading a setting the running core does not define raises."""
+    if "INJECT_INVOCATION" not in C.config.get_configuration_definitions():
+        return True
+    return bool(C.config.get_config_value("INJECT_INVOCATION", variables=task_vars))
+
+
 def run_command(argv: list[str], environ_update: dict[str, str]) -> tuple[int, str]:
     """The vendor tool in the controller process: what AnsibleModule.run_command does for a shipped module."""
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -107,7 +115,7 @@ class FneAction(ActionBase):
                 except FneError as exc:
                     output = failure_result(exc)
                     output.update(failed=True, msg=exc.msg)
-        if C.config.get_config_value("INJECT_INVOCATION", variables=task_vars):
+        if inject_invocation(task_vars):
             output.setdefault("invocation", {"module_args": params})
         # AnsibleModule._return_formatted: keep bools and None, strip every no_log value everywhere else.
         preserved = {key: value for key, value in output.items() if value is None or isinstance(value, bool)}

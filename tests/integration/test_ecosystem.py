@@ -362,7 +362,7 @@ def test_cycle_role_tasks_read_documented_variables_and_hand_on_public_results()
 
 # -- the schedule role ----------------------------------------------------------------------------------------
 
-def _schedule(tmp_path: Path, method: str, check: bool = False, **variables) -> subprocess.CompletedProcess:
+def _schedule_book(tmp_path: Path) -> Path:
     playbook = tmp_path / "schedule.yml"
     playbook.write_text(textwrap.dedent("""\
         - name: Install the schedule
@@ -371,11 +371,19 @@ def _schedule(tmp_path: Path, method: str, check: bool = False, **variables) -> 
           roles:
             - role: fne.offline_sync.schedule
         """))
-    extra = {"fne_sync_schedule_root": str(tmp_path / "root"), "fne_sync_schedule_method": method,
-             "fne_sync_schedule_inventory": ["/etc/fne/inventory.yml", "/etc/fne/more inventory.yml"],
-             "fne_sync_schedule_ansible_playbook": str(BIN / "ansible-playbook"), **variables}
-    return run([str(BIN / "ansible-playbook"), "-c", "local", "-i", "localhost,", str(playbook),
-                "-e", json.dumps(extra), *(["--check"] if check else [])], env=tools_env())
+    return playbook
+
+
+def _schedule_vars(tmp_path: Path, method: str, **variables) -> dict:
+    return {"fne_sync_schedule_root": str(tmp_path / "root"), "fne_sync_schedule_method": method,
+            "fne_sync_schedule_inventory": ["/etc/fne/inventory.yml", "/etc/fne/more inventory.yml"],
+            "fne_sync_schedule_ansible_playbook": str(BIN / "ansible-playbook"), **variables}
+
+
+def _schedule(tmp_path: Path, method: str, check: bool = False, **variables) -> subprocess.CompletedProcess:
+    return run([str(BIN / "ansible-playbook"), "-c", "local", "-i", "localhost,", str(_schedule_book(tmp_path)),
+                "-e", json.dumps(_schedule_vars(tmp_path, method, **variables)), *(["--check"] if check else [])],
+               env=tools_env())
 
 
 def _recap(proc: subprocess.CompletedProcess) -> dict[str, int]:
@@ -442,6 +450,26 @@ def test_schedule_role_cron(tmp_path):
     assert wrapper.startswith("#!/bin/bash\n# Ansible managed")
     assert "-i /etc/fne/inventory.yml" in wrapper and "-i '/etc/fne/more inventory.yml'" in wrapper
     subprocess.run(["bash", "-n", str(root / "usr" / "local" / "bin" / "fne-sync-eu")], check=True)
+
+
+@pytest.mark.parametrize(("calendar", "line"), [
+    ("*-*-* 01:30:00", "30 1 * * *"), ("01:30", "30 1 * * *"), ("Mon..Fri *-*-* 03:05", "5 3 * * 1-5"),
+    ("Sat,Sun 23:00:00", "0 23 * * 6,7"), ("daily", "0 0 * * *"), ("hourly", "0 * * * *"),
+    ("*-*-* 02:15:30", None), ("*-*-01 04:00:00", None), ("Mon *-*-* 00/2:00", None)])
+def test_schedule_role_cron_follows_on_calendar(tmp_path, calendar, line):
+    """Where cron replaces systemd, the timer's OnCalendar is translated exactly, or the role refuses it."""
+    proc = _schedule(tmp_path, "cron", check=False, fne_sync_schedule_on_calendar=calendar) if line else run(
+        [str(BIN / "ansible-playbook"), "-c", "local", "-i", "localhost,", str(_schedule_book(tmp_path)),
+         "-e", json.dumps(_schedule_vars(tmp_path, "cron", fne_sync_schedule_on_calendar=calendar))],
+        check=False, env=tools_env())
+    cron = tmp_path / "root" / "etc" / "cron.d" / "fne-offline-sync"
+    if line:
+        entries = [x for x in cron.read_text().splitlines() if x and not x.startswith("#") and "=" not in x.split()[0]]
+        assert entries == [f"{line} root /usr/local/bin/fne-offline-sync --quiet"], entries
+    else:
+        assert proc.returncode != 0 and not cron.exists(), proc.stdout
+        assert f"fne_sync_schedule_on_calendar '{calendar}' has no exact cron equivalent" in proc.stdout
+        assert "fne_sync_schedule_cron" in proc.stdout
 
 
 def test_schedule_role_rejects_bad_input(tmp_path):
@@ -654,6 +682,8 @@ def runner(pdd: Path, playbook: str = "sync.yml") -> dict:
                           capture_output=True, text=True, env=env, timeout=600, check=False)
     artifacts = pdd / "artifacts" / "job"
     events = [json.loads(p.read_text()) for p in sorted((artifacts / "job_events").glob("*.json"))]
+    for event in events:  # a prompt's echo (the Vault password) is a verbose event without data
+        event.setdefault("event_data", {})
     hosts = {e["event_data"]["host"] for e in events if e["event_data"].get("host")}
     failed = [e for e in events if e["event"] in ("runner_on_failed", "runner_on_unreachable")
               and not e["event_data"].get("ignore_errors")]
