@@ -164,7 +164,11 @@ class ActionModule(ActionBase):
         hosts = report.pop("hosts")
         # fne_sync_summary: printed after the play recap by the collection's summary callback
         callback = sys.modules.get("ansible_collections.fne.offline_sync.plugins.callback.summary")
-        return {"report": report, "run_report": report_mod.run_view(report), "paths": paths, "hosts": hosts,
+        run_report = report_mod.run_view(report)
+        # fne_sync_stats=totals: what an AWX workflow needs at any fleet size (the figures, the failed servers)
+        run_totals = dict({k: v for k, v in run_report.items() if k != "servers"},
+                          failed_servers=sorted(n for n, s in run_report["servers"].items() if s["run"]["failed"]))
+        return {"report": report, "run_report": run_report, "run_totals": run_totals, "paths": paths, "hosts": hosts,
                 "summary": summary, "fne_sync_summary": summary,
                 "summary_after_recap": bool(getattr(callback, "ACTIVE", False))}
 

@@ -161,3 +161,20 @@ def test_summary_is_last_and_short(lab_factory, tmp_path):
     named = {m for line in tail for m in re.findall(r"^FAILED (lls\d+): collect failed", line)}
     assert named == down, tail
     assert tail[-1] == f"report: {store / 'report.html'}"
+
+
+def test_set_stats_totals_only(lab_factory, tmp_path):
+    """fne_sync_stats=totals: the AWX artifact holds the run's totals and the failed servers' names, no per-server
+    entries (its size no longer grows with the fleet); full (the default) holds every server of the run."""
+    lab = lab_factory(3, "--records", "2")
+    lab.fault("lls002", "down")
+    env = ansible_env(ANSIBLE_SHOW_CUSTOM_STATS="true", ANSIBLE_CALLBACK_RESULT_FORMAT="json")
+    stats = {}
+    for mode in ("totals", "full"):
+        run = playbook("sync", lab.inventory, tmp_path / "store", "-e", f"fne_sync_stats={mode}", expect_rc=2, env=env)
+        text = run.out[run.out.index("CUSTOM STATS"):]
+        stats[mode] = json.loads(text[text.index("{"):text.rindex("}") + 1])["fne_sync_report"]
+    assert "servers" not in stats["totals"] and stats["totals"]["failed_servers"] == ["lls002"]
+    assert stats["totals"]["totals"]["failed"] == 1 and stats["totals"]["totals"]["in_run"] == 3
+    assert set(stats["full"]["servers"]) == {"lls001", "lls002", "lls003"}
+    assert len(json.dumps(stats["totals"])) < len(json.dumps(stats["full"]))
