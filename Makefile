@@ -25,17 +25,12 @@ $(VENV)/.installed: requirements-dev.txt tests/lab/pyproject.toml
 # newest ansible-core is .venv's own (requirements-dev.txt) and gets the whole suite.
 CORES := 2.16.19:3.11 2.17.14:3.11 2.18.19:3.11 2.19.14:3.13 2.20.10:3.12
 CORE_VENVS := $(foreach core,$(CORES),$(VENV)/cores/$(basename $(firstword $(subst :, ,$(core)))))
-# What runs on each older version (a few minutes each; the newest runs everything): the module results on both
-# execution paths and backends, no_log scrubbing, module_defaults groups, ansible-doc; every documentation example
-# (test_examples: module EXAMPLES, README ad-hoc commands and play, the schedule README; the cycle README's plays,
-# api-topology syncs again, only on the newest); one sync per topology through the sync playbook.
-CORE_TESTS := tests/integration/test_examples.py::test_module_examples \
-	tests/integration/test_examples.py::test_readme_ad_hoc_and_module_defaults \
-	tests/integration/test_examples.py::test_schedule_role_readme_example \
+# What runs on each older version (the newest runs everything; CI's time allows a few minutes each): both module
+# execution paths with both backends, the README's ad-hoc commands and module_defaults play, the module_defaults
+# groups, and one sync per topology through the sync playbook.
+CORE_TESTS := tests/integration/test_examples.py::test_readme_ad_hoc_and_module_defaults \
 	tests/integration/test_modules.py::test_full_cycle_both_paths \
-	tests/integration/test_modules.py::test_no_log_values_are_scrubbed_alike \
 	tests/integration/test_modules.py::test_module_defaults_lls_and_backoffice_groups \
-	tests/integration/test_modules.py::test_ansible_doc_renders \
 	tests/integration/test_sync_api.py::test_status_changes_nothing \
 	tests/integration/test_sync_remote.py::test_remote_topology_cycle
 cores: $(addsuffix /.installed,$(CORE_VENVS))

@@ -21,9 +21,10 @@ from ansible_collections.fne.offline_sync.plugins.plugin_utils import _fleet as 
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import StoreError
 
 display = Display()
-SPEC_KEYS = ("type", "required", "default", "choices", "elements", "no_log")
+SPEC_KEYS = ("type", "required", "default", "choices", "elements")
 ARGUMENT_SPEC = {name: {k: v for k, v in doc.items() if k in SPEC_KEYS}
                  for name, doc in yaml.safe_load(bundle_doc.DOCUMENTATION)["options"].items()}
+ARGUMENT_SPEC["site_key"]["no_log"] = True  # a secret (module documentation has no no_log key)
 
 
 class ActionModule(ActionBase):

@@ -61,7 +61,6 @@ options:
         manifest, which holds every file's sha256) and every bundle read must carry a valid signature.
       - When unset, a signed bundle is refused (it cannot be verified).
     type: str
-    no_log: true
   store:
     description: The control-node store root (C(fne_sync_store)).
     type: path

@@ -120,14 +120,16 @@ class Bundle:
     def read(self, name: str) -> bytes:
         with tarfile.open(self.path, "r:") as tar:
             handle = tar.extractfile(self._members[name])
-            assert handle is not None
+            if handle is None:  # a member that is no regular file (the manifest check refuses those)
+                raise BundleError(f"{self.path}: a bundle member is not a file")
             return handle.read()
 
     def extract(self, name: str, dest: str, sha256: str) -> None:
         """Copy one payload file atomically to ``dest``, checking its sha256 again (the medium may change)."""
         with tarfile.open(self.path, "r:") as tar, AtomicWriter(dest) as writer:
             handle = tar.extractfile(self._members[name])
-            assert handle is not None
+            if handle is None:  # a member that is no regular file (the manifest check refuses those)
+                raise BundleError(f"{self.path}: a bundle member is not a file")
             shutil.copyfileobj(handle, writer)
             if writer.sha256 != sha256:
                 raise BundleError(f"{self.path}: {name} changed while it was read (sha256 {writer.sha256}, manifest "
@@ -167,7 +169,8 @@ def read_bundle(path: str, kind: str, site: str, key: Optional[str]) -> Bundle:
 
         def content(name: str) -> bytes:
             handle = tar.extractfile(members[name])
-            assert handle is not None
+            if handle is None:  # a member that is no regular file (the manifest check refuses those)
+                raise BundleError(f"{where}: a bundle member is not a file")
             return handle.read()
 
         if MANIFEST not in members:
@@ -204,7 +207,8 @@ def read_bundle(path: str, kind: str, site: str, key: Optional[str]) -> Bundle:
                               f"{sorted(extra)}); refused")
         for name, sha in expected.items():
             handle = tar.extractfile(members[name])
-            assert handle is not None
+            if handle is None:  # a member that is no regular file (the manifest check refuses those)
+                raise BundleError(f"{where}: a bundle member is not a file")
             digest = hashlib.sha256()
             for chunk in iter(lambda h=handle: h.read(1 << 20), b""):
                 digest.update(chunk)

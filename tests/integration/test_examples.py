@@ -65,7 +65,7 @@ def substitute(text: str, table: dict[str, str]) -> str:
 def example_env(lab, **extra: str) -> dict[str, str]:
     """What a user's environment would hold: the documented fallbacks the examples lean on (the examples without
     a URL, the back office's private CA), and the test callback that records every task's result."""
-    plain, _ = lab_servers(lab)
+    plain = lab_servers(lab)[0]
     return ansible_env(FNE_LLS_URL=plain["url"], FNE_BACKOFFICE_URL=lab.info["backoffice"]["url"],
                        FNE_BACKOFFICE_CA_PATH=lab.info["ca_path"], ANSIBLE_CALLBACK_PLUGINS=str(CALLBACKS),
                        ANSIBLE_CALLBACKS_ENABLED="fne_results", ANSIBLE_DEPRECATION_WARNINGS="False", **extra)
@@ -114,7 +114,7 @@ def generate_examples(lab, tmp_path: Path, play: dict, env: dict, table: dict) -
 def test_module_examples(lab_factory, tmp_path):
     lab = lab_factory(4, "--security", "0.5", "--https", "0.5", "--records", "5")
     table = substitutions(lab, tmp_path)
-    _, secure = lab_servers(lab)
+    secure = lab_servers(lab)[1]
     folder = tmp_path / "var" / "tmp" / "fnesync"
     env = example_env(lab)
     for module, hosts in MODULE_PLAYS:

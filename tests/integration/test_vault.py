@@ -10,9 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import test_ecosystem
 import yaml
 from fnetest import BIN, REPO, ansible_env, run
-from test_ecosystem import _schedule, awx_jobs, awx_slices, private_data_dir, runner  # noqa: F401
+from test_ecosystem import _schedule, awx_slices, private_data_dir, runner
 from test_examples import fenced, substitute
 
 DOC = REPO / "docs" / "vault.md"
@@ -45,7 +46,10 @@ def vaulted_inventory(lab, home: Path, path: Path) -> dict[str, str]:
     return printed_per_host
 
 
-def test_vault_walkthrough(lab_factory, awx_jobs, tmp_path):  # noqa: F811 (the fixture imported above)
+awx_jobs = test_ecosystem.awx_jobs  # the fixture, shared with the AWX tests
+
+
+def test_vault_walkthrough(lab_factory, awx_jobs, tmp_path):  # noqa: F811 (the fixture above)
     lab = lab_factory(2, "--security", "--records", "5")
     home = tmp_path / "home"
     home.mkdir()
