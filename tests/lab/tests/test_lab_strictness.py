@@ -157,6 +157,9 @@ def test_the_collection_cannot_lean_on_the_lab():
     shipped = [p for top in ("plugins", "roles", "playbooks") for p in (repo / top).rglob("*")
                if p.is_file() and p.suffix in (".py", ".yml", ".yaml", ".j2", ".sh")]
     assert shipped, "no collection content found"
+    # the air-gap bundles are signed with the site's own key (HMAC): that one file may use hmac, never the lab's key
+    signer = repo / "plugins" / "plugin_utils" / "_bundle.py"
     hits = [f"{p.relative_to(repo)}:{n}: {line.strip()}" for p in shipped
-            for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if pattern.search(line)]
+            for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1) if pattern.search(line)
+            and not (p == signer and line.strip() == "import hmac")]
     assert not hits, hits
