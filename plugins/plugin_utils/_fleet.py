@@ -112,8 +112,9 @@ def _validate(host_vars: Mapping[str, Any]) -> tuple:
     return validation.validated_parameters, sorted(str(v) for v in validation._no_log_values if v)
 
 
-TOOLS = {"lls": SERVER_TOOL, "backoffice": BACKOFFICE_TOOL}
-TOOL_OPTIONS = {"lls": "server", "backoffice": "backoffice"}
+# Each side: its name in messages, its vendor tool and the option of that tool's exact command.
+SIDE_CHECKS = (("lls", "license server", SERVER_TOOL, "tool_server_command"),
+               ("backoffice", "back office", BACKOFFICE_TOOL, "tool_backoffice_command"))
 
 
 def server_config(name: str, host_vars: Mapping[str, Any]) -> ServerConfig:
@@ -122,23 +123,19 @@ def server_config(name: str, host_vars: Mapping[str, Any]) -> ServerConfig:
     cfg = ServerConfig(name=name, topology=validated["fne_sync_topology"],
                        lls=params_from_host("lls", validated), backoffice=params_from_host("backoffice", validated),
                        secrets=secrets)
-    # URLs, numbers and credentials as the clients will check them, but now: before this host is contacted or its
-    # store touched, and in the words of the variables the user set
-    for side, what in (("lls", "license server"), ("backoffice", "back office")):
+    # URLs, numbers, credentials and (for an api-topology server, whose vendor tools run here) the tools, as the
+    # clients will check them, but now: before this host is contacted or its store touched, and in the words of
+    # the variables the user set
+    for side, what, tool, command in SIDE_CHECKS:
         params = getattr(cfg, side)
-        if params["url"]:
-            try:
+        try:
+            if params["url"]:
                 check_connection(connection_from_params(params), what)
-            except SettingError as exc:
-                names = ", ".join(s.host_var for s in SIDES[side] if s.option in exc.options)
-                raise StoreError(f"invalid host variables ({names or side}): {scrub(exc.msg, secrets)}") from None
-        # the vendor tools of an api-topology server run here (a remote-topology server's, on its host)
-        if params["backend"] == "tool" and cfg.topology == "api":
-            try:
-                tool_command(params["tool_path"], params.get(f"tool_{TOOL_OPTIONS[side]}_command"), TOOLS[side])
-            except SettingError as exc:
-                names = ", ".join(dict.fromkeys(s.host_var for s in SIDES[side] if s.option in exc.options))
-                raise StoreError(f"invalid host variables ({names}): {exc.msg}") from None
+            if params["backend"] == "tool" and cfg.topology == "api":
+                tool_command(params["tool_path"], params.get(command), tool)
+        except SettingError as exc:
+            names = ", ".join(dict.fromkeys(s.host_var for s in SIDES[side] if s.option in exc.options))
+            raise StoreError(f"invalid host variables ({names or side}): {scrub(exc.msg, secrets)}") from None
     return cfg
 
 
