@@ -290,6 +290,9 @@ class ServerWork:
         except FneError as exc:
             self._set_aside_if_refused(newest, exc)
             raise
+        if not answer.get("last_sync_time") and self.cfg.lls["backend"] == "http":  # docs/compatibility.md
+            self.notes.append("the license server confirmed it without its last sync time: it may hold the records "
+                              "until an acknowledgment it confirms with one")
         self.last_sync_time = answer.get("last_sync_time") or self.last_sync_time
         self.store.complete_acks(newest, self.last_sync_time)
         self.processed.append(os.path.basename(newest))

@@ -178,12 +178,21 @@ POINTS = {
 NEEDS_ACTIVITY = {("upload-last-after", "reject")}
 
 
-def arm(lab: Lab, point: Point) -> None:
+def handed_out(lab: Lab, server: str) -> int:
+    """How many sync messages the server has handed out (the lab counts one before its body is sent)."""
+    state = json.loads(lab.cli("state", "--dir", str(lab.dir), "--json").stdout)
+    return state["servers"][server]["messages_handed_out"]
+
+
+def arm(lab: Lab, point: Point) -> int:
+    """Set the point's fault; for a trickled body, returns how many messages its server had handed out before."""
     if point.where == "report":
-        return
+        return 0
+    before = handed_out(lab, point.where) if point.kind == "trickle" else 0
     kind, value = ("trickle", "0.5") if point.kind == "trickle" else (point.kind, None)
     control(lab, "/fault", {"target": point.where, "kind": kind, "value": value, "count": point.nth,
                             "endpoint": point.endpoint})
+    return before
 
 
 def _running(proc: subprocess.Popen, log: Path, what: str) -> None:
@@ -191,8 +200,10 @@ def _running(proc: subprocess.Popen, log: Path, what: str) -> None:
         raise AssertionError(f"the run ended (exit {proc.returncode}) before {what}:\n{log.read_text()[-6000:]}")
 
 
-def reach(lab: Lab, store: Path, point: Point, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
-    """Return once the run is exactly at `point` (the earlier matching requests held and let go one by one)."""
+def reach(lab: Lab, store: Path, point: Point, proc: subprocess.Popen, log: Path, seconds: float = 120,
+          handed: int = 0) -> None:
+    """Return once the run is exactly at `point` (the earlier matching requests held and let go one by one;
+    `handed`: what `arm` returned)."""
     deadline = time.monotonic() + seconds
     if point.where == "report":
         while not re.search(r"^TASK \[[^\]]*report", log.read_text(), re.M | re.I):
@@ -201,11 +212,14 @@ def reach(lab: Lab, store: Path, point: Point, proc: subprocess.Popen, log: Path
             time.sleep(0.02)
         return
     if point.kind == "trickle":
-        outbox = store / point.where / "outbox"
-        while not (outbox.is_dir() and any(n.endswith(".tmp") for n in os.listdir(outbox))):
+        # the server handed the message out: its body is on the way, a byte every 0.5 s (a sync message has more
+        # than 40 bytes, so the 20 s after this are mid-body; the client saves nothing before the body is whole)
+        while handed_out(lab, point.where) <= handed:
             _running(proc, log, "the download body started")
-            assert time.monotonic() < deadline, "the trickled download never started writing"
-            time.sleep(0.02)
+            assert time.monotonic() < deadline, "the server never handed out the trickled message"
+            time.sleep(0.2)
+        time.sleep(1)
+        _running(proc, log, "the download body was on its way")
         return
     for number in range(1, point.nth + 1):
         while not (waiting := held(lab, point.where, point.endpoint)):
@@ -231,10 +245,10 @@ def let_go(lab: Lab, point: Point) -> None:
 
 def crash(fleet: Fleet, point: Point) -> None:
     """One run of the sync playbook, SIGKILLed at `point`."""
-    arm(fleet.lab, point)
+    handed = arm(fleet.lab, point)
     proc, log = fleet.start("-e", "fne_sync_workers=1")
     try:
-        reach(fleet.lab, fleet.store, point, proc, log)
+        reach(fleet.lab, fleet.store, point, proc, log, handed=handed)
     finally:
         kill_run(proc)
     let_go(fleet.lab, point)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import socket
 import sqlite3
 import ssl
@@ -156,14 +157,15 @@ class Setup:
     """A secured HTTPS lab behind a tap, an inventory of hosts (each its own server, backend and echo fault),
     and the folders a run may write to."""
 
-    def __init__(self, lab, tmp_path: Path, hosts: dict[str, dict]):
+    def __init__(self, lab, tmp_path: Path, hosts: dict[str, dict], tmpdir: Path):
         self.lab, self.tmp = lab, tmp_path
         self.tap = TlsTap(lab.dir)
         info = lab.info
         self.store, self.out = tmp_path / "store", tmp_path / "out"
-        self.dirs = {name: tmp_path / name for name in ("tmpdir", "ansible-local", "ansible-remote", "remote")}
+        self.dirs = {name: tmp_path / name for name in ("ansible-local", "ansible-remote", "remote")}
         for folder in self.dirs.values():
             folder.mkdir()
+        self.dirs["tmpdir"] = tmpdir
         self.log = tmp_path / "ansible.log"
         self.server_of: dict[str, str] = {}
         self.fancy: dict[str, str] = {}
@@ -227,6 +229,15 @@ class Setup:
 
 
 @pytest.fixture
+def short_tmpdir():
+    """The runs' TMPDIR, outside pytest's deep folders: multiprocessing puts a Unix socket there (ansible-core's RPC
+    host), and such a path may be at most 107 bytes."""
+    folder = Path(tempfile.mkdtemp(prefix="fne-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
 def secure_lab(lab_factory):
     def make(servers: int):
         return lab_factory(servers, "--security", "--https", "--records", "3", "--token-ttl", "3600")
@@ -281,21 +292,21 @@ def assert_echoes_played(setup: Setup, outputs: list[str], hosts: dict[str, dict
 
 
 @pytest.mark.parametrize("mode", ["vvvv", "debug"])
-def test_adhoc_modules(secure_lab, tmp_path, mode):
+def test_adhoc_modules(secure_lab, tmp_path, short_tmpdir, mode):
     """The four modules ad hoc, both backends, every echo; at -vvvv also shipped (AnsibleModule)."""
     debug = mode == "debug"
     hosts = dict(ECHO_HOSTS)
     if not debug:
         hosts.update({"shipped-http-echo-generate": {"echo": "generate", "shipped": True},
                       "shipped-tool-echo-ack": {"backend": "tool", "echo": "ack", "shipped": True}})
-    setup = Setup(secure_lab(len(hosts)), tmp_path, hosts)
+    setup = Setup(secure_lab(len(hosts)), tmp_path, hosts, short_tmpdir)
     outputs = adhoc_cycle(setup, debug)
     assert_echoes_played(setup, outputs, hosts)
     setup.judge(f"adhoc-{mode}", outputs)
 
 
 @pytest.mark.parametrize("mode", ["vvvv", "debug"])
-def test_sync_playbook(secure_lab, tmp_path, mode):
+def test_sync_playbook(secure_lab, tmp_path, short_tmpdir, mode):
     """The sync playbook (secure logging off: every result printed), both backends, every echo, other hosts'
     entries in the same report; at -vvvv also a remote-topology host (modules shipped)."""
     debug = mode == "debug"
@@ -303,7 +314,7 @@ def test_sync_playbook(secure_lab, tmp_path, mode):
     if not debug:  # one that works too: when every remote-topology host fails, no report is written (a bug)
         hosts.update({"remote-echo-ack": {"echo": "ack", "remote": True, "shipped": True},
                       "remote-clean": {"remote": True, "shipped": True}})
-    setup = Setup(secure_lab(len(hosts)), tmp_path, hosts)
+    setup = Setup(secure_lab(len(hosts)), tmp_path, hosts, short_tmpdir)
     args = [str(BIN / "ansible-playbook"), "fne.offline_sync.sync", "-i", str(setup.inventory),
             "-e", f"fne_sync_store={setup.store}", "-e", "fne_sync_secure_logging=false",
             "-v" if debug else "-vvvv"]
@@ -316,12 +327,12 @@ def test_sync_playbook(secure_lab, tmp_path, mode):
     setup.judge(f"sync-{mode}", outputs)
 
 
-def test_password_echoed_as_json(secure_lab, tmp_path):
+def test_password_echoed_as_json(secure_lab, tmp_path, short_tmpdir):
     """A password with a quote, a backslash and a non-ASCII letter, echoed by the server inside its JSON error (so
     escaped): ad hoc and in the sync playbook, both backends."""
     hosts = {f"{backend}-{how}-fancy": {"backend": backend, "echo": "authorize", "fancy": True}
              for backend in ("http", "tool") for how in ("adhoc", "sync")}
-    setup = Setup(secure_lab(len(hosts)), tmp_path, hosts)
+    setup = Setup(secure_lab(len(hosts)), tmp_path, hosts, short_tmpdir)
     outputs = adhoc_cycle(setup, debug=False, limit="*-adhoc-fancy")
     proc = run([str(BIN / "ansible-playbook"), "fne.offline_sync.sync", "-i", str(setup.inventory), "--limit",
                 "*-sync-fancy", "-e", f"fne_sync_store={setup.store}", "-e", "fne_sync_secure_logging=false",

@@ -18,8 +18,9 @@ from aiohttp import web
 from .faults import Fault
 from .wire import iso
 
-ENDLESS_CHUNK = b"x" * 65536
-ENDLESS_PAUSE = 0.005   # between chunks: a client reading flat out gets ~12 MB/s, the lab stays idle-ish
+ENDLESS_CHUNK = b"x" * (1 << 20)
+ENDLESS_PAUSE = 0.002   # between chunks: other servers of the lab still get answers; a client reading flat out
+#                         meets its size cap (1 GiB for a sync message) in seconds, as from a real runaway server
 BINARY_ENDPOINTS = ("generate", "upload")   # answer application/octet-stream; the others JSON
 PORTAL_HTML = (b'<!DOCTYPE html>\n<html><head><title>Network access</title></head><body>\n<h1>Sign in to continue'
                b'</h1>\n<form method="post" action="/portal/login"><input name="username"><input name="password" '
