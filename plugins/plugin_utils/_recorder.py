@@ -56,10 +56,38 @@ def _size(body: bytes) -> Dict[str, Any]:
     return {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest() if body else None}
 
 
-class Recorder:
-    """A reverse proxy to `upstream` (scheme://host:port) while the `with` block lasts; `url` is its own."""
+class _Endpoint:
+    """A plain-HTTP server on 127.0.0.1 while the `with` block lasts (`url`); `answer` completes each exchange."""
+
+    def __init__(self) -> None:
+        self.exchanges: List[Exchange] = []
+        self._lock = threading.Lock()
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self):
+        threading.Thread(target=self._server.serve_forever, name=f"fne-{type(self).__name__}", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def answer(self, exchange: Exchange) -> None:
+        raise NotImplementedError
+
+    def keep(self, exchange: Exchange) -> Exchange:
+        with self._lock:
+            self.exchanges.append(exchange)
+        return exchange
+
+
+class Recorder(_Endpoint):
+    """A reverse proxy to `upstream` (scheme://host:port; the request's path is kept) that records each exchange."""
 
     def __init__(self, upstream: str, verify: Any = True, timeout: float = 60, proxy: Optional[str] = None):
+        super().__init__()
         parts = urlsplit(upstream)
         self.upstream = f"{parts.scheme}://{parts.netloc}"
         self.verify, self.timeout = verify, timeout
@@ -67,23 +95,13 @@ class Recorder:
         self.session.trust_env = proxy is None  # an explicit proxy replaces the environment's
         if proxy:
             self.session.proxies = {"http": proxy, "https": proxy}
-        self.exchanges: List[Exchange] = []
-        self._lock = threading.Lock()
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> Recorder:
-        threading.Thread(target=self._server.serve_forever, name="fne-recorder", daemon=True).start()
-        return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__exit__(*exc_info)
         self.session.close()
 
-    def forward(self, exchange: Exchange) -> Exchange:
-        """Send the request upstream and complete `exchange` with the answer."""
+    def answer(self, exchange: Exchange) -> None:
+        """Send the request upstream (no redirect followed, bounded in time and size) and keep the answer."""
         headers = {k: v for k, v in exchange.request_headers.items() if k not in HOP_BY_HOP}
         target = self.upstream + exchange.path + (f"?{exchange.query}" if exchange.query else "")
         try:
@@ -96,17 +114,44 @@ class Recorder:
                     if len(body) > MAX_MESSAGE:
                         raise ValueError(f"the answer is larger than {MAX_MESSAGE // MiB} MiB")
                 exchange.status = response.status_code
-                exchange.headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
+                # the body is kept decoded: its Content-Encoding no longer applies
+                exchange.headers = {k: v for k, v in response.headers.items()
+                                    if k.lower() not in HOP_BY_HOP and k.lower() != "content-encoding"}
                 exchange.body = bytes(body)
         except (requests.RequestException, OSError, ValueError) as exc:
             exchange.status, exchange.error = 502, f"{type(exc).__name__}: {exc}"
             exchange.headers, exchange.body = {"Content-Type": "text/plain"}, b"the recorder could not forward\n"
-        with self._lock:
-            self.exchanges.append(exchange)
-        return exchange
+        self.keep(exchange)
 
 
-def _handler(recorder: Recorder) -> type:
+# Endpoints whose answer may be given again when the client asks more often than the tool did (no records there).
+REPEATABLE = ("/authorize", "/health", "/hostids")
+
+
+class Replay(_Endpoint):
+    """Answers each request with what the tool got for the same method and path, in the same order: the
+    collection's HTTP client meets exactly the answers the vendor's tool met. `exchanges` then holds the client's."""
+
+    def __init__(self, recorded: List[Exchange]):
+        super().__init__()
+        self.queues: Dict[tuple, List[Exchange]] = {}
+        for exchange in recorded:
+            self.queues.setdefault((exchange.method, exchange.path), []).append(exchange)
+
+    def answer(self, exchange: Exchange) -> None:
+        queue = self.queues.get((exchange.method, exchange.path), [])
+        if len(queue) > 1 or (queue and not exchange.path.endswith(REPEATABLE)):
+            recorded = queue.pop(0)
+        elif queue:
+            recorded = queue[0]
+        else:
+            recorded = Exchange(exchange.method, exchange.path, "", {}, b"", 404, {"Content-Type": "text/plain"},
+                                b"the vendor's tool never asked this: no recorded answer\n")
+        exchange.status, exchange.headers, exchange.body = recorded.status, recorded.headers, recorded.body
+        self.keep(exchange)
+
+
+def _handler(endpoint: _Endpoint) -> type:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -116,7 +161,8 @@ def _handler(recorder: Recorder) -> type:
         def _relay(self) -> None:
             parts = urlsplit(self.path)
             headers = {k.lower(): v for k, v in self.headers.items()}
-            exchange = recorder.forward(Exchange(self.command, parts.path, parts.query, headers, self._body(headers)))
+            exchange = Exchange(self.command, parts.path, parts.query, headers, self._body(headers))
+            endpoint.answer(exchange)
             self.send_response(exchange.status)
             for name, value in exchange.headers.items():
                 self.send_header(name, value)
