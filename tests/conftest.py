@@ -14,6 +14,13 @@ import time
 import pytest
 from fnetest import FNELAB, Lab
 
+
+def pytest_collection_modifyitems(items) -> None:
+    """The tests marked slow (a minute or more) first: both workers then end together, instead of one idling while
+    the other runs a long test it met last (CI's time on two cores)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 _lab_counter = itertools.count(1)
 _session_offset = random.SystemRandom().randrange(250)
 

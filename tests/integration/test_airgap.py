@@ -11,6 +11,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import pytest
 import yaml
 from test_sync_support import hosts_of, lab_state, ledger, playbook, tree_digest
 
@@ -41,6 +42,7 @@ def _without_report(digest: dict) -> dict:
             if not k.startswith(("report.", "reports/", "fne_sync.prom")) and ".summary.json" not in k}
 
 
+@pytest.mark.slow
 def test_air_gap_cycle(lab_factory, tmp_path):
     lab = lab_factory(20, "--security", "0.3", "--https", "0.3", "--records", "12", "--page-size", "5")
     hosts = hosts_of(lab)

@@ -435,6 +435,7 @@ def lls_matrix(lab, tmp_path, cases: list[Case], shadows: list[Case] = ()) -> Ju
     return judge
 
 
+@pytest.mark.slow
 def test_license_server_one_server_per_kind_and_endpoint(lab_factory, tmp_path):
     """The one-server columns of the matrix in one fleet: every kind on one server each at authorize, at generate
     (with `down`, which takes the whole server) and at ack; two servers without a fault. Every server also has a
@@ -452,6 +453,7 @@ def test_license_server_one_server_per_kind_and_endpoint(lab_factory, tmp_path):
     lls_matrix(lab, tmp_path, cases, shadows).conclude()
 
 
+@pytest.mark.slow
 def test_license_server_many_servers_every_endpoint(lab_factory, tmp_path):
     """Many servers: every kind on two servers at once, on every request they get (no endpoint filter); half the
     fleet is secured, so one of the two meets it at authorize, the other at generate; two servers without a fault.

@@ -292,6 +292,7 @@ def assert_echoes_played(setup: Setup, outputs: list[str], hosts: dict[str, dict
 
 
 @pytest.mark.parametrize("mode", ["vvvv", "debug"])
+@pytest.mark.slow
 def test_adhoc_modules(secure_lab, tmp_path, short_tmpdir, mode):
     """The four modules ad hoc, both backends, every echo; at -vvvv also shipped (AnsibleModule)."""
     debug = mode == "debug"
@@ -306,6 +307,7 @@ def test_adhoc_modules(secure_lab, tmp_path, short_tmpdir, mode):
 
 
 @pytest.mark.parametrize("mode", ["vvvv", "debug"])
+@pytest.mark.slow
 def test_sync_playbook(secure_lab, tmp_path, short_tmpdir, mode):
     """The sync playbook (secure logging off: every result printed), both backends, every echo, other hosts'
     entries in the same report; at -vvvv also a remote-topology host (modules shipped)."""

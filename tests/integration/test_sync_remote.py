@@ -3,6 +3,7 @@ checksums, mixed with api-topology servers in the same run."""
 
 from __future__ import annotations
 
+import pytest
 from test_sync_support import PYTHON, lab_state, ledger, sync, tree_digest, write_inventory
 
 REMOTE = ("lls001", "lls002", "lls003")
@@ -29,6 +30,7 @@ def run(lab, inventory, store, *args, **kwargs):
     return playbook("sync", inventory, store, *args, **kwargs)
 
 
+@pytest.mark.slow
 def test_remote_topology_cycle(lab_factory, sshd, tmp_path):
     lab = lab_factory(5, "--records", "12", "--page-size", "5", "--security", "0.4", "--https", "0.4")
     inventory = remote_inventory(lab, sshd, tmp_path)
@@ -61,6 +63,7 @@ def test_remote_topology_cycle(lab_factory, sshd, tmp_path):
     lab.verify(complete=True)
 
 
+@pytest.mark.slow
 def test_remote_lost_answer_recovers(lab_factory, sshd, tmp_path):
     lab = lab_factory(3, "--records", "10", "--page-size", "4")
     inventory = remote_inventory(lab, sshd, tmp_path)
@@ -79,6 +82,7 @@ def test_remote_lost_answer_recovers(lab_factory, sshd, tmp_path):
     assert sync  # the api helper stays importable for the other tests
 
 
+@pytest.mark.slow
 def test_remote_mismatch_and_force_resync(lab_factory, sshd, tmp_path):
     """A message lost on its way (gone from the host and the store before upload): the back office answers the
     documented mismatch; the recovery runs over SSH. Then force_resync on one remote server."""

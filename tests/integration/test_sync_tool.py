@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+import pytest
 from test_sync_support import PYTHON, ledger, playbook, write_inventory
 
 
@@ -30,6 +31,7 @@ def assert_tool_ledger(store, host: str) -> None:
     assert [e["last_sync_time"] for e in acknowledged] == [stamp_iso(f) for f in uploaded], (host, events)
 
 
+@pytest.mark.slow
 def test_tool_backend_syncs_both_topologies(lab_factory, sshd, tmp_path):
     lab = lab_factory(4, "--security", "0.5", "--https", "0.5", "--records", "12", "--page-size", "5")
     remote = {"lls001", "lls004"}  # one secured and one open server run the tools over SSH

@@ -201,6 +201,7 @@ def test_variant(lab_factory, tmp_path, variant):
         assert rerun.changed() == set() and not rerun.failed(), rerun
 
 
+@pytest.mark.slow
 def test_mismatch_at_process_remote_topology(lab_factory, sshd, tmp_path):
     """The same for a server whose API only its own host reaches: process runs over SSH and reports the mismatch,
     the store records the acknowledgment as processed and the documented recovery runs in the same run."""
