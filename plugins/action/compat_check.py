@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 from ansible.plugins.action import ActionBase
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _compat as compat
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _fleet as fleet
+from ansible_collections.fne.offline_sync.plugins.plugin_utils import _recorder
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import StoreError
 
 
@@ -21,6 +22,8 @@ class ActionModule(ActionBase):
         task_vars = task_vars or {}
         result = super().run(tmp, task_vars)
         _validation, args = self.validate_argument_spec(argument_spec={"out": {"type": "path", "required": True}})
+        if _recorder.requests is None:
+            return dict(result, failed=True, msg="compat_check needs the Python library requests on the controller")
         host = task_vars["inventory_hostname"]
         # this host's settings as the task sees them (inventory, play and extra variables), templated
         settings = {var: self._templar.template(task_vars[var]) for var in fleet.HOST_SPEC if var in task_vars}

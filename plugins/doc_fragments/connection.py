@@ -132,9 +132,10 @@ options:
     default: 10000
   force_query:
     description:
-      - The query string that asks the license server for a forced download (O(force), the recovery). The vendor
-        documents only the tool's C(-force); the C(fne.offline_sync.compat_check) playbook shows what the tool
-        sends, and names this setting when a server asks it another way. See docs/compatibility.md.
+      - The query string that asks the license server for a forced download (the C(force) option of generate, and
+        the fleet's recovery). The vendor documents only the tool's C(-force); the C(fne.offline_sync.compat_check)
+        playbook shows what the tool sends, and names this setting when a server asks it another way. See
+        docs/compatibility.md.
     type: str
     default: force=true
   proxy:
