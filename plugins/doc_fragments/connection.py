@@ -130,6 +130,14 @@ options:
         comes with the next run (the server keeps what it has not handed out).
     type: int
     default: 10000
+  force_query:
+    description:
+      - The query string that asks the license server for a forced download (the C(force) option of generate, and
+        the fleet's recovery). The vendor documents only the tool's C(-force); the C(fne.offline_sync.compat_check)
+        playbook shows what the tool sends, and names this setting when a server asks it another way. See
+        docs/compatibility.md.
+    type: str
+    default: force=true
   proxy:
     description:
       - The proxy for the license server, C(http://HOST:PORT), named in connection errors; the back office has its

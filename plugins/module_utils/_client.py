@@ -204,7 +204,7 @@ class LicenseServer:
         clock_named: list[str] = []
         first = True
         while True:
-            query = "?force=true" if force and first else ""
+            query = f"?{self.conn.force_query}" if force and first else ""
             first = False
             url = self.base + SYNC_MESSAGE + query
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 from urllib.parse import urlsplit
@@ -26,6 +27,8 @@ SYNC_MESSAGE = API + "/sync_message/offline"
 SYNC_ACK = API + "/sync_ack/offline"
 HOSTIDS = API + "/hostids"
 MAX_PAGES = 10000
+FORCE_QUERY = "force=true"  # our guess; compat_check shows what the vendor's tool sends
+FORCE_QUERY_RE = re.compile(r"[\w.~-]+(=[\w.~%-]*)?(&[\w.~-]+(=[\w.~%-]*)?)*")
 
 
 class Setting(NamedTuple):
@@ -46,6 +49,7 @@ LLS_SETTINGS = (
     # The compatibility profile (docs/compatibility.md): what cannot be detected from the answers.
     Setting("time_zone", {"type": "str"}, "fne_lls_time_zone"),
     Setting("max_pages", {"type": "int", "default": MAX_PAGES}, "fne_lls_max_pages"),
+    Setting("force_query", {"type": "str", "default": FORCE_QUERY}, "fne_lls_force_query"),
     Setting("proxy", {"type": "str"}, "fne_lls_proxy", "FNE_LLS_PROXY"),
 )
 # The back office (upload).
@@ -112,6 +116,7 @@ class Connection:
     max_retry_wait: float = 60
     time_zone: Optional[str] = None  # of the license server's file names (and of a lastSyncTime without a zone)
     max_pages: int = MAX_PAGES       # sync messages one generate call downloads at most
+    force_query: str = FORCE_QUERY   # how a forced download is asked (the vendor's tool shows it: compat_check)
     proxy: Optional[str] = None  # unset: the environment's HTTP(S)_PROXY / NO_PROXY, as requests reads them
 
     def secrets(self) -> list[str]:
@@ -131,6 +136,7 @@ def connection_from_params(params: dict) -> Connection:
         max_retry_wait=params["max_retry_wait"],
         time_zone=params.get("time_zone") or None,
         max_pages=MAX_PAGES if params.get("max_pages") is None else params["max_pages"],
+        force_query=params.get("force_query") or FORCE_QUERY,
         proxy=params.get("proxy") or None,
     )
 
@@ -188,6 +194,9 @@ def check_connection(conn: Connection, what: str) -> None:
         zone_of(conn.time_zone)
     except ValueError as exc:
         raise SettingError(f"{exc}.", "time_zone") from None
+    if not FORCE_QUERY_RE.fullmatch(conn.force_query):
+        raise SettingError(f"force_query {conn.force_query!r} is not a query string such as force=true.",
+                           "force_query")
 
 
 def check_numbers(conn: Connection) -> None:

@@ -146,12 +146,27 @@ def _unregistered_device(lab, tmp_path):
     assert lab.state()["backoffice"]["requests"]["upload"] == 1  # refused once, never retried
 
 
+def _other_force_query(lab, tmp_path):
+    """A forced download asked another way: ?force=true is ignored (nothing comes again, the recovery would bring
+    nothing back); with force_query as compat_check reads it from the vendor's tool, every record comes again."""
+    res = run_tasks(tmp_path, lab, [
+        task("generate", "generate", dict(LLS_ARGS, path=OUT)),
+        task("force as guessed", "generate", dict(LLS_ARGS, path=OUT, force=True)),
+        task("force as the tool asks", "generate", dict(LLS_ARGS, path=OUT, force=True,
+                                                        force_query="forceResync=true")),
+    ])
+    first = res.get("generate", "m")["files"]
+    assert len(first) == 3 and res.get("force as guessed", "m")["files"] == [], res.get("force as guessed", "m")
+    again = res.get("force as the tool asks", "m")
+    assert len(again["files"]) == 3 and len(again["superseded"]) == 3, again
+
+
 MODULE_CHECKS = {"health-wrapped": _health_wrapped, "error-objects": _error_objects,
                  "mismatch-at-process": _mismatch_at_process, "no-disposition": _no_disposition,
                  "empty-200": _empty_200, "local-time-names": _local_time_names,
-                 "unregistered-device": _unregistered_device}
+                 "unregistered-device": _unregistered_device, "other-force-query": _other_force_query}
 # Where the fleet meets the variant only when something goes wrong: a message lost between download and upload.
-PROVOKE_MISMATCH = ("error-objects", "mismatch-at-process")
+PROVOKE_MISMATCH = ("error-objects", "mismatch-at-process", "other-force-query")
 # Where a second run meets the variant's "nothing new", or could loop on the recovery: it must change nothing.
 RERUN = ("empty-200", "no-disposition", "mismatch-at-process")
 

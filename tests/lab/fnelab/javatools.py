@@ -13,6 +13,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from . import variants as lab_variants
+
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "java" / "FneTool.java"
 TOOLS = HERE / "tools"  # the default shape: NAME.sh, exit status 1 after an error
@@ -56,7 +58,8 @@ def install(folder: Path, variants: list[str]) -> Path:
     build()
     folder.mkdir(parents=True, exist_ok=True)
     suffix = "" if "tools-without-sh" in variants else ".sh"
-    opts = "-Dfnelab.exitZero=true" if "exit-zero-tools" in variants else ""
+    opts = " ".join((["-Dfnelab.exitZero=true"] if "exit-zero-tools" in variants else [])
+                    + ([f"-Dfnelab.forceQuery={lab_variants.FORCE_QUERY}"] if "other-force-query" in variants else []))
     for old in folder.iterdir():
         old.unlink()
     for mode, name in NAMES.items():

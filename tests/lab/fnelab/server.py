@@ -242,7 +242,8 @@ class Lab:
         s = self._server(request)
         if not self._authorized(request, s):
             return _error(401, "glsErr.notAuthorized", "Not authorized: authorize again.")
-        force = request.query.get("force", "").lower() == "true"
+        asked = variants.FORCE_QUERY.split("=") if "other-force-query" in self.variants else ("force", "true")
+        force = request.query.get(asked[0], "").lower() == asked[1].lower()
         msg = self.state.generate(s, self.page_size, force)
         if msg is None:
             if "empty-200" in self.variants:

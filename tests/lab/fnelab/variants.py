@@ -19,6 +19,10 @@ class Variant:
     settings: dict = field(default_factory=dict)  # license_servers group variables a user would have to set
 
 
+# How a forced download is asked is the one thing of the HTTP exchange that no answer shows: only the vendor's tool
+# (with -force) does, and fne.offline_sync.compat_check reads it there.
+FORCE_QUERY = "forceResync=true"
+
 # A license server whose file names are in its local time (a fixed offset here, so that the lab stays
 # deterministic): names behind UTC are the dangerous direction (read as UTC, they look older than they are).
 LOCAL_OFFSET = "-05:00"
@@ -37,6 +41,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             "license server reports the mismatch when it processes that acknowledgment"),
     Variant("local-time-names", f"sync file names carry the license server's local time (UTC{LOCAL_OFFSET})",
             {"fne_lls_time_zone": LOCAL_OFFSET}),
+    Variant("other-force-query", f"a forced download is asked with ?{FORCE_QUERY} (?force=true is ignored: the "
+            "server hands out only what is new)", {"fne_lls_force_query": FORCE_QUERY}),
     Variant("unregistered-device", "the back office refuses lls001 (400, \"not registered\") until "
             "`fnelab config --register lls001`"),
 )}

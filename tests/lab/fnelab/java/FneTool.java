@@ -7,6 +7,7 @@
 //
 // The lab compiles this file (fnelab/javatools.py); the wrappers in fnelab/tools run `java FneTool server|backoffice`.
 // -Dfnelab.exitZero=true (lab variant exit-zero-tools): exit 0 even after an error, as some Java tools do.
+// -Dfnelab.forceQuery=NAME=VALUE (lab variant other-force-query): how -force is asked of the license server.
 
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
@@ -34,6 +35,7 @@ import java.util.regex.Pattern;
 public final class FneTool {
     static final String STARTED = "OfflineSync utility started.";
     static final String GENERATE_PATH = "/api/1.0/sync_message/offline";
+    static final String FORCE_QUERY = System.getProperty("fnelab.forceQuery", "force=true");
     static final String ACK_PATH = "/api/1.0/sync_ack/offline";
     static final Pattern FILENAME = Pattern.compile("filename=\"?([^\";]+)\"?");
     static final Pattern SYNC_NAME = Pattern.compile("\\d{8}T\\d{6}\\.fnesync");
@@ -282,7 +284,7 @@ public final class FneTool {
         boolean first = true;
         while (true) {
             // force only on the first call: it resets the server's cursor; the rest page on from there
-            Response r = http.post(GENERATE_PATH + (force && first ? "?force=true" : ""), new byte[0],
+            Response r = http.post(GENERATE_PATH + (force && first ? "?" + FORCE_QUERY : ""), new byte[0],
                     "application/octet-stream");
             first = false;
             if (r.status == 204 || (r.status == 200 && (r.body.length == 0 || r.contentType.contains("json")))) break;
