@@ -28,7 +28,7 @@ SYNC_ACK = API + "/sync_ack/offline"
 HOSTIDS = API + "/hostids"
 MAX_PAGES = 10000
 FORCE_QUERY = "force=true"  # our guess; compat_check shows what the vendor's tool sends
-FORCE_QUERY_RE = re.compile(r"[\w.~-]+(=[\w.~%-]*)?(&[\w.~-]+(=[\w.~%-]*)?)*")
+FORCE_QUERY_RE = re.compile(r"[\w.~-]+(=[\w.~%-]*)?(&[\w.~-]+(=[\w.~%-]*)?)*", re.ASCII)
 
 
 class Setting(NamedTuple):

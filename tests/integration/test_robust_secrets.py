@@ -52,7 +52,9 @@ class TlsTap:
             pem.flush()
             self.server_ctx.load_cert_chain(pem.name)
         self.client_ctx = ssl.create_default_context(cafile=str(lab_dir / "ca.pem"))
-        self.recorded: dict[str, list[bytes]] = defaultdict(list)  # server -> bytes both ways
+        # server -> one buffer per connection and direction: a stream read in pieces stays whole, whatever else
+        # the server's other connections send meanwhile
+        self.recorded: dict[str, list[bytearray]] = defaultdict(list)
         self._lock = threading.Lock()
         self._listeners: list[socket.socket] = []
         self._stop = threading.Event()
@@ -85,21 +87,24 @@ class TlsTap:
         except (OSError, ssl.SSLError):
             conn.close()
             return
-        done = threading.Thread(target=self._pump, args=(upstream, client, server), daemon=True)
+        answers, requests = bytearray(), bytearray()
+        with self._lock:
+            self.recorded[server] += [requests, answers]
+        done = threading.Thread(target=self._pump, args=(upstream, client, answers), daemon=True)
         done.start()
-        self._pump(client, upstream, server)
+        self._pump(client, upstream, requests)
         done.join(120)
         client.close()
         upstream.close()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, server: str) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, buffer: bytearray) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
                 with self._lock:
-                    self.recorded[server].append(data)
+                    buffer += data
                 dst.sendall(data)
         except (OSError, ssl.SSLError):
             pass
@@ -110,7 +115,7 @@ class TlsTap:
 
     def text(self, server: str) -> str:
         with self._lock:
-            return b"".join(self.recorded[server]).decode("latin-1")
+            return "\n".join(bytes(stream).decode("latin-1") for stream in self.recorded[server])
 
     def tokens(self, server: str) -> set[str]:
         """Every token the server issued (authorize answers) or was shown (Authorization headers)."""

@@ -420,6 +420,13 @@ def test_an_invalid_time_zone_fails_that_host_alone():
     assert "fne_lls_time_zone" in err.value.msg
 
 
+@pytest.mark.parametrize("query", ["force=true&x=<script>", "?force=true", "forcé=1", "force true"])
+def test_an_invalid_force_query_fails_that_host_alone(query):
+    with pytest.raises(StoreError) as err:
+        fleet.server_config("lls001", {"fne_lls_url": "http://h:7070", "fne_lls_force_query": query})
+    assert "fne_lls_force_query" in err.value.msg and "is not a query string" in err.value.msg
+
+
 def test_retention_prunes_only_old_acknowledged_files(store, tmp_path):
     """sent/ loses what is older than keep_days and older than any pending acknowledgment; the totals stay."""
     from ansible_collections.fne.offline_sync.plugins.plugin_utils._report import summarize
