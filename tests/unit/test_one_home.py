@@ -106,3 +106,11 @@ def test_module_utils_imports_run_downhill_and_never_reach_controller_code():
 
     cycles = [name for name in graph if reaches(name, name, set())]
     assert not cycles, f"module_utils import cycles through {cycles}"
+
+
+def test_design_layout_names_every_utility_file():
+    """docs/design.md's layout is the map a reader uses to find each concern's one file: it names every one."""
+    layout = (REPO / "docs" / "design.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    files = sorted(path.name for folder in ("module_utils", "plugin_utils")
+                   for path in (REPO / "plugins" / folder).glob("_*.py"))
+    assert [name for name in files if f"  {name} " not in layout] == []
