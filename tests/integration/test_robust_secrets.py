@@ -52,9 +52,7 @@ class TlsTap:
             pem.flush()
             self.server_ctx.load_cert_chain(pem.name)
         self.client_ctx = ssl.create_default_context(cafile=str(lab_dir / "ca.pem"))
-        # server -> one buffer per connection and direction: a stream read in pieces stays whole, whatever else
-        # the server's other connections send meanwhile
-        self.recorded: dict[str, list[bytearray]] = defaultdict(list)
+        self.recorded: dict[str, list[bytes]] = defaultdict(list)  # server -> bytes both ways
         self._lock = threading.Lock()
         self._listeners: list[socket.socket] = []
         self._stop = threading.Event()
@@ -87,24 +85,21 @@ class TlsTap:
         except (OSError, ssl.SSLError):
             conn.close()
             return
-        answers, requests = bytearray(), bytearray()
-        with self._lock:
-            self.recorded[server] += [requests, answers]
-        done = threading.Thread(target=self._pump, args=(upstream, client, answers), daemon=True)
+        done = threading.Thread(target=self._pump, args=(upstream, client, server), daemon=True)
         done.start()
-        self._pump(client, upstream, requests)
+        self._pump(client, upstream, server)
         done.join(120)
         client.close()
         upstream.close()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, buffer: bytearray) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, server: str) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
                 with self._lock:
-                    buffer += data
+                    self.recorded[server].append(data)
                 dst.sendall(data)
         except (OSError, ssl.SSLError):
             pass
@@ -115,7 +110,7 @@ class TlsTap:
 
     def text(self, server: str) -> str:
         with self._lock:
-            return "\n".join(bytes(stream).decode("latin-1") for stream in self.recorded[server])
+            return b"".join(self.recorded[server]).decode("latin-1")
 
     def tokens(self, server: str) -> set[str]:
         """Every token the server issued (authorize answers) or was shown (Authorization headers)."""
