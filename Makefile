@@ -29,10 +29,10 @@ $(VENV)/.installed: requirements-dev.txt tests/lab/pyproject.toml
 CORES := 2.16.19:3.11 2.17.14:3.11 2.18.19:3.11 2.19.14:3.13 2.20.10:3.12
 CORE_VENVS := $(foreach core,$(CORES),$(VENV)/cores/$(basename $(firstword $(subst :, ,$(core)))))
 # What runs on each older version (the newest runs everything; CI's time allows a few minutes each): both module
-# execution paths with both backends, the README's ad-hoc commands and module_defaults play, the module_defaults
+# execution paths (with the http backend; the tool backend's code is the same Python on every version), the README's ad-hoc commands and module_defaults play, the module_defaults
 # groups, and one sync per topology through the sync playbook (remote: a whole cycle over SSH beside two failures).
 CORE_TESTS := tests/integration/test_examples.py::test_readme_ad_hoc_and_module_defaults \
-	tests/integration/test_modules.py::test_full_cycle_both_paths \
+	'tests/integration/test_modules.py::test_full_cycle_both_paths[http]' \
 	tests/integration/test_modules.py::test_module_defaults_lls_and_backoffice_groups \
 	tests/integration/test_sync_api.py::test_status_changes_nothing \
 	tests/integration/test_sync_remote.py::test_remote_upload_failure_shows_when_the_first_remote_host_is_unreachable
