@@ -16,11 +16,10 @@ documentation of DEFAULT_DEBUG warns ("can include secret information despite no
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import json
 import re
 import shutil
-import socket
 import sqlite3
 import ssl
 import sys
@@ -41,7 +40,9 @@ FANCY_PASSWORD = 'Zq"7\\w\u00f6rd-Fancy'
 
 
 class TlsTap:
-    """A recording TLS relay in front of lab servers (see the module docstring)."""
+    """A recording TLS relay in front of lab servers (see the module docstring). It runs on one asyncio loop in its
+    own thread: an SSL object read by one thread while another writes to it (a relay with a thread per direction)
+    breaks now and then under load, and the client then sees the connection end without an answer."""
 
     def __init__(self, lab_dir: Path):
         with sqlite3.connect(lab_dir / "lab.sqlite") as db:
@@ -52,61 +53,41 @@ class TlsTap:
             pem.flush()
             self.server_ctx.load_cert_chain(pem.name)
         self.client_ctx = ssl.create_default_context(cafile=str(lab_dir / "ca.pem"))
-        self.recorded: dict[str, list[bytes]] = defaultdict(list)  # server -> bytes both ways
+        self.recorded: dict[str, list[bytes]] = defaultdict(list)  # server -> bytes both ways, as relayed
         self._lock = threading.Lock()
-        self._listeners: list[socket.socket] = []
-        self._stop = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._servers: list[asyncio.AbstractServer] = []
+        threading.Thread(target=self._loop.run_forever, daemon=True).start()
 
     def front(self, server: str, url: str) -> str:
         """A URL whose requests reach the server at url (https://IP:PORT) through the tap."""
         host, port = url.split("://", 1)[1].rstrip("/").rsplit(":", 1)
-        listener = socket.create_server((host, 0))
-        listener.settimeout(0.2)
-        self._listeners.append(listener)
-        threading.Thread(target=self._accept, args=(listener, server, (host, int(port))), daemon=True).start()
-        return f"https://{host}:{listener.getsockname()[1]}"
 
-    def _accept(self, listener: socket.socket, server: str, target: tuple) -> None:
-        while not self._stop.is_set():
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                conn, _address = listener.accept()
-            except (TimeoutError, socket.timeout):
-                continue
-            except OSError:
+                up_reader, up_writer = await asyncio.open_connection(host, int(port), ssl=self.client_ctx,
+                                                                     server_hostname=host)
+            except (OSError, ssl.SSLError):
+                writer.close()
                 return
-            threading.Thread(target=self._relay, args=(conn, server, target), daemon=True).start()
+            await asyncio.gather(self._pump(reader, up_writer, server), self._pump(up_reader, writer, server))
 
-    def _relay(self, conn: socket.socket, server: str, target: tuple) -> None:
-        try:
-            conn.settimeout(120)
-            client = self.server_ctx.wrap_socket(conn, server_side=True)
-            upstream = self.client_ctx.wrap_socket(socket.create_connection(target, timeout=120),
-                                                   server_hostname=target[0])
-        except (OSError, ssl.SSLError):
-            conn.close()
-            return
-        done = threading.Thread(target=self._pump, args=(upstream, client, server), daemon=True)
-        done.start()
-        self._pump(client, upstream, server)
-        done.join(120)
-        client.close()
-        upstream.close()
+        listening = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(relay, host, 0, ssl=self.server_ctx), self._loop).result(30)
+        self._servers.append(listening)
+        return f"https://{host}:{listening.sockets[0].getsockname()[1]}"
 
-    def _pump(self, src: socket.socket, dst: socket.socket, server: str) -> None:
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, server: str) -> None:
         try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
+            while data := await asyncio.wait_for(src.read(65536), 120):
                 with self._lock:
                     self.recorded[server].append(data)
-                dst.sendall(data)
-        except (OSError, ssl.SSLError):
+                dst.write(data)
+                await dst.drain()
+        except (OSError, ssl.SSLError, asyncio.TimeoutError):
             pass
         finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            dst.close()
 
     def text(self, server: str) -> str:
         with self._lock:
@@ -118,9 +99,9 @@ class TlsTap:
         return set(re.findall(r'"token":\s*"([^"]+)"', text)) | set(re.findall(r"Bearer ([A-Za-z0-9_\-.~+/=]+)", text))
 
     def close(self) -> None:
-        self._stop.set()
-        for listener in self._listeners:
-            listener.close()
+        for listening in self._servers:
+            self._loop.call_soon_threadsafe(listening.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
 
 
 def forms(secret: str) -> set[str]:

@@ -10,7 +10,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
-def tested_minors() -> list[str]:
+def minors_make_test_runs() -> list[str]:
     """The ansible-core minors `make test` runs on: the Makefile's CORES and .venv's pin."""
     makefile = (REPO / "Makefile").read_text()
     cores = re.search(r"^CORES := (.*)$", makefile, re.M)[1].split()
@@ -19,7 +19,7 @@ def tested_minors() -> list[str]:
 
 
 def test_every_minor_from_the_floor_to_the_newest_is_tested():
-    minors = tested_minors()
+    minors = minors_make_test_runs()
     numbers = [int(minor.split(".")[1]) for minor in minors]
     assert numbers == list(range(numbers[0], numbers[-1] + 1)), minors
     floor, newest = minors[0], minors[-1]
