@@ -362,6 +362,11 @@ class Http:
         response.fne_deadline = deadline
         return response
 
+    def once(self, method: str, url: str, data: bytes, headers: dict) -> Any:
+        """One attempt, no retry, nothing judged (a relay's request): the answer, to read with read() and close;
+        requests' own exception when none came."""
+        return self._send(method, url, Deadline(self.conn.timeout, len(data)), None, data=data, headers=headers)
+
     def request(self, method: str, url: str, *, body_path: Optional[str] = None, data: Optional[bytes] = None,
                 headers: Optional[dict] = None, json_body: Any = None, repeatable: bool = True) -> Any:
         """Send one request, retrying transient failures; the answer's body is read with read() / iter_body().

@@ -25,7 +25,12 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional
 from urllib.parse import urlsplit
 
-from ansible_collections.fne.offline_sync.plugins.module_utils._connection import FORCE_QUERY, SYNC_ACK, SYNC_MESSAGE
+from ansible_collections.fne.offline_sync.plugins.module_utils._connection import (
+    FORCE_QUERY,
+    SYNC_ACK,
+    SYNC_MESSAGE,
+    connection_from_params,
+)
 from ansible_collections.fne.offline_sync.plugins.module_utils._errors import UNKNOWN_SERVER_RE
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import STAMP_FORMAT, sync_time_of
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._fleet import Options, ServerConfig, work_one
@@ -38,10 +43,6 @@ def _through(params: Dict[str, Any], endpoint: Any, backend: str) -> Dict[str, A
     """One side's settings, pointed at a local endpoint (plain HTTP on 127.0.0.1; the path is kept)."""
     path = urlsplit(params["url"]).path
     return dict(params, url=endpoint.url + path, backend=backend, ca_path=None, validate_certs=True, proxy=None)
-
-
-def _verify(params: Dict[str, Any]) -> Any:
-    return (params.get("ca_path") or True) if params["validate_certs"] else False
 
 
 def _cycle(cfg: ServerConfig, store: str) -> Dict[str, Dict[str, Any]]:
@@ -169,8 +170,8 @@ def check(cfg: ServerConfig, out: str) -> Dict[str, Any]:
     tool_store = os.path.join(folder, "store")  # new each time: a first contact asks a forced download
     os.makedirs(folder)
     lls, bo = cfg.lls, cfg.backoffice
-    with Recorder(lls["url"], _verify(lls), lls["timeout"], lls.get("proxy")) as lls_rec, \
-            Recorder(bo["url"], _verify(bo), bo["timeout"], bo.get("proxy")) as bo_rec:
+    with Recorder(connection_from_params(lls), "license server") as lls_rec, \
+            Recorder(connection_from_params(bo), "back office") as bo_rec:
         tool = _cycle(dataclasses.replace(cfg, lls=_through(lls, lls_rec, "tool"),
                                           backoffice=_through(bo, bo_rec, "tool")), tool_store)
     with Replay(lls_rec.exchanges) as lls_rp, Replay(bo_rec.exchanges) as bo_rp, \

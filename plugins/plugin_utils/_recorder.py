@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 from urllib.parse import parse_qsl, urlsplit
 
-from ansible_collections.fne.offline_sync.plugins.module_utils._http import MAX_MESSAGE, MiB
+from ansible_collections.fne.offline_sync.plugins.module_utils._connection import Connection
+from ansible_collections.fne.offline_sync.plugins.module_utils._errors import FneError, noop_warn, scrub
+from ansible_collections.fne.offline_sync.plugins.module_utils._http import MAX_MESSAGE, Http, reason_of
 
 try:
     import requests
@@ -88,43 +90,41 @@ class _Endpoint:
 
 
 class Recorder(_Endpoint):
-    """A reverse proxy to `upstream` (scheme://host:port; the request's path is kept) that records each exchange."""
+    """A reverse proxy to the side `conn` describes (scheme://host:port of its url; the request's path is kept) that
+    records each exchange. Its requests go through the collection's own Http: the side's TLS and proxy settings, no
+    redirect followed, each answer within the deadline and MAX_MESSAGE, errors without the password."""
 
-    def __init__(self, upstream: str, verify: Any = True, timeout: float = 60, proxy: Optional[str] = None):
+    def __init__(self, conn: Connection, what: str):
         super().__init__()
-        parts = urlsplit(upstream)
+        parts = urlsplit(conn.url)
         self.upstream = f"{parts.scheme}://{parts.netloc}"
-        self.verify, self.timeout = verify, timeout
-        self.session = requests.Session()
-        self.session.trust_env = proxy is None  # an explicit proxy replaces the environment's
-        if proxy:
-            self.session.proxies = {"http": proxy, "https": proxy}
+        self.http = Http(conn, noop_warn, what)
 
     def __exit__(self, *exc_info: Any) -> None:
         super().__exit__(*exc_info)
-        self.session.close()
+        self.http.session.close()
 
     def answer(self, exchange: Exchange) -> None:
-        """Send the request upstream (no redirect followed, bounded in time and size) and keep the answer."""
+        """Send the request upstream once and keep the answer, or why there was none."""
         headers = {k: v for k, v in exchange.request_headers.items() if k not in HOP_BY_HOP}
         target = self.upstream + exchange.path + (f"?{exchange.query}" if exchange.query else "")
         try:
-            with self.session.request(exchange.method, target, headers=headers, data=exchange.request_body,
-                                      timeout=self.timeout, verify=self.verify, allow_redirects=False,
-                                      stream=True) as response:
-                body = bytearray()
-                for chunk in response.iter_content(MiB):
-                    body += chunk
-                    if len(body) > MAX_MESSAGE:
-                        raise ValueError(f"the answer is larger than {MAX_MESSAGE // MiB} MiB")
-                exchange.status = response.status_code
-                # the body is kept decoded: its Content-Encoding no longer applies
-                exchange.headers = {k: v for k, v in response.headers.items()
-                                    if k.lower() not in HOP_BY_HOP and k.lower() != "content-encoding"}
-                exchange.body = bytes(body)
-        except (requests.RequestException, OSError, ValueError) as exc:
-            exchange.status, exchange.error = 502, f"{type(exc).__name__}: {exc}"
-            exchange.headers, exchange.body = {"Content-Type": "text/plain"}, b"the recorder could not forward\n"
+            response = self.http.once(exchange.method, target, exchange.request_body, headers)
+            try:
+                exchange.body = self.http.read(response, MAX_MESSAGE)
+            finally:
+                response.close()
+            exchange.status = response.status_code
+            # the body is kept decoded: its Content-Encoding no longer applies
+            exchange.headers = {k: v for k, v in response.headers.items()
+                                if k.lower() not in HOP_BY_HOP and k.lower() != "content-encoding"}
+        except FneError as exc:  # the answer broke off, took too long or was too large (scrubbed already)
+            exchange.error = exc.msg
+        except (requests.RequestException, OSError) as exc:
+            exchange.error = scrub(f"{type(exc).__name__}: {reason_of(exc)}", self.http.secrets)
+        if exchange.error:
+            exchange.status, exchange.body = 502, b"the recorder could not forward\n"
+            exchange.headers = {"Content-Type": "text/plain"}
         self.keep(exchange)
 
 
