@@ -3,6 +3,8 @@
 Contenders, each a process of its own so that all are measured the same way (wall time, the CPU time of the process
 and everything it waited for, the peak memory of its largest process, from os.wait4):
   collection  ansible-playbook fne.offline_sync.sync (api topology), its store kept from run to run as a site's is;
+  summary     the same in fleet-summary mode (-e fne_sync_host_results=false: one result for the fleet, no per-host
+              task), on the same store;
   builtin     a playbook of delegated ansible.builtin.uri tasks written as a competent user would (authorize where
               security is on, the lab's CA, one sync message per server, upload, acknowledgment), forks 20; only
               up to --builtin-max servers (it costs minutes at 200);
@@ -40,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DOC = REPO / "docs" / "performance.md"
 DOC_BEGIN, DOC_END = "<!-- bench:begin -->", "<!-- bench:end -->"
-CONTENDERS = ("collection", "builtin", "floor")
+CONTENDERS = ("collection", "summary", "builtin", "floor")
 SCENARIOS = ("full", "quiet")
 
 # The builtin-only playbook: what a competent user writes without this collection (one page per server: the lab's
@@ -142,9 +144,10 @@ class Lab:
 
 
 def commands(contender: str, lab: Lab, work: Path, workers: int) -> list[str]:
-    if contender == "collection":
+    if contender in ("collection", "summary"):
         return [str(BIN / "ansible-playbook"), "fne.offline_sync.sync", "-i", str(lab.inventory),
-                "-e", f"fne_sync_store={work / 'store'}", "-e", f"fne_sync_workers={workers}"]
+                "-e", f"fne_sync_store={work / 'store'}", "-e", f"fne_sync_workers={workers}",
+                "-e", f"fne_sync_host_results={contender == 'collection'}"]
     if contender == "builtin":
         playbook = work / "builtin.yml"
         playbook.write_text(BUILTIN_PLAYBOOK)
@@ -176,10 +179,12 @@ def bench_size(servers: int, args: argparse.Namespace, index: int) -> dict:
             subprocess.run(["rm", "-rf", str(work)], check=False)
     medians = {c: {s: {k: statistics.median(x[k] for x in runs) for k in runs[0]} for s, runs in by.items()}
                for c, by in samples.items()}
-    col = medians["collection"]
-    ratios = {"collection_vs_floor_full": col["full"]["wall_s"] / medians["floor"]["full"]["wall_s"],
-              "collection_vs_floor_quiet": col["quiet"]["wall_s"] / medians["floor"]["quiet"]["wall_s"],
+    col, summ, flo = medians["collection"], medians["summary"], medians["floor"]
+    ratios = {"collection_vs_floor_full": col["full"]["wall_s"] / flo["full"]["wall_s"],
+              "collection_vs_floor_quiet": col["quiet"]["wall_s"] / flo["quiet"]["wall_s"],
               "quiet_vs_full": col["quiet"]["wall_s"] / col["full"]["wall_s"],
+              "summary_vs_floor_full": summ["full"]["wall_s"] / flo["full"]["wall_s"],
+              "summary_quiet_vs_full": summ["quiet"]["wall_s"] / summ["full"]["wall_s"],
               "collection_per_server_ms": 1000 * col["full"]["wall_s"] / servers}
     if "builtin" in medians:
         ratios["builtin_vs_collection_full"] = medians["builtin"]["full"]["wall_s"] / col["full"]["wall_s"]
@@ -196,12 +201,14 @@ def table(results: list[dict]) -> str:
             lines.append(f"| {res['servers']:,} | {contender} | {full['wall_s']:.1f} s | {full['cpu_s']:.1f} s | "
                          f"{full['peak_mib']:.0f} | {quiet['wall_s']:.1f} s | {quiet['cpu_s']:.1f} s |")
     lines += ["", "| servers | collection / floor, full | collection / floor, quiet | quiet / full | "
-                  "builtin / collection | collection per server |", "|---:|---:|---:|---:|---:|---:|"]
+                  "summary / floor, full | summary: quiet / full | builtin / collection | collection per server |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for res in results:
         r = res["ratios"]
         builtin = f"{r['builtin_vs_collection_full']:.1f}×" if "builtin_vs_collection_full" in r else "not run"
         lines.append(f"| {res['servers']:,} | {r['collection_vs_floor_full']:.1f}× | "
-                     f"{r['collection_vs_floor_quiet']:.1f}× | {r['quiet_vs_full']:.0%} | {builtin} | "
+                     f"{r['collection_vs_floor_quiet']:.1f}× | {r['quiet_vs_full']:.0%} | "
+                     f"{r['summary_vs_floor_full']:.1f}× | {r['summary_quiet_vs_full']:.0%} | {builtin} | "
                      f"{r['collection_per_server_ms']:.0f} ms |")
     return "\n".join(lines)
 

@@ -3,11 +3,14 @@
 """Per-host result of a fleet step: ok / changed / failed for this host, read from a registered fleet result.
 
 Deliberately template-free: the arguments name a variable instead of templating it, because three templated
-expressions (msg, changed_when, failed_when) per host cost more than the task itself on a thousand hosts."""
+expressions (msg, changed_when, failed_when) per host cost more than the task itself on a thousand hosts.
+
+Run once (`run_once: true`), it judges the whole fleet instead: one line for any number of servers (the cycle's
+fleet-summary mode, fne_sync_host_results: false), where a per-host task is Ansible's own price per host."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from ansible.plugins.action import ActionBase
 
@@ -27,6 +30,9 @@ class ActionModule(ActionBase):
         host = task_vars.get("inventory_hostname")
         registered = task_vars.get(name)
         hosts = registered.get("hosts") if isinstance(registered, dict) else None
+        if self._task.run_once:
+            result.update(fleet_verdict(hosts if isinstance(hosts, dict) else {}))
+            return result
         entry = hosts.get(host) if isinstance(hosts, dict) else None
         if not isinstance(entry, dict):
             result.update(changed=False, msg=str(self._task.args.get("default_msg") or f"{host}: nothing to do"))
@@ -35,3 +41,18 @@ class ActionModule(ActionBase):
         if entry.get("failed"):
             result["failed"] = True
         return result
+
+
+SHOWN = 20  # failed servers named, with their messages, in a fleet verdict; the rest are counted
+
+
+def fleet_verdict(hosts: Dict[str, Any]) -> Dict[str, Any]:
+    """One result for every entry: failed when any server failed (the first SHOWN named with their messages)."""
+    entries = [e for e in hosts.values() if isinstance(e, dict)]
+    failed: List[str] = sorted(str(e.get("msg") or "failed") for e in entries if e.get("failed"))
+    changed = sum(1 for e in entries if e.get("changed") and not e.get("failed"))
+    head = f"{len(entries)} server(s): {len(entries) - len(failed)} ok ({changed} changed), {len(failed)} failed"
+    if not failed:
+        return {"changed": changed > 0, "msg": head}
+    more = f"\n... and {len(failed) - SHOWN} more (see the report)" if len(failed) > SHOWN else ""
+    return {"changed": changed > 0, "failed": True, "msg": head + "\n" + "\n".join(failed[:SHOWN]) + more}

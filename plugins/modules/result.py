@@ -15,6 +15,10 @@ description:
     reports this host's entry as the task's own outcome, with its message. Talks to no host.
   - Template-free on purpose (it names the variable instead of templating it), so it stays the cheapest possible
     per-host task on fleets of thousands of hosts.
+  - Run once (C(run_once), templated or not), it judges the whole fleet instead, in one result on the play's
+    first host, failed when any entry failed, naming the first 20 failed entries with their messages. This is the
+    fleet-summary mode of the cycle role (C(fne_sync_host_results=false)), for fleets where a per-host task
+    costs too much.
 author:
   - fne.offline_sync developers (!UNKNOWN)
 extends_documentation_fragment:
@@ -51,6 +55,11 @@ EXAMPLES = r"""
 - name: Report each server's result on its own host
   fne.offline_sync.result:
     var: __fne_upload
+
+- name: Or one result for the whole fleet (any failed server fails it)
+  fne.offline_sync.result:
+    var: __fne_upload
+  run_once: true
 """
 
 RETURN = r"""

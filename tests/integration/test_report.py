@@ -178,3 +178,27 @@ def test_set_stats_totals_only(lab_factory, tmp_path):
     assert stats["totals"]["totals"]["failed"] == 1 and stats["totals"]["totals"]["in_run"] == 3
     assert set(stats["full"]["servers"]) == {"lls001", "lls002", "lls003"}
     assert len(json.dumps(stats["totals"])) < len(json.dumps(stats["full"]))
+
+
+def test_fleet_summary_mode(lab_factory, tmp_path):
+    """fne_sync_host_results=false: one result for the whole fleet, on the play's first host, failed when a server
+    failed and naming it; no per-server result lines; the report still holds every server; status likewise."""
+    lab = lab_factory(4, "--records", "2")
+    lab.fault("lls003", "down")
+    store = tmp_path / "store"
+    off = ("-e", "fne_sync_host_results=false")
+    run = playbook("sync", lab.inventory, store, *off, expect_rc=2)
+    assert set(run.recap) - {"localhost"} == {"lls001"} and run.failed() == {"lls001"}, run
+    assert "4 server(s): 3 ok (3 changed), 1 failed\nlls003: collect" in run.out.replace("\\n", "\n"), run
+    assert not re.search(r"^(ok|changed|failed): \[lls00[234]\]", run.out, re.M), run
+    report = json.loads((store / "report.json").read_text())
+    assert set(report["servers"]) == {"lls001", "lls002", "lls003", "lls004"}
+    assert report["totals"]["failed"] == 1
+
+    lab.clear_faults()
+    again = playbook("sync", lab.inventory, store, *off)
+    assert again.failed() == set() and "4 server(s): 4 ok (1 changed), 0 failed" in again.out, again
+    lab.verify(complete=True)
+    status = playbook("status", lab.inventory, store, *off)
+    assert "4 server(s): 4 ok (0 changed), 0 failed" in status.out, status
+    assert not re.search(r"^(ok|changed|failed): \[lls00[234]\]", status.out, re.M), status
