@@ -773,10 +773,10 @@ def test_awx_sliced_job(lab_factory, sshd, awx_jobs, tmp_path):
         assert_report_covers(result, mine)
     lab.verify(complete=True)
 
-    # two slices at once, on fresh activity
+    # two slices at once, on fresh activity, in fleet-summary mode (the survey's multiple choice, !unsafe "false")
     lab.activity(25)
     slices = awx_slices(inventory, 2)
-    pdds = [private_data_dir(awx_jobs, 300 + k, data, survey, credentials)
+    pdds = [private_data_dir(awx_jobs, 300 + k, data, dict(survey, fne_sync_host_results="false"), credentials)
             for k, data in enumerate(slices, start=1)]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         results = list(pool.map(runner, pdds))
@@ -784,6 +784,8 @@ def test_awx_sliced_job(lab_factory, sshd, awx_jobs, tmp_path):
         mine = set(names[k - 1::2])
         assert result["rc"] == 0 and not result["failed"], result["stdout"][-8000:]
         assert result["hosts"] <= mine | {"localhost"}, result["hosts"]
+        assert f"{len(mine)} server(s): {len(mine)} ok ({len(mine)} changed), 0 failed" in result["stdout"], \
+            result["stdout"][-8000:]
         assert_report_covers(result, mine)
     lab.verify(complete=True)
     # no file was handled by two slices: every sync file was fetched once, into its own server's store
