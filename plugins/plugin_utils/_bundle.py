@@ -366,8 +366,8 @@ def export(store: str, site: str, key: Optional[str], dest: Optional[str], hosts
                 entries[host]["msg"] = f"{host}: in transit in {', '.join(waiting)}"
             entries[host]["in_transit"] = waiting
     now = _dt.datetime.now(_dt.timezone.utc)
-    out = [{"name": b["name"], "id": b["id"], "created": b["created"],
-            "age_days": round((now - _parse_utc(b["created"])).total_seconds() / 86400, 2)} for b in outstanding]
+    out = [{"name": b["name"], "id": b["id"], "created": b["created"], "age_days": _age_days(b["created"], now)}
+           for b in outstanding]
     for item in out:
         item["stale"] = item["age_days"] > stale_days
     return {"changed": written is not None, "written": written, "copied": copied, "outstanding": out,
@@ -376,6 +376,10 @@ def export(store: str, site: str, key: Optional[str], dest: Optional[str], hosts
 
 def _parse_utc(text: str) -> _dt.datetime:
     return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
+
+
+def _age_days(created: str, now: _dt.datetime) -> float:
+    return round((now - _parse_utc(created)).total_seconds() / 86400, 2)
 
 
 def _remove_orphans(side: SiteState, state: Dict[str, Any]) -> None:
@@ -392,10 +396,63 @@ def _settle(state: Dict[str, Any], store: str) -> bool:
     for bundle in state.get("bundles", []):
         if bundle.get("done"):
             continue
-        if not any(os.path.exists(os.path.join(store, h, "outbox", f)) for h, fs in bundle["servers"].items()
-                   for f in fs):
+        if not any(_waiting(store, h, fs) for h, fs in bundle["servers"].items()):
             bundle["done"], changed = utcnow(), True
     return changed
+
+
+def _waiting(store: str, host: str, files: List[str]) -> bool:
+    """A bundle is not yet acknowledged for a server while one of its files waits in that server's outbox."""
+    return any(os.path.exists(os.path.join(store, host, "outbox", f)) for f in files)
+
+
+# ---- inside: what is in transit, for the fleet report -----------------------------------------------------------
+def in_transit(store: str, stale_days: float,
+               now: Optional[_dt.datetime] = None) -> Tuple[Dict[str, List[Dict[str, Any]]], List[str]]:
+    """For the fleet report: each server's outgoing bundles not yet acknowledged for it, of every site of the inside
+    store, oldest first ({host: [{site, bundle, id, created, age_days, stale, files}]}), and what could not be read
+    (one line per site). Read only: ``state.json`` is replaced atomically, so it is read whole without the site's
+    lock (a carry run may hold it), and nothing is settled or saved here. A site whose state cannot be read shows
+    no bundle; no air gap at all is no bundle and no problem."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    root = os.path.join(os.path.abspath(os.path.expanduser(store)), AIRGAP_DIR, "inside")
+    out: Dict[str, List[Dict[str, Any]]] = {}
+    problems: List[str] = []
+    try:
+        sites = sorted(n for n in os.listdir(root) if SITE_RE.match(n) and os.path.isdir(os.path.join(root, n)))
+    except FileNotFoundError:
+        return out, problems
+    except OSError as exc:
+        return out, [f"{root} cannot be read ({exc.strerror or exc}): no bundle in transit is shown"]
+    for site in sites:
+        side = SiteState(store, "inside", site)
+        try:
+            found = []
+            for bundle in side.load().get("bundles") or []:
+                if bundle.get("done"):
+                    continue
+                age = _age_days(bundle["created"], now)
+                for host, files in bundle["servers"].items():
+                    if _waiting(store, host, files):
+                        found.append((host, {"site": site, "bundle": bundle["name"], "id": bundle["id"],
+                                             "created": bundle["created"], "age_days": age,
+                                             "stale": age > stale_days, "files": len(files)}))
+        except StoreError as exc:  # not JSON: SiteState.load says so
+            problems.append(f"site {site}: {exc}; no bundle of this site is shown")
+            continue
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # JSON, but not the state export writes
+            problems.append(f"site {site}: {side.path} is damaged ({exc!r}); restore it from a backup; no bundle of "
+                            "this site is shown")
+            continue
+        except OSError as exc:
+            problems.append(f"site {site}: {side.path} cannot be read ({exc.strerror or exc}); no bundle of this "
+                            "site is shown")
+            continue
+        for host, item in found:
+            out.setdefault(host, []).append(item)
+    for items in out.values():
+        items.sort(key=lambda i: (i["created"], i["site"], i["bundle"]))
+    return out, problems
 
 
 # ---- outside: upload --------------------------------------------------------------------------------------------

@@ -30,6 +30,13 @@ _PER_SERVER = (
      lambda s: s["quarantined"]),
     ("fne_sync_stale", "gauge", "1 when the server has not synchronized within fne_sync_stale_days.",
      lambda s: int(bool(s["stale"]))),
+    # an air-gapped site's inside store: outgoing bundles whose acknowledgment has not come back
+    ("fne_sync_bundle_in_transit_since_timestamp_seconds", "gauge",
+     "When the oldest outgoing bundle with files of the server not yet acknowledged was written (Unix time).",
+     lambda s: _timestamp(s["in_transit"][0]["created"]) if s.get("in_transit") else None),
+    ("fne_sync_bundle_stale", "gauge",
+     "1 when an outgoing bundle with files of the server has been in transit longer than fne_sync_stale_days.",
+     lambda s: int(any(i["stale"] for i in s.get("in_transit") or []))),
 )
 
 

@@ -23,6 +23,7 @@ import os
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import parse_time, write_atomic
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._bundle import in_transit
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import ServerStore, StoreError, os_error_text
 
 UNKNOWN = {"records_synchronized": 0, "files_uploaded": 0, "last_sync": None, "recoveries": 0, "errors": 1,
@@ -181,6 +182,10 @@ def reasons_of(server: Dict[str, Any]) -> List[str]:
     if server["stale"]:
         out.append("never synchronized" if server["age_days"] is None else
                    f"stale: last sync {server['last_sync']}, {server['age_days']:.1f} days ago")
+    for item in server.get("in_transit") or []:  # in transit is normal; only a bundle out too long is a problem
+        if item["stale"]:
+            out.append(f"bundle {item['bundle']} in transit for {item['age_days']:.1f} days (since "
+                       f"{item['created']}, no acknowledgment back)")
     return out
 
 
@@ -212,6 +217,8 @@ def _totals(servers: Iterable[Dict[str, Any]]) -> Dict[str, int]:
         "recoveries_total": sum(s["recoveries"] for s in servers),
         "needs_force": sum(1 for s in servers if s["needs_force"]),
         "quarantined": sum(s["quarantined"] for s in servers),
+        "in_transit": sum(1 for s in servers if s.get("in_transit")),
+        "in_transit_stale": sum(1 for s in servers if any(i["stale"] for i in s.get("in_transit") or [])),
     }
 
 
@@ -229,9 +236,12 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
     """The fleet report from every server's store and this run's step results. With ``update_cache`` (a real
     run) each server of ``hosts`` gets its ``run`` line in the ledger; nothing else in the store changes.
     ``last_run`` (the status playbook, which runs no step): each server's last recorded run stands for "this run";
-    ``live``: what each server answered to server_info just now."""
+    ``live``: what each server answered to server_info just now. An air-gapped site's inside store adds each
+    server's outgoing bundles not yet acknowledged (``in_transit``); its ``stale`` flag stays about the last
+    acknowledged sync."""
     now = now or _dt.datetime.now(_dt.timezone.utc)
     run_id = now.strftime("%Y%m%dT%H%M%SZ")
+    transit, bundle_problems = in_transit(store_root, stale_days, now)
     servers: Dict[str, Dict[str, Any]] = {}
     host_results: Dict[str, Dict[str, Any]] = {}
     in_run = set(hosts)
@@ -260,6 +270,7 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
         info.update(name=name, topology=topologies.get(name, "api" if name in in_run else "unknown"),
                     backend=(backends or {}).get(name), run=run)
         info["stale"] = info["age_days"] is None or info["age_days"] > stale_days
+        info["in_transit"] = transit.get(name, [])
         info["reasons"] = reasons_of(info)
         info["status"] = status_of(info)
         if live and name in live:
@@ -277,6 +288,7 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
         "store": os.path.abspath(os.path.expanduser(store_root)),
         "stale_days": stale_days,
         "last_run": last_run,
+        "bundle_problems": bundle_problems,
         "totals": _totals(servers.values()),
         "servers": servers,
         "hosts": host_results,
@@ -327,11 +339,18 @@ def _status_msg(name: str, info: Dict[str, Any]) -> str:
     parts.append(", ".join(waiting) + " in the store" if waiting else "nothing waits in the store")
     if info["needs_force"]:
         parts.append(f"recovery pending: {info['needs_force']}")
+    if info["in_transit"]:
+        parts.append("in transit: " + ", ".join(_transit_text(i) for i in info["in_transit"]))
     if info["stale"]:
         parts.append("STALE")
     if info.get("live"):
         parts.append(_live_text(info["live"]))
     return f"{name}: " + "; ".join(parts)
+
+
+def _transit_text(item: Dict[str, Any]) -> str:
+    return (f"{item['bundle']} since {item['created']} ({item['age_days']:.1f} days"
+            + (", out too long)" if item["stale"] else ")"))
 
 
 def _live_text(answer: Dict[str, Any]) -> str:
@@ -382,6 +401,8 @@ def summary_lines(report: Dict[str, Any], path: Optional[str] = None) -> List[st
         f"fleet: {t['servers']} server(s), {t['ok']} ok, {t['failed']} failed, {t['changed']} changed, "
         f"{t['stale']} stale (> {report['stale_days']} days), {t['needs_force']} awaiting recovery"
         + (f", {t['quarantined']} file(s) quarantined" if t["quarantined"] else "")
+        + (f", {t['in_transit']} with files in transit ({t['in_transit_stale']} in a bundle out > "
+           f"{report['stale_days']} days)" if t["in_transit"] else "")
         + (f"; {t['in_run']} in this run" if t["in_run"] != t["servers"] and not report.get("last_run") else ""),
         f"{'last runs' if report.get('last_run') else 'this run'}: {t['records_this_run']} record(s) in "
         f"{t['files_uploaded_this_run']} file(s) accepted by the "
@@ -403,7 +424,8 @@ def summary_lines(report: Dict[str, Any], path: Optional[str] = None) -> List[st
         counts = ", ".join(f"{sum(1 for n in rest if report['servers'][n]['status'] == st)} {st}" for st in STATUSES
                            if any(report["servers"][n]["status"] == st for n in rest))
         lines.append(f"... and {len(rest)} more needing attention ({counts}): see the report")
-    if not problems:
+    lines += [_one_line(f"AIR GAP {problem}") for problem in report.get("bundle_problems") or []]
+    if not problems and not report.get("bundle_problems"):
         lines.append("nothing needs attention")
     lines.append(f"report: {path or 'not written'}")
     return lines
@@ -420,6 +442,7 @@ th{background:#f0f0f0}
 td.n{text-align:right}
 .s-failed{background:#f8d7da}.s-recovery-pending{background:#ffe5b4}.s-quarantined{background:#ffe5b4}
 .s-stale{background:#fff3cd}.s-not-in-this-run{color:#777}
+.late{color:#c0392b;font-weight:bold}
 .badge{font-weight:bold;white-space:nowrap}
 #attention{border:2px solid #c0392b;padding:.3em 1em 1em;margin:1em 0;max-width:100em}
 #attention.none{border-color:#27ae60}
@@ -545,12 +568,18 @@ def render_html(report: Dict[str, Any], prefix: str = "reports/") -> str:
         att = ("<section id='attention' class='none'><h2>Needs attention: none</h2>"
                "<p>Every server synchronized recently, nothing failed this run, nothing waits for recovery.</p>"
                "</section>")
-    cards = "".join(f"<div>{label}<br><b>{value}</b></div>" for label, value in (
+    figures = [
         ("servers", t["servers"]), ("in this run", t["in_run"]), ("ok", t["ok"]), ("failed", t["failed"]),
         ("stale", t["stale"]), ("awaiting recovery", t["needs_force"]), ("quarantined files", t["quarantined"]),
         ("records accepted this run", t["records_this_run"]), ("files accepted this run",
                                                                t["files_uploaded_this_run"]),
-        ("records all time", t["records_total"]), ("files all time", t["files_total"])))
+        ("records all time", t["records_total"]), ("files all time", t["files_total"])]
+    if t["in_transit"]:  # an air-gapped site's inside store
+        figures += [("servers with files in transit", t["in_transit"]),
+                    (f"in a bundle out &gt; {report['stale_days']:g} days", t["in_transit_stale"])]
+    cards = "".join(f"<div>{label}<br><b>{value}</b></div>" for label, value in figures)
+    bundle_problems = "".join(f"<p class='s-failed bundle-problem'><b>air gap:</b> {_e(p)}</p>"
+                              for p in report.get("bundle_problems") or [])
     ages = _age_buckets(report)
     runs = fleet_runs(report)
     charts = (
@@ -584,6 +613,7 @@ def render_html(report: Dict[str, Any], prefix: str = "reports/") -> str:
             f"<td>{_e(s['last_sync'] or 'never')}</td>"
             f"<td class='n' data-v='{age if age is not None else 1e9}'>{_days(age)}</td>"
             f"<td class='n' data-v='{s['outbox'] + s['pending_acks']}'>{s['outbox']}/{s['pending_acks']}</td>"
+            f"{_transit_cell(s.get('in_transit') or [])}"
             f"<td class='err' title='{_e(this_error)}'>{_e(_one_line(this_error, 160))}</td>"
             f"<td class='err' title='{_e(last_error)}' data-v='{_e(s['last_error_time'] or '')}'>"
             f"{_e(_one_line(last_error, 120))}</td></tr>")
@@ -595,14 +625,23 @@ def render_html(report: Dict[str, Any], prefix: str = "reports/") -> str:
         f"<p><small>run {_e(report['run'])}, generated {_e(report['generated_at'])}, store {_e(report['store'])}; "
         f"stale: no sync for more than {report['stale_days']:g} days; this run's own copy: "
         f"<a href='{prefix}{_e(report['run'])}.html'>{prefix}{_e(report['run'])}.html</a></small></p>"
-        f"{att}<div class='totals'>{cards}</div>{charts}"
+        f"{bundle_problems}{att}<div class='totals'>{cards}</div>{charts}"
         f"<h2>Servers</h2><p><input id='filter' type='search' placeholder='filter: name, status, error...' "
         f"aria-label='filter servers'> <small><span id='shown'>{len(rows)}</span> of {len(rows)} shown; click a "
         "column to sort</small></p>"
         "<table id='servers'><thead><tr><th>server</th><th>status</th><th>topology</th><th>records per run</th>"
         "<th>records this run</th><th>files this run</th><th>records total</th><th>files total</th>"
-        "<th>last sync</th><th>age (days)</th><th>outbox/acks</th><th>error this run</th><th>last error (date)</th>"
+        "<th>last sync</th><th>age (days)</th><th>outbox/acks</th><th>in transit</th><th>error this run</th>"
+        "<th>last error (date)</th>"
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table><script>{_JS}</script></body></html>\n")
+
+
+def _transit_cell(items: List[Dict[str, Any]]) -> str:
+    """An air-gapped server's bundles not yet acknowledged: name, age in days (since its creation in the title), in
+    red when out longer than stale_days; sorted by the oldest."""
+    parts = [f"<span class='{'late' if i['stale'] else ''}' title='{_e(i['bundle'])}: created {_e(i['created'])}, "
+             f"{i['files']} file(s) of this server'>{_e(i['bundle'])} ({i['age_days']:.1f} d)</span>" for i in items]
+    return f"<td data-v='{max((i['age_days'] for i in items), default=-1)}'>{'<br>'.join(parts)}</td>"
 
 
 def render_server_html(report: Dict[str, Any], server: Dict[str, Any]) -> str:
@@ -614,6 +653,10 @@ def render_server_html(report: Dict[str, Any], server: Dict[str, Any]) -> str:
         f"<td>{'failed' if h['failed'] else 'ok'}</td><td class='n'>{h['records']}</td><td class='n'>{h['files']}</td>"
         f"<td class='n'>{_days(h['age_days'])}</td><td>{_e(h['error'] or '')}</td></tr>" for h in reversed(hist))
     reasons = "; ".join(server["reasons"]) or "nothing needs attention"
+    transit = server.get("in_transit") or []
+    transit_text = ("<p id='in-transit'>in transit (outgoing bundles not yet acknowledged): "
+                    + "; ".join(f"<span class='{'late' if i['stale'] else ''}'>{_e(_transit_text(i))}</span>"
+                                for i in transit) + "</p>") if transit else ""
     return (
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(server['name'])}: offline sync "
         f"history</title><style>{_CSS}</style></head><body><p><a href='../../report.html'>&larr; fleet report</a></p>"
@@ -622,7 +665,7 @@ def render_server_html(report: Dict[str, Any], server: Dict[str, Any]) -> str:
         f"record(s) in {server['files_uploaded']} file(s) accepted all time; {server['outbox']} file(s) in the "
         f"outbox, {server['pending_acks']} acknowledgment(s) pending; last error: "
         f"{_e((server['last_error_time'] or '') + ' ' + (server['last_error'] or 'none'))}; report of "
-        f"{_e(report['generated_at'])}</small></p><div class='charts'>"
+        f"{_e(report['generated_at'])}</small></p>{transit_text}<div class='charts'>"
         f"<figure><figcaption>records accepted per run</figcaption>"
         f"{bars([h['records'] for h in hist], 300, 70, '#4a7ebb', 'records per run', labels)}</figure>"
         f"<figure><figcaption>files accepted per run</figcaption>"

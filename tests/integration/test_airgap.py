@@ -74,6 +74,11 @@ def test_air_gap_cycle(lab_factory, tmp_path):
     assert manifest["site"] == SITE and manifest["sequence"] == 1 and set(manifest["servers"]) == set(hosts)
     assert all(len(s["files"]) == 3 and s["waiting_for"].endswith(".ack") for s in manifest["servers"].values())
     assert sum(f["records"] for s in manifest["servers"].values() for f in s["files"]) == 20 * 12
+    # the fleet report names each server's bundle in transit, since when
+    assert _in_transit(inside) == {h: [f"fne-{SITE}-out-000001.tar"] for h in hosts}
+    assert "20 with files in transit (0 in a bundle out > " in out1.out, out1
+    assert f"fne-{SITE}-out-000001.tar since {manifest['created']} (" in \
+        (inside / "reports" / "servers" / f"{hosts[0]}.html").read_text()
     shutil.rmtree(m1)  # lost on the way
 
     lab.activity(4)
@@ -94,6 +99,7 @@ def test_air_gap_cycle(lab_factory, tmp_path):
     lab.activity(3)
     carry_out(m3)  # bundle 3; bundles 1 and 2 again: no acknowledgment has come back yet
     assert len(list(m3.iterdir())) == 3
+    assert _in_transit(inside) == {h: [f"fne-{SITE}-out-00000{i}.tar" for i in (1, 2, 3)] for h in hosts}
     upload([m3], r2)  # bundles 1 and 2 carried a second time: nothing of them is uploaded again
     digest, uploads = tree_digest(outside), _counters(lab)[1].get("upload", 0)
     again = upload([m3], tmp_path / "r2-again")  # the whole medium carried twice
@@ -112,8 +118,12 @@ def test_air_gap_cycle(lab_factory, tmp_path):
     assert first.changed() == set(hosts), first
     for host in hosts:
         assert len(list((inside / host / "outbox").glob("*.fnesync"))) == 1  # bundle 3's file is still in transit
+    assert _in_transit(inside) == {h: [f"fne-{SITE}-out-000003.tar"] for h in hosts}  # return 1 covers 1 and 2
     _refused_when_tampered(lab, tmp_path, inside, r2 / f"fne-{SITE}-return-000002.tar", carry_in)
     carry_in(r2)
+    assert _in_transit(inside) == {h: [] for h in hosts}
+    pages = [inside / "report.html", *(inside / "reports" / "servers").glob("*.html")]
+    assert not [p.name for p in pages if f"fne-{SITE}-out-" in p.read_text()], "a report still names a bundle"
     settled, digest = lab_state(lab), _without_report(tree_digest(inside))
     twice = carry_in(r2)
     assert twice.changed() == set(), twice
@@ -135,6 +145,15 @@ def _inside_only(lab, run):
     result = run()
     assert _counters(lab)[1] == before, "the inside run called the back office"
     return result
+
+
+def _in_transit(store: Path) -> dict:
+    """Each server's bundles in transit, as the fleet report of the last inside run names them (and its page)."""
+    report = json.loads((store / "report.json").read_text())
+    page = (store / "report.html").read_text()
+    named = {name: [i["bundle"] for i in server["in_transit"]] for name, server in report["servers"].items()}
+    assert all(bundle in page for bundles in named.values() for bundle in bundles), "report.html misses a bundle"
+    return named
 
 
 def _manifest(path: Path) -> dict:

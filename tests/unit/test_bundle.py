@@ -6,10 +6,12 @@ its store as the fleet's upload writes them."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import json
 import os
+import re
 import sys
 import tarfile
 from pathlib import Path
@@ -19,6 +21,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".venv" / "collections"))
 
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _bundle as bundles  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.plugin_utils import _metrics as metrics  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.plugin_utils import _report as report_mod  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._bundle import BundleError  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import ServerStore  # noqa: E402
 
@@ -249,3 +253,96 @@ def test_a_mismatch_answered_outside_marks_the_server_for_recovery_inside(inside
     ServerStore(str(inside), "lls002").clear_needs_force()  # recovered meanwhile: the same bundle again is no news
     again = bundles.import_returns(str(inside), SITE, KEY, [str(tmp_path / "r1")], list(HOSTS))
     assert not again["changed"] and ServerStore(str(inside), "lls002").needs_force() is None
+
+
+def test_the_report_names_each_servers_bundles_in_transit_and_flags_old_ones(inside, tmp_path):
+    """The fleet report reads the inside site's state, never changing it: each server's bundles not yet
+    acknowledged, since when. One out longer than stale_days is a reason, a count, a metric and red in the HTML.
+    The stale flag stays about the last acknowledged sync: a server that synchronized just now is not stale while
+    its newer files are in transit, and one never synchronized stays stale though its files are on their way."""
+    ServerStore(str(inside), "lls001").log("processed", file="20261031T000000.ack")  # lls001 synchronized now
+    bundles.export(str(inside), SITE, KEY, str(tmp_path / "m1"), HOSTS)
+    fetch(inside, "lls002", "20261101T000003.fnesync")
+    bundles.export(str(inside), SITE, KEY, str(tmp_path / "m2"), HOSTS)
+    state_path = inside / ".airgap" / "inside" / SITE / "state.json"
+    state = json.loads(state_path.read_text())
+
+    fresh = report_mod.build_report(str(inside), list(HOSTS), {}, [], 7.0)
+    lls001, lls002 = fresh["servers"]["lls001"], fresh["servers"]["lls002"]
+    assert [(i["bundle"], i["files"], i["stale"]) for i in lls002["in_transit"]] == [
+        ("fne-plant7-out-000001.tar", 2, False), ("fne-plant7-out-000002.tar", 1, False)]
+    assert [(i["bundle"], i["id"], i["created"]) for i in lls001["in_transit"]] == [
+        ("fne-plant7-out-000001.tar", state["bundles"][0]["id"], state["bundles"][0]["created"])]
+    assert not lls001["stale"] and lls001["reasons"] == []  # in transit is no problem by itself
+    assert lls002["stale"] and lls002["reasons"] == ["never synchronized"]
+    assert fresh["totals"]["in_transit"] == 2 and fresh["totals"]["in_transit_stale"] == 0
+    assert "2 with files in transit (0 in a bundle out > 7.0 days)" in report_mod.summary_lines(fresh)[0]
+
+    # bundle 1 was written 30 days ago and no acknowledgment has come back
+    month_ago = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    state["bundles"][0]["created"] = month_ago
+    state_path.write_text(json.dumps(state))
+    airgap = digest(inside / ".airgap")
+    late = report_mod.build_report(str(inside), list(HOSTS), {}, [], 7.0)
+    assert digest(inside / ".airgap") == airgap, "the report changed the site's state"
+    lls001, lls002 = late["servers"]["lls001"], late["servers"]["lls002"]
+    overdue = f"bundle fne-plant7-out-000001.tar in transit for 30.0 days (since {month_ago}, no acknowledgment back)"
+    assert lls001["in_transit"][0]["stale"] and lls001["in_transit"][0]["age_days"] == 30.0
+    assert not lls001["stale"] and lls001["status"] == "ok" and lls001["reasons"] == [overdue]
+    assert lls002["reasons"] == ["never synchronized", overdue] and not lls002["in_transit"][1]["stale"]
+    assert late["totals"]["in_transit_stale"] == 2
+    lines = report_mod.summary_lines(late)
+    assert "2 with files in transit (2 in a bundle out > 7.0 days)" in lines[0]
+    assert any(line.startswith("OK lls001: bundle fne-plant7-out-000001.tar in transit") for line in lines), lines
+    page = report_mod.render_html(late)
+    assert re.search(r"<span class='late'[^>]*>fne-plant7-out-000001\.tar \(30\.0 d\)</span>", page)
+    assert re.search(r"<span class=''[^>]*>fne-plant7-out-000002\.tar \(0\.0 d\)</span>", page)
+    server_page = report_mod.render_server_html(late, lls002)
+    assert f"fne-plant7-out-000001.tar since {month_ago} (30.0 days, out too long)" in server_page
+    prom = metrics.render(late)
+    assert 'fne_sync_bundle_stale{server="lls001"} 1' in prom
+    created = dt.datetime.strptime(month_ago, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+    assert f'fne_sync_bundle_in_transit_since_timestamp_seconds{{server="lls002"}} {created!r}' in prom
+
+    # lls001's acknowledgment of bundle 1 comes back, lls002's not yet: bundle 1 is still out, for lls002 only
+    outside = str(tmp_path / "outside")
+    bundles.upload(outside, SITE, KEY, [str(tmp_path / "m1")], str(tmp_path / "r1"),
+                   lambda root, names: outside_uploads(root, ["lls001"]))
+    bundles.import_returns(str(inside), SITE, KEY, [str(tmp_path / "r1")], list(HOSTS))
+    half = report_mod.build_report(str(inside), list(HOSTS), {}, [], 7.0)
+    assert half["servers"]["lls001"]["in_transit"] == [] and half["servers"]["lls001"]["reasons"] == []
+    assert [i["bundle"] for i in half["servers"]["lls002"]["in_transit"]] == [
+        "fne-plant7-out-000001.tar", "fne-plant7-out-000002.tar"]
+    assert 'fne_sync_bundle_stale{server="lls001"} 0' in metrics.render(half)
+
+    # then lls002's: only bundle 2 is in transit
+    bundles.upload(outside, SITE, KEY, [str(tmp_path / "m1")], str(tmp_path / "r2"), outside_uploads)
+    bundles.import_returns(str(inside), SITE, KEY, [str(tmp_path / "r2")], list(HOSTS))
+    back = report_mod.build_report(str(inside), list(HOSTS), {}, [], 7.0)
+    assert [i["bundle"] for i in back["servers"]["lls002"]["in_transit"]] == ["fne-plant7-out-000002.tar"]
+    assert back["totals"]["in_transit"] == 1 and back["totals"]["in_transit_stale"] == 0
+    assert "fne-plant7-out-000001" not in report_mod.render_html(back)
+
+
+def test_a_damaged_site_state_does_not_break_the_report(inside, tmp_path):
+    """No air gap: nothing in transit, nothing to say. A state that is no JSON, or JSON that is no state, shows no
+    bundle and is named in the report, the summary and the page; the report is written and the state left as it
+    was."""
+    plain = report_mod.build_report(str(inside), list(HOSTS), {}, [], 7.0)
+    assert plain["bundle_problems"] == [] and not any(s["in_transit"] for s in plain["servers"].values())
+    bundles.export(str(inside), SITE, KEY, str(tmp_path / "m1"), HOSTS)
+    state_path = inside / ".airgap" / "inside" / SITE / "state.json"
+    for damage, words in (('{"bundles": [{"id": "plant7-o', "is damaged (Unterminated string"),
+                          (json.dumps({"bundles": [{"name": "x.tar", "servers": {"lls001": []}}]}),
+                           "is damaged (KeyError('created'))")):
+        state_path.write_text(damage)
+        report = report_mod.build_report(str(inside), list(HOSTS), {}, [], 7.0)
+        assert [p.split(": ", 1)[0] for p in report["bundle_problems"]] == ["site plant7"]
+        assert words in report["bundle_problems"][0] and str(state_path) in report["bundle_problems"][0]
+        assert not any(s["in_transit"] for s in report["servers"].values())
+        lines = report_mod.summary_lines(report)
+        assert any(line.startswith("AIR GAP site plant7: ") for line in lines), lines
+        paths = report_mod.write_report(report)
+        assert "air gap:</b> site plant7: " in Path(paths["html"]).read_text()
+        assert json.loads(Path(paths["json"]).read_text())["bundle_problems"] == report["bundle_problems"]
+        assert state_path.read_text() == damage
