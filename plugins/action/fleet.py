@@ -101,7 +101,7 @@ class ActionModule(ActionBase):
                              lock_timeout=args["lock_timeout"], workers=args["workers"],
                              remote_files=_remote_files(args["files"], args["generated"]), forced=args["forced"],
                              reason=args["reason"], ack=args["ack"], last_sync_time=args["last_sync_time"],
-                             keep_days=args["keep_days"])
+                             keep_days=args["keep_days"], phases=args["phases"])
         results = fleet.run_fleet(step, configs, opts)
         for name, msg in invalid.items():
             results[name] = {"host": name, "step": step, "changed": False, "failed": True, "msg": msg}
@@ -126,6 +126,7 @@ class ActionModule(ActionBase):
         # registered results named rather than templated: on 1,000 hosts templating them costs seconds
         results = [r for r in args["results"] if isinstance(r, dict)]
         results += [task_vars[n] for n in args["result_vars"] if isinstance(task_vars.get(n), dict)]
+        results = _by_phase(results)
         results.append({"hosts": {name: {"failed": True, "msg": msg} for name, msg in invalid.items()}})
         if args["preflight_failed"]:
             results.append({"hosts": {c.name: {"failed": True, "msg": f"{c.name}: {args['preflight_failed']}"}
@@ -171,6 +172,24 @@ class ActionModule(ActionBase):
         return {"report": report, "run_report": run_report, "run_totals": run_totals, "paths": paths, "hosts": hosts,
                 "summary": summary, "fne_sync_summary": summary,
                 "summary_after_recap": bool(getattr(callback, "ACTIVE", False))}
+
+
+def _by_phase(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The results with each cycle entry replaced by its phases' entries: the report reads what each phase did."""
+    out = []
+    for result in results:
+        hosts = result.get("hosts")
+        cycles = {n: e for n, e in (hosts or {}).items() if isinstance(e, dict) and "phases" in e}
+        if not cycles:
+            out.append(result)
+            continue
+        out.append(dict(result, hosts={n: e for n, e in hosts.items() if n not in cycles}))
+        by_number: Dict[int, Dict[str, Any]] = {}  # one result per phase: the report looks each server up in each
+        for name, entry in cycles.items():
+            for number, phase in enumerate(entry["phases"]):
+                by_number.setdefault(number, {})[name] = phase
+        out += [{"hosts": by_number[number]} for number in sorted(by_number)]
+    return out
 
 
 def _setting_warnings(store: str, configs: List[fleet.ServerConfig], step: str) -> List[str]:

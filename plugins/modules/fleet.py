@@ -47,6 +47,12 @@ options:
         or a recorded gap when I(auto_recover).
       - C(acknowledge) processes the newest pending acknowledgment on the server.
       - C(recover) runs the documented forced re-download unconditionally.
+      - C(cycle) runs the O(phases) (by default C(collect), C(upload), C(acknowledge)) for each server in turn, in one
+        thread and under one hold of its store lock; each server's entry holds its phases' entries in C(phases).
+        The way the cycle role's C(api) entry point works the api-topology servers.
+      - Every step that may download (C(cycle), C(collect), C(upload), C(acknowledge), C(recover)) keeps one journal
+        of the downloads in flight in C(STORE/.in_flight/), made durable once before any server is asked; a server
+        whose download a dead run left unsettled gets C(needs_force) at the next such step (see docs/design.md).
       - C(status) reads the store only. C(report) builds (and writes) the fleet report.
       - C(release) moves quarantined files back (sync files to C(outbox/), acknowledgments to C(acks/)) for another
         try.
@@ -54,8 +60,16 @@ options:
         topology.
     type: str
     required: true
-    choices: [collect, upload, acknowledge, recover, status, release, admit, prepare_ack, complete_ack, supersede,
-              mark_force, report]
+    choices: [cycle, collect, upload, acknowledge, recover, status, release, admit, prepare_ack, complete_ack,
+              supersede, mark_force, report]
+  phases:
+    description:
+      - For C(cycle), the phases each server goes through, in this order (the cycle role passes the ones the run's
+        tags select).
+    type: list
+    elements: str
+    choices: [collect, upload, acknowledge]
+    default: [collect, upload, acknowledge]
   hosts:
     description: Inventory names to work. Defaults to C(ansible_play_hosts).
     type: list
@@ -200,6 +214,14 @@ EXAMPLES = r"""
 - name: Show each server's outcome as ok, changed or failed on its own host
   fne.offline_sync.result:
     var: __fne_collect
+
+- name: Collect, upload and acknowledge, each server start to end in its own thread
+  fne.offline_sync.fleet:
+    step: cycle
+    store: /var/lib/fne_sync
+  run_once: true
+  delegate_to: localhost
+  register: __fne_cycle
 """
 
 RETURN = r"""
@@ -210,7 +232,7 @@ preflight_failed:
   sample: "pre-flight: no back office URL for 3 server(s) (lls001, lls002, lls003): set fne_backoffice_url (or
     FNE_BACKOFFICE_URL). No server was touched."
 hosts:
-  description: One entry per server worked, keyed by inventory name.
+  description: One entry per server worked, keyed by inventory name (in the sample, C(lls002) is a C(cycle) entry).
   returned: always
   type: dict
   sample:
@@ -224,6 +246,14 @@ hosts:
       processed: []
       recovered: false
       needs_force: false
+    lls002:
+      changed: true
+      failed: false
+      step: cycle
+      msg: "lls002: collect: downloaded 1 file(s), 25 record(s) | lls002: upload: uploaded 1 file(s) | lls002:
+        acknowledge: processed acknowledgment 20261125T140305.ack"
+      phases: [{step: collect, changed: true, failed: false}, {step: upload, changed: true, failed: false},
+               {step: acknowledge, changed: true, failed: false}]
 failed_hosts:
   description: Names of the servers whose step failed.
   returned: always except for I(step=report)

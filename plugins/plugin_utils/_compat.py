@@ -33,7 +33,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._connection impor
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._errors import UNKNOWN_SERVER_RE
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import STAMP_FORMAT, sync_time_of
-from ansible_collections.fne.offline_sync.plugins.plugin_utils._fleet import Options, ServerConfig, work_one
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._fleet import Options, ServerConfig, run_fleet
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._recorder import Exchange, Recorder, Replay
 
 CYCLE = ("collect", "upload", "acknowledge")
@@ -49,7 +49,7 @@ def _cycle(cfg: ServerConfig, store: str) -> Dict[str, Dict[str, Any]]:
     """The fleet's cycle for one server, up to the first failed step."""
     results: Dict[str, Dict[str, Any]] = {}
     for step in CYCLE:
-        results[step] = work_one(step, cfg, Options(store=store, workers=1))
+        results[step] = run_fleet(step, [cfg], Options(store=store, workers=1))[cfg.name]
         if results[step]["failed"]:
             break
     return results

@@ -62,13 +62,15 @@ from ansible_collections.fne.offline_sync.plugins.plugin_utils._action import ru
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import (
     ACK_SUFFIX,
     SYNC_SUFFIX,
-    LockedError,
+    InFlight,
     ServerStore,
     StoreError,
     os_error_text,
 )
 
 TOPOLOGIES = ("api", "remote")
+# The cycle step's phases, in the order each server goes through them (one thread, one hold of its store lock).
+PHASES = ("collect", "upload", "acknowledge")
 # A forced download starts at the server's last acknowledged sync; a back office that still expects a later time
 # holds records whose acknowledgment never reached the server (lost with a wiped store, say): only that
 # acknowledgment moves the server on.
@@ -183,6 +185,8 @@ class Options:
     ack: Optional[str] = None  # complete_ack: the acknowledgment that was processed (newer ones stay pending)
     last_sync_time: Optional[str] = None  # complete_ack: what the server answered when it processed it
     breaker: BackOfficeBreaker = field(default_factory=BackOfficeBreaker)  # one per fleet step
+    in_flight: Optional[InFlight] = None  # the step's journal of downloads in flight (run_fleet opens it)
+    phases: List[str] = field(default_factory=lambda: list(PHASES))  # cycle: the phases, in this order
     keep_days: float = 0  # acknowledge: prune sent/ files older than this (0: keep every file)
 
 
@@ -311,13 +315,12 @@ class ServerWork:
                             certain=False)
             return
         before = set(self.store.outbox_files())
-        # Asking hands records out: should this process die before the answers are safe in the outbox, the marker
-        # stays and the next run recovers them with a forced download. (A recovery has its marker already.)
-        marked = self.store.needs_force() is None
-        if marked:
-            self.store.set_needs_force(f"a download from {self.cfg.lls['url']} was interrupted (the run died): the "
-                                       "server may have handed out records that never arrived, a forced download is "
-                                       "needed")
+        # Asking hands records out: should this process die before the answers are safe in the outbox, the step's
+        # journal (Options.in_flight) leaves this server needs_force, and the next run downloads with force.
+        journal = self.opts.in_flight
+        if journal is None:
+            raise StoreError("a download needs the step's journal of downloads in flight (run it with run_fleet)")
+        journal.begin(self.cfg.name)
         try:
             answer = self.lls.generate(self.store.outbox, force=force)
         except LostResponseError as exc:
@@ -326,16 +329,15 @@ class ServerWork:
                       "have handed out records that never arrived, a forced download is needed")
             self.store.log("lost_response", detail=_error_text(exc))
             self.store.set_needs_force(reason)
+            journal.end(self.cfg.name)
             raise
         except (FneError, StoreError):  # the answers say nothing was handed out that is not in the outbox
             self._admit_new(before, {}, force)
-            if marked:
-                self.store.clear_needs_force()
+            journal.end(self.cfg.name)
             raise
         by_name = {os.path.basename(f.get("path") or f.get("name") or ""): f for f in answer.get("files") or []}
         self._admit_new(before, by_name, force)
-        if marked:
-            self.store.clear_needs_force()
+        journal.end(self.cfg.name)
         if self.fetched:
             self.changed = True
 
@@ -680,6 +682,9 @@ STEPS: Dict[str, tuple] = {
     "mark_force": (RemoteStoreWork, RemoteStoreWork.mark_force),
 }
 READ_ONLY_STEPS = frozenset(("status",))
+# Steps that may download from a license server (directly, or through the documented recovery): run_fleet keeps
+# their journal of downloads in flight.
+DOWNLOADING_STEPS = frozenset(("cycle", "collect", "upload", "acknowledge", "recover"))
 
 
 def _sha1(path: str) -> str:
@@ -706,27 +711,21 @@ def describe(entry: Dict[str, Any], notes: Optional[List[str]] = None) -> str:
     return f"{entry['host']}: {entry['step']}: " + ("; ".join(parts) if parts else "nothing to do")
 
 
-def work_one(step: str, cfg: ServerConfig, opts: Options) -> Dict[str, Any]:
-    """One server's step under its store lock (none for a read-only step or in check mode)."""
-    cls, method = STEPS[step]
-    try:
-        work = cls(cfg, opts, step)
-    except StoreError as exc:  # a host name no folder can carry: this host fails, the others go on
-        return {"host": cfg.name, "topology": cfg.topology, "step": step, "changed": False, "failed": True,
-                "msg": f"{cfg.name}: {step} failed: {exc.msg}"}
+def _failed_entry(cfg: ServerConfig, step: str, msg: str) -> Dict[str, Any]:
+    return {"host": cfg.name, "topology": cfg.topology, "step": step, "changed": False, "failed": True,
+            "msg": scrub(f"{cfg.name}: {step} failed: {msg}", cfg.secrets)}
+
+
+def _work(work: ServerWork, method: Callable[[ServerWork], None], locked: bool) -> Dict[str, Any]:
+    """One step of one server (its lock held when ``locked``); its entry, whatever happened."""
     _THREAD.work = work
     try:
-        if step in READ_ONLY_STEPS or opts.check_mode:
+        try:
             method(work)
-        else:
-            work.store.ensure()
-            with work.store.lock(opts.lock_timeout):
-                try:
-                    method(work)
-                except (StoreError, FneError) as exc:
-                    if not isinstance(exc, LockedError):
-                        work.store.log("error", detail=f"{step}: {_error_text(exc)}")
-                    raise
+        except (StoreError, FneError) as exc:
+            if locked:
+                work.store.log("error", detail=f"{work.step}: {_error_text(exc)}")
+            raise
     except (StoreError, FneError) as exc:
         error: Optional[str] = _error_text(exc)
     except Exception as exc:  # one server's surprise must not stop the fleet
@@ -734,28 +733,67 @@ def work_one(step: str, cfg: ServerConfig, opts: Options) -> Dict[str, Any]:
     else:
         error = None
     try:
-        return work.result(step, error)
+        return work.result(work.step, error)
     except OSError as exc:  # a store that cannot even be read (its folder is a file, say): this host alone fails
-        return {"host": cfg.name, "topology": cfg.topology, "step": step, "changed": False, "failed": True,
-                "msg": scrub(f"{cfg.name}: {step} failed: {error or ''} "
-                             f"(its store cannot be read: {os_error_text(exc)})", cfg.secrets)}
+        return _failed_entry(work.cfg, work.step, f"{error or ''} (its store cannot be read: {os_error_text(exc)})")
+
+
+def work_one(step: str, cfg: ServerConfig, opts: Options) -> Dict[str, Any]:
+    """One server's step under one hold of its store lock (none for a read-only step or in check mode). The cycle
+    runs ``opts.phases`` in order; its entry holds each phase's entry in ``phases``."""
+    steps = list(opts.phases) if step == "cycle" else [step]
+    try:
+        works = [STEPS[s][0](cfg, opts, s) for s in steps]
+    except StoreError as exc:  # a host name no folder can carry: this host fails, the others go on
+        return _failed_entry(cfg, step, exc.msg)
+    locked = not (step in READ_ONLY_STEPS or opts.check_mode)
+    try:
+        with contextlib.ExitStack() as held:
+            if locked and works:
+                works[0].store.ensure()
+                held.enter_context(works[0].store.lock(opts.lock_timeout))
+            entries = [_work(work, STEPS[work.step][1], locked) for work in works]
+    except StoreError as exc:  # the store cannot be created, or another run holds its lock
+        entries = [_failed_entry(cfg, steps[0], exc.msg)]
+    except OSError as exc:
+        entries = [_failed_entry(cfg, steps[0], os_error_text(exc))]
+    if step != "cycle":
+        return entries[0]
+    failed = [e["msg"] for e in entries if e["failed"]]
+    busy = [e["msg"] for e in entries if not e.get("idle")]
+    return {"host": cfg.name, "topology": cfg.topology, "step": step, "phases": entries,
+            "changed": any(e["changed"] for e in entries), "failed": bool(failed),
+            "msg": " | ".join(failed or busy) or f"{cfg.name}: {step}: nothing to do"}
 
 
 def run_fleet(step: str, configs: List[ServerConfig], opts: Options,
               worker: Callable[[str, ServerConfig, Options], Dict[str, Any]] = work_one) -> Dict[str, Dict[str, Any]]:
     """Run ``step`` for every server in a bounded thread pool; one entry per server, in input order."""
-    if step not in STEPS:
+    if step not in STEPS and step != "cycle":
         raise ValueError(f"unknown fleet step {step!r}; expected one of {', '.join(STEPS)}")
     results: Dict[str, Dict[str, Any]] = {}
     if not configs:
         return results
-    workers = max(1, min(int(opts.workers), len(configs)))
-    if workers == 1:
-        for cfg in configs:
-            results[cfg.name] = worker(step, cfg, opts)
+    journal = step in DOWNLOADING_STEPS and not opts.check_mode
+    if journal:
+        try:
+            InFlight.adopt(opts.store)  # a dead run's downloads: those servers are needs_force before we begin
+            opts.in_flight = InFlight(opts.store, [c.name for c in configs])
+        except OSError as exc:
+            raise StoreError(f"the journal of downloads in flight cannot be written in {opts.store}: "
+                             f"{os_error_text(exc)}") from None
+    try:
+        workers = max(1, min(int(opts.workers), len(configs)))
+        if workers == 1:
+            for cfg in configs:
+                results[cfg.name] = worker(step, cfg, opts)
+            return results
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fne-fleet") as pool:
+            futures = {cfg.name: pool.submit(worker, step, cfg, opts) for cfg in configs}
+            for cfg in configs:
+                results[cfg.name] = futures[cfg.name].result()
         return results
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fne-fleet") as pool:
-        futures = {cfg.name: pool.submit(worker, step, cfg, opts) for cfg in configs}
-        for cfg in configs:
-            results[cfg.name] = futures[cfg.name].result()
-    return results
+    finally:
+        if journal and opts.in_flight is not None:
+            opts.in_flight.close()
+            opts.in_flight = None

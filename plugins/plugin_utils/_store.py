@@ -4,7 +4,8 @@
 
 ``STORE/<inventory_hostname>/`` holds ``outbox/`` (downloaded, not yet accepted by the back office), ``acks/``
 (acknowledgments not yet processed on the server), ``sent/`` (done, kept for audit), ``superseded/`` (outbox files
-replaced by a forced download), ``ledger.jsonl`` (one event a line), ``needs_force`` (marker) and ``.lock``.
+replaced by a forced download), ``ledger.jsonl`` (one event a line), ``needs_force`` (marker) and ``.lock``;
+``STORE/.in_flight/`` holds the journals of the fleet steps' downloads in flight (:class:`InFlight`).
 
 Crash-safe ordering: an acknowledgment is written atomically before its file leaves ``outbox/``; a file whose
 acknowledgment exists counts as accepted; acknowledgments move to ``sent/`` only after the server processed them.
@@ -12,6 +13,7 @@ acknowledgment exists counts as accepted; acknowledgments move to ``sent/`` only
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as _dt
 import errno
@@ -19,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 from typing import Any, Iterable, Iterator, List, Optional
 
@@ -369,3 +372,112 @@ class ServerStore:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.needs_force_path)
             fsync_dir(self.dir)
+
+
+def _boot_id() -> Optional[str]:
+    """This boot of the machine (Linux): a journal from another boot may have lost its unsynced lines."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip() or None
+    except OSError:
+        return None
+
+
+class InFlight:
+    """The durable note of a fleet step's downloads in flight: one journal per step (``STORE/.in_flight/``) instead
+    of a durable marker written and removed around every server's download (asking hands records out; should the
+    run die before the answers are safe in the outbox, the next run must download with force).
+
+    Its first line, fsynced before any server is asked, names every server of the step and this boot of the
+    machine; ``begin NAME`` before a server's download and ``end NAME`` once its answers are settled (in the outbox,
+    or a lost answer recorded in that server's ``needs_force``) are appended without fsync: a killed process leaves
+    them in the page cache, and only a crash of the machine loses them (then the boot differs and every server of
+    the journal counts as begun). The step holds the journal's lock while it runs and removes it at its end; a
+    later step that can take the lock of a journal left behind adopts it: each server begun and not ended gets
+    ``needs_force``, then the journal goes."""
+
+    FOLDER = ".in_flight"
+
+    def __init__(self, root: str, names: Iterable[str]):
+        self.root = os.path.abspath(os.path.expanduser(root))
+        folder = os.path.join(self.root, self.FOLDER)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        self.path = os.path.join(folder, f"{os.getpid()}-{time.time_ns()}.journal")
+        self._lock = threading.Lock()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        head = json.dumps({"boot": _boot_id(), "hosts": sorted(names), "started": utcnow()}) + "\n"
+        os.write(self._fd, head.encode("utf-8"))
+        os.fsync(self._fd)
+        fsync_dir(folder)
+
+    def _note(self, word: str, name: str) -> None:
+        with self._lock:
+            os.write(self._fd, f"{word} {name}\n".encode())
+
+    def begin(self, name: str) -> None:
+        self._note("begin", name)
+
+    def end(self, name: str) -> None:
+        self._note("end", name)
+
+    def close(self) -> List[str]:
+        """The step is over: a server begun and not ended (an unforeseen error cut its download) gets needs_force;
+        then the journal goes. Returns those servers."""
+        marked = _settle(self.root, self.path, _boot_id())
+        os.close(self._fd)
+        return marked
+
+    @classmethod
+    def adopt(cls, root: str) -> List[str]:
+        """Settle the journals of runs that died (their lock is free); returns the servers marked needs_force."""
+        root = os.path.abspath(os.path.expanduser(root))
+        folder = os.path.join(root, cls.FOLDER)
+        try:
+            names = sorted(n for n in os.listdir(folder) if n.endswith(".journal"))
+        except FileNotFoundError:
+            return []
+        marked: List[str] = []
+        boot = _boot_id()
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:  # another run settled it meanwhile
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # its run is alive
+                os.close(fd)
+                continue
+            try:
+                if os.fstat(fd).st_nlink:  # not yet settled by a run that held the lock before us
+                    marked += _settle(root, path, boot)
+            finally:
+                os.close(fd)
+        return marked
+
+
+def _settle(root: str, path: str, boot: Optional[str]) -> List[str]:
+    """Mark needs_force for every server of the journal at ``path`` whose download may have handed out records that
+    never arrived, then remove the journal (its lock is held by the caller)."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        lines = handle.read().splitlines()
+    try:
+        head = json.loads(lines[0])
+        listed = [str(n) for n in head["hosts"]]
+    except (IndexError, ValueError, KeyError, TypeError):  # torn before its fsync: no server was asked yet
+        listed, head = [], {}
+    notes = collections.Counter(tuple(line.split(" ", 1)) for line in lines[1:] if " " in line)
+    if boot is not None and head.get("boot") == boot:  # every line is there: the downloads begun, not ended
+        open_names = [n for n in listed if notes["begin", n] > notes["end", n]]
+    else:  # the machine restarted: unsynced lines may be lost
+        open_names = listed
+    for name in open_names:
+        store = ServerStore(root, name)
+        if store.exists() and store.needs_force() is None:
+            store.set_needs_force(f"a download from this server was interrupted (the run of {head.get('started')} "
+                                  "died or failed during it): the server may have handed out records that never "
+                                  "arrived, a forced download is needed")
+    os.unlink(path)
+    return open_names

@@ -162,9 +162,8 @@ def test_killed_run_is_completed_by_the_next(lab_factory, tmp_path, reupload):
     proc = subprocess.Popen(cmd, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     deadline = time.monotonic() + 120
-    for line in proc.stdout:  # wait until the upload phase is under way, then kill mid-flight
-        if "Upload outbox files" in line or time.monotonic() > deadline:
-            break
+    while not list(store.glob("*/sent/*.fnesync")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # wait until the uploads are under way, then kill mid-flight
     time.sleep(1.5)
     kill_run(proc)
     proc.stdout.close()

@@ -20,12 +20,12 @@ def local_remote(tmp_path, host: str, **extra) -> dict:
 
 
 def test_main_entry_point_runs_the_whole_cycle(lab_factory, tmp_path):
-    """`roles: [fne.offline_sync.cycle]` on a mixed play: plan, the api phases in one controller task each, the
+    """`roles: [fne.offline_sync.cycle]` on a mixed play: plan, the api phases in one controller task, the
     remote phases per host, the report; each phase's result is a public variable a later task can read."""
     lab = lab_factory(4, "--records", "12", "--page-size", "5", "--security", "0.5")
     inventory = write_inventory(lab, tmp_path / "inventory.json",
                                 {host: local_remote(tmp_path, host) for host in ("lls001", "lls003")})
-    results = ("results: collect={{ fne_sync_collect_result.hosts | sort | join(',') }}"
+    results = ("results: cycle={{ fne_sync_cycle_result.hosts | sort | join(',') }}"
                " upload_remote={{ fne_sync_upload_remote_result.hosts | sort | join(',') }}"
                " remote={{ groups['fne_sync_remote'] | sort | join(',') }}")
     play = {"name": "The whole cycle", "hosts": "license_servers", "gather_facts": False,
@@ -38,7 +38,7 @@ def test_main_entry_point_runs_the_whole_cycle(lab_factory, tmp_path):
     cmd = [str(BIN / "ansible-playbook"), str(playbook), "-i", str(inventory), "-e", f"fne_sync_store={store}"]
     first = Result(run(cmd, check=False, env=ansible_env(), timeout=900))
     assert first.proc.returncode == 0 and first.changed() == set(hosts_of(lab)), first
-    assert "results: collect=lls002,lls004 upload_remote=lls001,lls003 remote=lls001,lls003" in first.out, first
+    assert "results: cycle=lls002,lls004 upload_remote=lls001,lls003 remote=lls001,lls003" in first.out, first
     assert "fleet: 4 server(s), 4 ok, 0 failed, 4 changed" in first.out, first
     lab.verify(complete=True)
     report = json.loads((store / "report.json").read_text())

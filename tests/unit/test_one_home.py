@@ -78,7 +78,7 @@ def test_fleet_docs_name_every_host_variable_and_step():
     text = " ".join(doc["description"])
     for var in fleet.HOST_SPEC:
         assert f"C({var})" in text, f"the fleet docs do not name {var}"
-    assert fleet_action.ARGUMENT_SPEC["step"]["choices"] == list(fleet.STEPS) + ["report"]
+    assert fleet_action.ARGUMENT_SPEC["step"]["choices"] == ["cycle"] + list(fleet.STEPS) + ["report"]
 
 
 def _imports(path: Path) -> set[str]:

@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._files import (  
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _fleet as fleet  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._report import summarize  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import (  # noqa: E402
+    InFlight,
     LockedError,
     ServerStore,
     StoreError,
@@ -370,6 +372,68 @@ def test_a_download_that_dies_midway_leaves_its_marker_for_a_forced_download(sto
     entry = fleet.run_fleet("collect", [fleet.server_config("lls001", {})], fleet.Options(store=store.root))["lls001"]
     assert not entry["failed"] and store.needs_force() is None and fake.calls == [("generate", False)]
     assert os.listdir(store.outbox) == [], "a dead run's temporary file was left behind"
+
+
+JOURNAL_WRITER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import InFlight
+journal = InFlight(sys.argv[2], ["lls001", "lls002", "lls003"])
+journal.begin("lls001")  # killed mid-download
+journal.begin("lls003")
+journal.end("lls003")  # settled
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_steps_journal_marks_only_the_downloads_it_left_open(tmp_path):
+    """The journal of downloads in flight (one fsync per step instead of a marker pair per server): after a SIGKILL,
+    the next step marks needs_force exactly the servers whose download had begun and not ended; a journal whose run
+    is alive is left alone; one from another boot of the machine marks every server it names."""
+    root = str(tmp_path / "store")
+    stores = {name: ServerStore(root, name).ensure() for name in ("lls001", "lls002", "lls003")}
+    writer = subprocess.Popen([sys.executable, "-c", JOURNAL_WRITER, sys.path[0], root], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        assert InFlight.adopt(root) == [], "a live run's journal was adopted"
+        assert all(s.needs_force() is None for s in stores.values())
+    finally:
+        writer.kill()
+        writer.wait()
+    assert InFlight.adopt(root) == ["lls001"]
+    assert "interrupted" in stores["lls001"].needs_force()
+    assert stores["lls002"].needs_force() is None and stores["lls003"].needs_force() is None
+    assert os.listdir(os.path.join(root, InFlight.FOLDER)) == [], "the settled journal stayed"
+    assert InFlight.adopt(root) == []
+    stores["lls001"].clear_needs_force()
+    Path(root, InFlight.FOLDER, "1-1.journal").write_text(
+        json.dumps({"boot": "another boot", "hosts": ["lls001", "lls002"], "started": "then"}) + "\nend lls001\n")
+    assert InFlight.adopt(root) == ["lls001", "lls002"]
+    assert stores["lls002"].needs_force() and stores["lls001"].needs_force()
+
+
+def test_the_cycle_works_each_server_through_its_phases_with_one_journal(tmp_path, monkeypatch):
+    """step cycle: each server goes through the phases in order (an acknowledgment waiting is processed at collect,
+    a download follows), the entry holds one entry per phase, and no journal or marker is left behind."""
+    root = str(tmp_path / "store")
+    fakes = {}
+    monkeypatch.setattr(fleet.ServerWork, "lls", property(lambda self: fakes.setdefault(self.cfg.name, _FakeLls())))
+    first = ServerStore(root, "lls001").ensure()
+    first.log("fetched", file="x")  # not a first contact
+    Path(first.acks, "20260101T000000.ack").write_bytes(b"ACK")
+    configs = [fleet.server_config(name, {}) for name in ("lls001", "lls002")]
+    results = fleet.run_fleet("cycle", configs, fleet.Options(store=root, workers=2))
+    assert [e["step"] for e in results["lls001"]["phases"]] == ["collect", "upload", "acknowledge"]
+    assert fakes["lls001"].calls == [("process", "20260101T000000.ack"), ("generate", False)]
+    assert fakes["lls002"].calls == [("generate", True)], "first contact: a forced download"
+    assert results["lls001"]["changed"] and not results["lls001"]["failed"]
+    assert "processed acknowledgment 20260101T000000.ack" in results["lls001"]["msg"]
+    only_upload = fleet.run_fleet("cycle", configs[:1], fleet.Options(store=root, phases=["upload"]))
+    assert [e["step"] for e in only_upload["lls001"]["phases"]] == ["upload"]
+    assert os.listdir(os.path.join(root, InFlight.FOLDER)) == []
+    assert all(ServerStore(root, c.name).needs_force() is None for c in configs)
 
 
 def test_report_files_are_private_and_warnings_name_an_open_store_and_unchecked_certificates(store, tmp_path):
