@@ -160,12 +160,12 @@ def commands(contender: str, lab: Lab, work: Path, workers: int) -> list[str]:
 def bench_size(servers: int, args: argparse.Namespace, index: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"fne-bench-{servers}-"))
     lab = Lab(work, servers, args.records, f"127.{args.address_octet + index}.0.0")
-    contenders = [c for c in CONTENDERS if c != "builtin" or servers <= args.builtin_max]
+    contenders = [c for c in args.contenders if c != "builtin" or servers <= args.builtin_max]
     samples: dict = {c: {s: [] for s in SCENARIOS} for c in contenders}
     try:
         # the collection's first contact with a server downloads everything since its last acknowledged sync
         # (the store was empty): once, before measuring, as a site's first run
-        measured(commands("collection", lab, work, args.workers), work / "warmup.log")
+        measured(commands("summary", lab, work, args.workers), work / "warmup.log")
         for rep in range(args.reps):
             for contender in contenders:
                 cmd = commands(contender, lab, work, args.workers)
@@ -179,15 +179,19 @@ def bench_size(servers: int, args: argparse.Namespace, index: int) -> dict:
             subprocess.run(["rm", "-rf", str(work)], check=False)
     medians = {c: {s: {k: statistics.median(x[k] for x in runs) for k in runs[0]} for s, runs in by.items()}
                for c, by in samples.items()}
-    col, summ, flo = medians["collection"], medians["summary"], medians["floor"]
-    ratios = {"collection_vs_floor_full": col["full"]["wall_s"] / flo["full"]["wall_s"],
-              "collection_vs_floor_quiet": col["quiet"]["wall_s"] / flo["quiet"]["wall_s"],
-              "quiet_vs_full": col["quiet"]["wall_s"] / col["full"]["wall_s"],
-              "summary_vs_floor_full": summ["full"]["wall_s"] / flo["full"]["wall_s"],
-              "summary_quiet_vs_full": summ["quiet"]["wall_s"] / summ["full"]["wall_s"],
-              "collection_per_server_ms": 1000 * col["full"]["wall_s"] / servers}
-    if "builtin" in medians:
-        ratios["builtin_vs_collection_full"] = medians["builtin"]["full"]["wall_s"] / col["full"]["wall_s"]
+    wall = {c: {s: m["wall_s"] for s, m in by.items()} for c, by in medians.items()}
+    ratios = {}  # each where its contenders ran (--contenders)
+    if "floor" in wall:
+        for contender in ("collection", "summary"):
+            if contender in wall:
+                ratios[f"{contender}_vs_floor_full"] = wall[contender]["full"] / wall["floor"]["full"]
+                ratios[f"{contender}_vs_floor_quiet"] = wall[contender]["quiet"] / wall["floor"]["quiet"]
+    for contender in ("collection", "summary"):
+        if contender in wall:
+            ratios[f"{contender}_quiet_vs_full"] = wall[contender]["quiet"] / wall[contender]["full"]
+            ratios[f"{contender}_per_server_ms"] = 1000 * wall[contender]["full"] / servers
+    if "builtin" in wall and "collection" in wall:
+        ratios["builtin_vs_collection_full"] = wall["builtin"]["full"] / wall["collection"]["full"]
     return {"servers": servers, "median": medians, "ratios": {k: round(v, 2) for k, v in ratios.items()},
             "samples": samples}
 
@@ -200,17 +204,24 @@ def table(results: list[dict]) -> str:
             full, quiet = by["full"], by["quiet"]
             lines.append(f"| {res['servers']:,} | {contender} | {full['wall_s']:.1f} s | {full['cpu_s']:.1f} s | "
                          f"{full['peak_mib']:.0f} | {quiet['wall_s']:.1f} s | {quiet['cpu_s']:.1f} s |")
-    lines += ["", "| servers | collection / floor, full | collection / floor, quiet | quiet / full | "
-                  "summary / floor, full | summary: quiet / full | builtin / collection | collection per server |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| servers | " + " | ".join(title for _key, title, _fmt in RATIO_COLUMNS) + " |",
+              "|---:|" + "---:|" * len(RATIO_COLUMNS)]
     for res in results:
         r = res["ratios"]
-        builtin = f"{r['builtin_vs_collection_full']:.1f}×" if "builtin_vs_collection_full" in r else "not run"
-        lines.append(f"| {res['servers']:,} | {r['collection_vs_floor_full']:.1f}× | "
-                     f"{r['collection_vs_floor_quiet']:.1f}× | {r['quiet_vs_full']:.0%} | "
-                     f"{r['summary_vs_floor_full']:.1f}× | {r['summary_quiet_vs_full']:.0%} | {builtin} | "
-                     f"{r['collection_per_server_ms']:.0f} ms |")
+        cells = [fmt.format(r[key]) if key in r else "not run" for key, _title, fmt in RATIO_COLUMNS]
+        lines.append(f"| {res['servers']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# (ratio, column title, format) of the ratio table; "not run" where a contender did not run at that size
+RATIO_COLUMNS = (("collection_vs_floor_full", "collection / floor, full", "{:.1f}×"),
+                 ("collection_vs_floor_quiet", "collection / floor, quiet", "{:.1f}×"),
+                 ("collection_quiet_vs_full", "quiet / full", "{:.0%}"),
+                 ("summary_vs_floor_full", "summary / floor, full", "{:.1f}×"),
+                 ("summary_quiet_vs_full", "summary: quiet / full", "{:.0%}"),
+                 ("builtin_vs_collection_full", "builtin / collection", "{:.1f}×"),
+                 ("collection_per_server_ms", "collection per server", "{:.0f} ms"),
+                 ("summary_per_server_ms", "summary per server", "{:.0f} ms"))
 
 
 def write_doc(report: dict) -> None:
@@ -283,6 +294,8 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=20, help="new records per server in a full run")
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--builtin-max", type=int, default=200, help="largest fleet the builtin playbook runs on")
+    parser.add_argument("--contenders", type=lambda text: [c for c in CONTENDERS if c in text.split(",")],
+                        default=list(CONTENDERS), help="comma separated, of " + ", ".join(CONTENDERS))
     parser.add_argument("--out", type=Path, default=REPO / ".venv" / "bench" / "last.json")
     parser.add_argument("--doc", action="store_true", help="write the figures into docs/performance.md")
     parser.add_argument("--keep", action="store_true", help="keep each size's lab, store and logs")
