@@ -779,9 +779,9 @@ def run_fleet(step: str, configs: List[ServerConfig], opts: Options,
         try:
             InFlight.adopt(opts.store)  # a dead run's downloads: those servers are needs_force before we begin
             opts.in_flight = InFlight(opts.store, [c.name for c in configs])
-        except OSError as exc:
-            raise StoreError(f"the journal of downloads in flight cannot be written in {opts.store}: "
-                             f"{os_error_text(exc)}") from None
+        except OSError as exc:  # no server is asked for anything without it
+            problem = f"the journal of downloads in flight cannot be written in {opts.store}: {os_error_text(exc)}"
+            return {cfg.name: _failed_entry(cfg, step, problem) for cfg in configs}
     try:
         workers = max(1, min(int(opts.workers), len(configs)))
         if workers == 1:
@@ -795,5 +795,7 @@ def run_fleet(step: str, configs: List[ServerConfig], opts: Options,
         return results
     finally:
         if journal and opts.in_flight is not None:
-            opts.in_flight.close()
+            # should it fail, the journal stays and the next step settles it
+            with contextlib.suppress(OSError):
+                opts.in_flight.close()
             opts.in_flight = None

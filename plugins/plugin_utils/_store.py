@@ -424,9 +424,10 @@ class InFlight:
     def close(self) -> List[str]:
         """The step is over: a server begun and not ended (an unforeseen error cut its download) gets needs_force;
         then the journal goes. Returns those servers."""
-        marked = _settle(self.root, self.path, _boot_id())
-        os.close(self._fd)
-        return marked
+        try:
+            return _settle(self.root, self.path, _boot_id())
+        finally:
+            os.close(self._fd)
 
     @classmethod
     def adopt(cls, root: str) -> List[str]:

@@ -414,6 +414,21 @@ def test_a_killed_steps_journal_marks_only_the_downloads_it_left_open(tmp_path):
     assert stores["lls002"].needs_force() and stores["lls001"].needs_force()
 
 
+def test_no_server_is_asked_without_the_journal(tmp_path, monkeypatch):
+    """A journal that cannot be written (here a file where its folder goes): every server fails saying so, and no
+    license server is asked for records."""
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / InFlight.FOLDER).write_text("in the way")
+    fake = _FakeLls()
+    monkeypatch.setattr(fleet.ServerWork, "lls", property(lambda self: fake))
+    results = fleet.run_fleet("cycle", [fleet.server_config(n, {}) for n in ("lls001", "lls002")],
+                              fleet.Options(store=str(root)))
+    assert all(e["failed"] and "journal of downloads in flight cannot be written" in e["msg"]
+               for e in results.values()), results
+    assert fake.calls == []
+
+
 def test_the_cycle_works_each_server_through_its_phases_with_one_journal(tmp_path, monkeypatch):
     """step cycle: each server goes through the phases in order (an acknowledgment waiting is processed at collect,
     a download follows), the entry holds one entry per phase, and no journal or marker is left behind."""
