@@ -331,16 +331,18 @@ def test_cycle_role_tasks_read_documented_variables_and_hand_on_public_results()
     texts = [*tasks.values(), constants_text]
     used = {name for text in texts for name in re.findall(r"\b(fne_(?:sync|lls|backoffice)_\w+)", text)}
     registered = {name for text in texts for name in re.findall(r"register: (fne_\w+)", text)}
-    assert registered == {f"fne_sync_{name}_result" for name in CYCLE_PHASES}
+    # each result and the entry point whose docs name it: one per phase, and the api entry point's cycle task
+    results = {f"fne_sync_{name}_result": name for name in CYCLE_PHASES} | {"fne_sync_cycle_result": "api"}
+    assert registered == set(results)
     # not variables the role reads: the in-memory group of plan, the set_stats names of report, the failure remote
     # hands report (documented with the remote entry point)
     handed_on = {"fne_sync_remote", "fne_sync_report", "fne_sync_report_paths", "fne_sync_remote_failure"}
     undocumented = used - registered - handed_on - set(options)
     assert not undocumented, f"the tasks read undocumented variables: {undocumented}"
     readme = (CYCLE / "README.md").read_text()
-    for name in CYCLE_PHASES:
-        assert f"C(fne_sync_{name}_result)" in " ".join(specs[name]["description"]), name
-        assert f"`fne_sync_{name}_result`" in readme, name
+    for result, entry_point in results.items():
+        assert f"C({result})" in " ".join(specs[entry_point]["description"]), result
+        assert f"`{result}`" in readme, result
     assert "C(fne_sync_remote_failure)" in " ".join(specs["remote"]["description"])
     assert "`fne_sync_remote_failure`" in readme
 
