@@ -200,7 +200,7 @@ def _setting_warnings(store: str, configs: List[fleet.ServerConfig], step: str) 
             warnings.append(f"the store {store} can be written by other users (mode "
                             f"{oct(os.stat(store).st_mode & 0o777)}): they could change or remove sync records; "
                             f"chmod 700 it")
-    if step in ("collect", "upload", "acknowledge", "recover"):
+    if step in fleet.DOWNLOADING_STEPS:  # the steps that talk to the servers
         insecure = [c.name for c in configs if any(not side["validate_certs"] and str(side["url"]).startswith("https:")
                                                    for side in (c.lls, c.backoffice))]
         if insecure:

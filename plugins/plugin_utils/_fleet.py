@@ -762,6 +762,7 @@ def work_one(step: str, cfg: ServerConfig, opts: Options) -> Dict[str, Any]:
     failed = [e["msg"] for e in entries if e["failed"]]
     busy = [e["msg"] for e in entries if not e.get("idle")]
     return {"host": cfg.name, "topology": cfg.topology, "step": step, "phases": entries,
+            "warnings": [w for e in entries for w in e.get("warnings") or []],
             "changed": any(e["changed"] for e in entries), "failed": bool(failed),
             "msg": " | ".join(failed or busy) or f"{cfg.name}: {step}: nothing to do"}
 

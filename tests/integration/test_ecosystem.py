@@ -770,8 +770,11 @@ def test_awx_sliced_job(lab_factory, sshd, awx_jobs, tmp_path):
         assert result["hosts"] <= mine | {"localhost"}, result["hosts"]
         after = store_snapshot(store)
         touched = {path.split("/", 1)[0] for path in set(before) | set(after) if before.get(path) != after.get(path)}
-        # the fleet's report files, rewritten by every run (every slice): report.{json,html}, reports/, metrics
-        assert touched - {"report.json", "report.html", "reports", "fne_sync.prom"} == mine, (k, touched)
+        # the fleet's report files, rewritten by every run (every slice): report.{json,html}, reports/, metrics;
+        # the folder of the journals of downloads in flight (each run's own file, gone at its end)
+        assert touched - {"report.json", "report.html", "reports", "fne_sync.prom", ".in_flight"} == mine, \
+            (k, touched)
+        assert not list((store / ".in_flight").iterdir()), "a finished run left its journal"
         assert_report_covers(result, mine)
     lab.verify(complete=True)
 
