@@ -215,10 +215,11 @@ EXAMPLES = r"""
   fne.offline_sync.result:
     var: __fne_collect
 
-- name: Collect, upload and acknowledge, each server start to end in its own thread
+- name: What collect, upload and acknowledge would do, each server start to end in its own thread (a dry run)
   fne.offline_sync.fleet:
     step: cycle
     store: /var/lib/fne_sync
+  check_mode: true
   run_once: true
   delegate_to: localhost
   register: __fne_cycle

@@ -140,6 +140,11 @@ def test_module_examples(lab_factory, tmp_path):
         if module == "server_info":
             checked = {r["host"] for r in results if r["task"] == "Fail on unreachable servers"}
             assert checked == set(lab.info["servers"]), checked
+        if module == "fleet":  # the dry run of the cycle: each server through the three phases, nothing done
+            (dry,) = [r for r in results if r["task"].startswith("What collect, upload and acknowledge would do")]
+            entries = dry["result"]["hosts"]
+            assert len(entries) == 4 and all([p["step"] for p in e["phases"]] == ["collect", "upload", "acknowledge"]
+                                             and "would upload" in e["msg"] for e in entries.values()), entries
         if module == "result":  # the fleet examples collected every server's records; these were uploaded
             report = [r for r in results if r["task"] == "Report each server's result on its own host"]
             assert len(report) == 4 and all(r["status"] == "ok" and r["result"]["changed"] for r in report), report
