@@ -33,10 +33,8 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._connection impor
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._errors import UNKNOWN_SERVER_RE
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import STAMP_FORMAT, sync_time_of
-from ansible_collections.fne.offline_sync.plugins.plugin_utils._fleet import Options, ServerConfig, run_fleet
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._fleet import PHASES, Options, ServerConfig, run_fleet
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._recorder import Exchange, Recorder, Replay
-
-CYCLE = ("collect", "upload", "acknowledge")
 
 
 def _through(params: Dict[str, Any], endpoint: Any, backend: str) -> Dict[str, Any]:
@@ -48,7 +46,7 @@ def _through(params: Dict[str, Any], endpoint: Any, backend: str) -> Dict[str, A
 def _cycle(cfg: ServerConfig, store: str) -> Dict[str, Dict[str, Any]]:
     """The fleet's cycle for one server, up to the first failed step."""
     results: Dict[str, Dict[str, Any]] = {}
-    for step in CYCLE:
+    for step in PHASES:
         results[step] = run_fleet(step, [cfg], Options(store=store, workers=1))[cfg.name]
         if results[step]["failed"]:
             break
@@ -110,7 +108,7 @@ def judge(cfg: ServerConfig, tool: Dict[str, Dict[str, Any]], http: Dict[str, Di
     """One verdict per step of the cycle."""
     host = cfg.name
     verdicts = []
-    for step in CYCLE:
+    for step in PHASES:
         mine, theirs = http.get(step), tool.get(step)
         if theirs is None:
             verdicts.append(Verdict(step, None, "the vendor's tool failed before it"))

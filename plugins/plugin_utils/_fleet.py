@@ -749,8 +749,7 @@ def work_one(step: str, cfg: ServerConfig, opts: Options) -> Dict[str, Any]:
     locked = not (step in READ_ONLY_STEPS or opts.check_mode)
     try:
         with contextlib.ExitStack() as held:
-            if locked and works:
-                works[0].store.ensure()
+            if locked and works:  # lock() creates the store's folders first
                 held.enter_context(works[0].store.lock(opts.lock_timeout))
             entries = [_work(work, STEPS[work.step][1], locked) for work in works]
     except StoreError as exc:  # the store cannot be created, or another run holds its lock
