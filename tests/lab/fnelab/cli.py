@@ -19,7 +19,7 @@ from pathlib import Path
 from . import fleet, javatools, variants
 from .faults import ENDPOINTS, Fault, FaultError, parse_kind, parse_start_spec
 from .state import State, connect, snapshot
-from .wire import Ack, WireError, decode_any
+from .wire import Ack, WireError, decode_file
 
 START_TIMEOUT = 120.0
 
@@ -58,6 +58,13 @@ def _positive(kind):
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its error message
     return parse
+
+
+def _byte_count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
 
 
 def _is_lab_process(pid: int) -> bool:
@@ -247,12 +254,16 @@ def cmd_activity(args: argparse.Namespace) -> int:
             known = {s.name: s.id for s in state.servers()}
             if names and (unknown := [n for n in names if n not in known]):
                 return fail(f"no such servers: {', '.join(unknown)}")
-            made = state.add_records(args.records, [known[n] for n in names] if names else None)
+            ids = [known[n] for n in names] if names else None
+            made = state.add_records(args.records, ids)
+            if args.bulk_bytes is not None:
+                state.set_bulk(args.bulk_bytes, ids)
         finally:
             state.close()
     else:
         try:
-            made = control(directory, "/activity", {"records": args.records, "servers": names})["created"]
+            made = control(directory, "/activity", {"records": args.records, "servers": names,
+                                                    "bulk_bytes": args.bulk_bytes})["created"]
         except RuntimeError as exc:
             return fail(str(exc))
     print(f"fnelab: {made} new records")
@@ -368,7 +379,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     try:
-        print("\n".join(decode_any(Path(args.file).read_bytes())))
+        print("\n".join(decode_file(args.file)))
     except (OSError, WireError) as exc:
         return fail(f"{args.file}: {exc}")
     return 0
@@ -495,6 +506,8 @@ def parser() -> argparse.ArgumentParser:
     act = command("activity", cmd_activity, "create new transaction records")
     act.add_argument("--records", type=int, required=True)
     act.add_argument("--servers", help="NAME,NAME (all servers by default)")
+    act.add_argument("--bulk-bytes", type=_byte_count, metavar="N",
+                     help="the next message of each server carries N bytes of filler (a big file, streamed; 0: none)")
     fa = command("fault", cmd_fault, "inject or clear a fault, live")
     fa.add_argument("kind", nargs="?", metavar="KIND[=VALUE]")
     fa.add_argument("--target", metavar="NAME|backoffice")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 from aiohttp import web
@@ -26,7 +28,18 @@ from aiohttp import web
 from . import fleet, hostile, variants
 from .faults import MODIFIERS, SAME_PREFIX, Fault, FaultError, Faults, parse_start_spec
 from .state import AckError, Mismatch, Server, State
-from .wire import MISMATCH_TITLE, Ack, Message, WireError, file_name, iso, mismatch_text, vendor_time
+from .wire import (
+    CHUNK,
+    MISMATCH_TITLE,
+    Ack,
+    Message,
+    MessageReader,
+    WireError,
+    file_name,
+    iso,
+    mismatch_text,
+    vendor_time,
+)
 
 log = logging.getLogger("fnelab")
 API = "/api/1.0"
@@ -37,6 +50,22 @@ HTML_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\
 
 def _error(status: int, key: str, message: str) -> web.Response:
     return web.json_response({"key": key, "message": message}, status=status)
+
+
+async def _pieces(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    """A big message's body for aiohttp, written piece by piece as the client takes it."""
+    for chunk in chunks:
+        yield chunk
+
+
+async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body in pieces, as it arrives (a big message is never whole in memory), or the bytes a hold
+    fault read before the work."""
+    if "body" in request:
+        yield request["body"]
+        return
+    async for chunk in request.content.iter_chunked(CHUNK):
+        yield chunk
 
 
 def _local_offset() -> int:
@@ -138,7 +167,7 @@ class Lab:
             if f.kind == "latency":
                 await asyncio.sleep(float(f.value))
         if "hold" in modifiers or "hold_after" in modifiers:
-            await request.read()  # the whole request is received before it waits
+            request["body"] = await request.read()  # the whole request is received before it waits
         if "hold" in modifiers:
             await self.holds.hold(request, endpoint, modifiers["hold"])
         response = None if kind == "endless" else await self._answer(request, handler, answer)
@@ -249,12 +278,16 @@ class Lab:
             if "empty-200" in self.variants:
                 return web.Response(status=200, body=b"", content_type="application/octet-stream")
             return web.Response(status=204)
-        if "no-disposition" in self.variants:
-            return web.Response(body=msg.encode(), content_type="application/octet-stream")
-        offset = _local_offset() if "local-time-names" in self.variants else 0
-        return web.Response(body=msg.encode(), content_type="application/octet-stream", headers={
-            "Content-Disposition": f'attachment; filename="{file_name(msg.sync_time, offset)}"',
-            "X-FNE-Record-Count": str(len(msg.records))})
+        headers = {}
+        if "no-disposition" not in self.variants:
+            offset = _local_offset() if "local-time-names" in self.variants else 0
+            headers = {"Content-Disposition": f'attachment; filename="{file_name(msg.sync_time, offset)}"',
+                       "X-FNE-Record-Count": str(len(msg.records))}
+        if msg.filler:  # streamed as the client reads it, with its length announced (faults: drop, hold, latency)
+            headers["Content-Length"] = str(msg.size())
+            return web.Response(body=_pieces(msg.chunks()), content_type="application/octet-stream",
+                                headers=headers)
+        return web.Response(body=msg.encode(), content_type="application/octet-stream", headers=headers)
 
     async def ack(self, request: web.Request) -> web.Response:
         s = self._server(request)
@@ -279,9 +312,11 @@ class Lab:
     async def upload(self, request: web.Request) -> web.Response:
         if wrong := _wrong_media_type(request, "application/octet-stream"):
             return self._refusal(415, "syncErr.mediaType", "Unsupported media type", wrong, [])
-        raw = await request.read()
+        reader = MessageReader()  # checks the framing and the signature as the body arrives
         try:
-            msg = Message.decode(raw)
+            async for chunk in _body(request):
+                reader.feed(chunk)
+            msg = reader.finish()
         except WireError as exc:
             return self._refusal(400, "syncErr.invalidMessage", "Invalid sync message", str(exc), [])
         if msg.host_id in self.unregistered:
@@ -289,7 +324,8 @@ class Lab:
                                  f"{msg.host_id} is not registered with this back office: register it first.",
                                  [msg.host_id])
         try:
-            ack = self.state.upload(msg, raw, self.reupload, mismatch_in_ack="mismatch-at-process" in self.variants)
+            ack = self.state.upload(msg, reader.sha256.hexdigest(), self.reupload,
+                                    mismatch_in_ack="mismatch-at-process" in self.variants)
         except Mismatch as exc:
             return self._mismatch(exc.expected, exc.got)
         return web.Response(body=ack.encode(), content_type="application/octet-stream")
@@ -319,7 +355,7 @@ class Lab:
         ack = None
         for msg, raw in messages:  # like one upload each, in time order; refused ones store nothing
             try:
-                ack = self.state.upload(msg, raw, self.reupload)
+                ack = self.state.upload(msg, hashlib.sha256(raw).hexdigest(), self.reupload)
             except Mismatch as exc:
                 return self._mismatch(exc.expected, exc.got)
         assert ack is not None
@@ -396,7 +432,12 @@ class Lab:
         if unknown:
             return web.json_response({"error": f"no such servers: {', '.join(unknown)}"}, status=400)
         ids = [self.by_name[n].id for n in names] if names else None
+        bulk = body.get("bulk_bytes")
+        if bulk is not None and (not isinstance(bulk, int) or bulk < 0):
+            return web.json_response({"error": "bulk_bytes is a number of bytes, 0 or more"}, status=400)
         made = self.state.add_records(int(body["records"]), ids)
+        if bulk is not None:
+            self.state.set_bulk(bulk, ids)
         return web.json_response({"created": made})
 
     async def c_held(self, request: web.Request) -> web.Response:

@@ -6,7 +6,6 @@ One writer (the lab process); the CLI reads (state, verify) with its own connect
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import time
@@ -145,6 +144,15 @@ class State:
                 made += count
         return made
 
+    def set_bulk(self, nbytes: int, server_ids: Iterable[int] | None = None) -> None:
+        """The next message each given server (all by default) hands out carries nbytes of filler (0: none)."""
+        with self.tx():
+            ids = list(server_ids) if server_ids is not None else [
+                r[0] for r in self.db.execute("SELECT id FROM servers")]
+            self.db.executemany("DELETE FROM meta WHERE key=?", [(f"bulk:{sid}",) for sid in ids])
+            if nbytes:
+                self.db.executemany("INSERT INTO meta VALUES (?, ?)", [(f"bulk:{sid}", str(nbytes)) for sid in ids])
+
     # --- license server ---------------------------------------------------------------------------------
     def generate(self, server: Server, page_size: int, force: bool, now: int | None = None) -> Message | None:
         """Hand out the next page (advancing the cursor), or None when nothing is new.
@@ -163,8 +171,9 @@ class State:
             sync_time = max(now, s["high_time"] + 1)  # one message per second at most, never reused
             rows = self.db.execute("SELECT seq, created FROM records WHERE server_id=? AND seq BETWEEN ? AND ? "
                                    "ORDER BY seq", (s["id"], first, last)).fetchall()
+            bulk = self.db.execute("DELETE FROM meta WHERE key=? RETURNING value", (f"bulk:{s['id']}",)).fetchone()
             msg = Message(s["host_id"], chain, sync_time, force, first, last,
-                          [record(s["host_id"], seq, created) for seq, created in rows])
+                          [record(s["host_id"], seq, created) for seq, created in rows], int(bulk[0]) if bulk else 0)
             self.db.execute("INSERT INTO messages VALUES (?,?,?,?,?,?,?)",
                             (s["id"], sync_time, chain, first, last, int(force), time.time()))
             self.db.execute("UPDATE servers SET cursor=?, chain_time=?, high_time=? WHERE id=?",
@@ -197,20 +206,20 @@ class State:
         return ack.last_sync_time, True, purged
 
     # --- back office ------------------------------------------------------------------------------------
-    def upload(self, msg: Message, raw: bytes, reupload: str, now: int | None = None,
+    def upload(self, msg: Message, sha: str, reupload: str, now: int | None = None,
                mismatch_in_ack: bool = False) -> Ack:
-        """Accept one message (store its records once) or raise Mismatch; `mismatch_in_ack` (the
-        mismatch-at-process variant): answer the mismatch with an acknowledgment of what is stored instead."""
+        """Accept one message (store its records once, and the sha256 of its bytes) or raise Mismatch;
+        `mismatch_in_ack` (the mismatch-at-process variant): answer the mismatch with an acknowledgment of what is
+        stored instead."""
         now = int(time.time()) if now is None else now
         try:
-            return self._upload(msg, raw, reupload, now)
+            return self._upload(msg, sha, reupload, now)
         except Mismatch as exc:
             if not mismatch_in_ack:
                 raise
             return Ack(msg.host_id, exc.expected, now, (exc.expected, exc.got))
 
-    def _upload(self, msg: Message, raw: bytes, reupload: str, now: int) -> Ack:
-        sha = hashlib.sha256(raw).hexdigest()
+    def _upload(self, msg: Message, sha: str, reupload: str, now: int) -> Ack:
         with self.tx():
             row = self.db.execute("SELECT last_sync_time FROM bo_hosts WHERE host_id=?", (msg.host_id,)).fetchone()
             last = row[0] if row else EPOCH
