@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import os
 import re
+import shutil
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Optional
 
@@ -62,6 +63,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._http import (
     MAX_MESSAGE,
     TOKENS,
     Http,
+    MiB,
     error_text,
     header_int,
     looks_like_html,
@@ -285,7 +287,7 @@ class LicenseServer:
                 raise self.http.fail(
                     f"POST {url} answered {response.status_code} with Content-Type {ctype or '(none)'} instead of a "
                     f"sync message: {text}. Nothing was written.", url, LostResponseError, status=response.status_code)
-            body = self.http.iter_body(response, MAX_MESSAGE, "sync message")
+            body = self.http.iter_body(response, self._message_limit(response, folder, url), "sync message")
             first = next((chunk for chunk in body if chunk), b"")
             if not first:  # a complete chunked answer without a byte says "nothing new"; else it may be a cut one
                 if "chunked" in response.headers.get("Transfer-Encoding", "").lower():
@@ -306,6 +308,19 @@ class LicenseServer:
             return info
         finally:
             response.close()
+
+    def _message_limit(self, response: Any, folder: str, url: str) -> int:
+        """The most bytes a sync message may have. It streams to disk, so only the disk bounds it: an announced
+        Content-Length (the body ends there) is taken when the folder has room for it; an unannounced size (chunked:
+        it could be endless) stops at MAX_MESSAGE."""
+        announced = header_int(response.headers.get("Content-Length"))
+        if announced is None or "chunked" in response.headers.get("Transfer-Encoding", "").lower():
+            return MAX_MESSAGE
+        free = shutil.disk_usage(folder).free
+        if announced > free:
+            raise self.http.fail(f"POST {url} answered a sync message of {announced / MiB:.0f} MiB, but {folder} has "
+                                 f"{free / MiB:.0f} MiB free: nothing was written.", url, LostResponseError)
+        return announced
 
     # -- step 3 --------------------------------------------------------------------------------------------
     def process(self, ack_file: str, path: Optional[str] = None) -> dict:

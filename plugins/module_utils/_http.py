@@ -151,6 +151,9 @@ MAX_JSON = MiB
 MAX_ERROR = 64 * 1024   # an error page: read this much for its words, never more
 MAX_TEXT = 500          # of the server's words, what goes into a message
 MAX_ACK = 64 * MiB
+# A sync message streams to disk, never whole in memory (docs/performance.md, "Big files"): this cap guards the disk
+# against an answer that could be endless (no Content-Length). One whose Content-Length announces its size ends
+# there, so it is taken at any size the folder has room for (_client.LicenseServer._message_limit).
 MAX_MESSAGE = 1024 * MiB
 
 
