@@ -51,7 +51,9 @@ class ActionModule(ActionBase):
                 hostvars = task_vars.get("hostvars") or {}
                 out = bundles.export(args["store"], args["site"], key, args["dest"],
                                      {h: {"host_id": (hostvars.get(h) or {}).get("fne_lls_host_id")} for h in hosts},
-                                     args["lock_timeout"], check_mode, args["stale_days"])
+                                     args["lock_timeout"], check_mode, args["stale_days"],
+                                     lambda ready: recover_servers(hostvars, args["store"], ready,
+                                                                   args["lock_timeout"], args["workers"]))
                 if out["stale"]:
                     display.warning(f"bundle(s) out for longer than {args['stale_days']} day(s) without an "
                                     f"acknowledgment: {', '.join(out['stale'])}; is the return path working? "
@@ -88,6 +90,46 @@ def _required(args: Dict[str, Any], name: str) -> str:
     return args[name]
 
 
+def recover_servers(hostvars: Any, store: str, ready: Dict[str, str], lock_timeout: float,
+                    workers: int) -> Dict[str, dict]:
+    """The first half of the documented recovery (the fleet's: process the newest acknowledgment, set the outbox
+    aside, download with force) for each api-topology server export found ready, under its store lock and the
+    step's journal of downloads in flight; the upload is the outside's, from the next bundle. A server left out
+    of the answer (the remote topology) stays held."""
+    configs = []
+    out: Dict[str, dict] = {}
+    for name in ready:
+        try:
+            cfg = fleet.server_config(name, hostvars.get(name) or {})
+        except StoreError as exc:
+            out[name] = {"failed": True, "msg": f"{name}: {exc.msg}"}
+            continue
+        if cfg.topology == "api":
+            configs.append(cfg)
+
+    def force(work: fleet.ServerWork) -> None:
+        reason = ready[work.cfg.name]
+        moved = work.force_download(reason)
+        work.store.clear_needs_force()  # the forced files are in the outbox; export flags them for the outside
+        work.notes.append(f"forced download ({reason}); {moved} file(s) set aside, the outside sets aside what it "
+                          "holds of this server")
+
+    def one(step: str, cfg: fleet.ServerConfig, opts: fleet.Options) -> Dict[str, Any]:
+        work = fleet.ServerWork(cfg, opts, step)
+        try:
+            with work.store.lock(opts.lock_timeout):
+                return fleet._work(work, force, True)
+        except StoreError as exc:  # another run holds its lock
+            return fleet._failed_entry(cfg, step, exc.msg)
+
+    opts = fleet.Options(store=store, lock_timeout=lock_timeout, workers=workers)
+    for name, entry in fleet.run_fleet("recover", configs, opts, worker=one).items():
+        for warning in entry.get("warnings") or []:
+            display.warning(warning)
+        out[name] = entry
+    return out
+
+
 def upload_servers(base: fleet.ServerConfig, root: str, names: List[str], lock_timeout: float) -> Dict[str, dict]:
     """The fleet's upload of each server's outside outbox, in a thread pool: oldest first, the re-upload rule, a lost
     answer uploaded once more. A mismatch is recorded for the return bundle (only the inside can force a download)."""
@@ -108,6 +150,10 @@ def upload_servers(base: fleet.ServerConfig, root: str, names: List[str], lock_t
                     work.upload_outbox()
                 except MismatchError as exc:
                     work.store.log("mismatch", detail=exc.msg)
+                    if bundles.beyond_acks(work.store, exc.expected):
+                        # no acknowledgment here reaches the time the back office expects: the inside cannot
+                        # learn it from a return bundle, and a forced download would not fit either
+                        exc.amend(fleet.ACK_LOST_HINT)
                     work.store.set_needs_force(f"back office mismatch: {exc.msg}")
                     raise
         except (FneError, StoreError) as exc:

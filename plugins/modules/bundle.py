@@ -34,6 +34,13 @@ options:
     description:
       - C(export) (inside) writes a new outgoing bundle with every outbox file of the I(hosts) not yet in a bundle
         (none when there is nothing new) and copies every bundle not yet acknowledged to I(dest).
+      - A server marked C(needs_force) (a download whose answer was lost, or a mismatch the outside reported) is held
+        (nothing new of it is bundled) until its recovery may run, that is when the outside's mismatch came back with
+        its newest acknowledgment or no bundle of that server is in transit. Then C(export) first runs the first half
+        of the documented recovery for it (process the newest acknowledgment, set the outbox aside in
+        C(superseded/), download again with force; api-topology servers, C(fne_lls_*) settings of each host) and
+        flags the server C(forced) in the bundle, so the outside sets aside what it holds of that server before it
+        takes the forced files.
       - C(upload) (outside) takes the outgoing bundles in I(src) in sequence order into the outside store
         C(STORE/.airgap/outside/SITE/), uploads what the back office does not hold yet (back office settings from
         the C(fne_backoffice_*) variables of the task's host, else C(FNE_BACKOFFICE_URL)), and writes a return bundle
@@ -92,6 +99,10 @@ options:
     description: Seconds to wait for a server's store lock held by another run.
     type: float
     default: 5
+  workers:
+    description: For C(export), how many servers' forced downloads (the recovery's first half) run at once.
+    type: int
+    default: 16
 attributes:
   check_mode:
     support: partial

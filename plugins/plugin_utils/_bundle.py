@@ -37,7 +37,9 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
     SYNC_SUFFIX,
     AtomicWriter,
     ensure_dir,
+    parse_time,
     sha256_file,
+    sync_time_of,
     write_atomic,
 )
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import (
@@ -295,8 +297,19 @@ def _copy_to(src: str, folder: str) -> str:
     return dest
 
 
-def _records_by_file(store: ServerStore) -> Dict[str, Any]:
-    return {e.get("file"): e.get("records") for e in store.ledger() if e.get("event") == "fetched"}
+def _fetched(store: ServerStore) -> Dict[str, Dict[str, Any]]:
+    """Each file's last ``fetched`` event: its records, and whether a forced download brought it."""
+    return {e.get("file"): e for e in store.ledger() if e.get("event") == "fetched"}
+
+
+def beyond_acks(store: ServerStore, expected: Optional[str]) -> bool:
+    """Whether the back office's expected sync time (a mismatch answer) is later than every acknowledgment this
+    outside store holds (each is named by the sync time of the message it acknowledges): the back office holds
+    messages whose acknowledgment is lost."""
+    when = parse_time(expected or "")
+    times = [sync_time_of(os.path.basename(a)[: -len(ACK_SUFFIX)] + SYNC_SUFFIX) for a in store.pending_acks()]
+    newest = max((t for t in times if t is not None), default=None)  # the outside never processes its acks
+    return when is not None and (newest is None or when > newest)
 
 
 def _entry(host: str, changed: bool = False, msg: str = "", failed: bool = False) -> Dict[str, Any]:
@@ -305,32 +318,50 @@ def _entry(host: str, changed: bool = False, msg: str = "", failed: bool = False
 
 # ---- inside: export ---------------------------------------------------------------------------------------------
 def export(store: str, site: str, key: Optional[str], dest: Optional[str], hosts: Dict[str, Dict[str, Any]],
-           lock_timeout: float = 5, check_mode: bool = False, stale_days: float = 7) -> Dict[str, Any]:
+           lock_timeout: float = 5, check_mode: bool = False, stale_days: float = 7,
+           recover: Optional[Callable[[Dict[str, str]], Dict[str, Dict[str, Any]]]] = None) -> Dict[str, Any]:
     """Write one outgoing bundle with every outbox file of ``hosts`` ({name: {host_id}}) not yet in a bundle; copy
-    every unacknowledged bundle to ``dest``."""
+    every unacknowledged bundle to ``dest``. A server marked ``needs_force`` is held (nothing new of it is bundled)
+    until its recovery may run; then ``recover({name: reason})`` (the first half of the documented recovery, see
+    plugins/action/bundle.py) runs for it first, and its forced files go out flagged ``forced``."""
     side = SiteState(store, "inside", site)
     entries = {h: _entry(h) for h in hosts}
     with contextlib.nullcontext() if check_mode else side.lock():  # check mode creates nothing, not even a folder
         state = side.load() or {"site": site, "next_sequence": 1, "bundles": []}
         settled = _settle(state, store)
+        stores = {h: ServerStore(store, h) for h in hosts}
+        recovered = _recover_ready(state, store, stores, entries, recover, check_mode)
+        settled = settled or bool(recovered)
         in_bundles = {(h, f) for b in state["bundles"] if not b.get("done") for h, fs in b["servers"].items()
                       for f in fs}
         servers: Dict[str, Dict[str, Any]] = {}
         payload: List[Tuple[str, str]] = []
-        stores = {h: ServerStore(store, h) for h in hosts}
         for host, info in hosts.items():
             server = stores[host]
             if not server.exists():
                 continue
             with contextlib.nullcontext() if check_mode else server.lock(lock_timeout):
+                reason = server.needs_force()
+                if reason:  # held: its new files would only queue behind what the recovery replaces
+                    if not entries[host]["failed"]:
+                        entries[host]["msg"] = f"{host}: recovery pending: {reason}"
+                    continue
                 files = [p for p in server.outbox_files() if (host, os.path.basename(p)) not in in_bundles]
+                if not files and host in recovered:
+                    # nothing after the last processed acknowledgment: what the outside holds of this server is
+                    # in the back office already or comes again later; it goes aside there all the same
+                    servers[host] = {"host_id": info.get("host_id"), "files": [], "waiting_for": None, "forced": True}
                 if not files:
                     continue
-                records = _records_by_file(server)
+                fetched = _fetched(server)
                 items = [{"name": os.path.basename(p), "sha256": sha256_file(p), "size": os.path.getsize(p),
-                          "records": records.get(os.path.basename(p))} for p in files]
+                          "records": fetched.get(os.path.basename(p), {}).get("records")} for p in files]
                 servers[host] = {"host_id": info.get("host_id"), "files": items,
                                  "waiting_for": items[-1]["name"][: -len(SYNC_SUFFIX)] + ACK_SUFFIX}
+                if any(fetched.get(i["name"], {}).get("forced") for i in items):
+                    # a forced download starts at the last processed acknowledgment: it replaces every file of
+                    # this server the outside still holds
+                    servers[host]["forced"] = True
                 payload += [(f"servers/{host}/{os.path.basename(p)}", p) for p in files]
         written = None
         if servers and not check_mode:
@@ -345,24 +376,28 @@ def export(store: str, site: str, key: Optional[str], dest: Optional[str], hosts
                                      "created": manifest["created"], "done": False,
                                      "servers": {h: [i["name"] for i in e["files"]] for h, e in servers.items()}})
             state["next_sequence"] = sequence + 1
+            for host in (h for h, e in servers.items() if e.get("forced")):
+                # a mismatch reported before the outside took this bundle is no news: it names a replaced file
+                state.setdefault("forced_out", {})[host] = sequence
             side.save(state)
             written = name
             for host, entry in servers.items():
-                stores[host].log("bundled", file=entry["files"][-1]["name"],
-                                 detail=f"{len(entry['files'])} file(s) in outgoing bundle {manifest['id']}")
-                entries[host].update(changed=True, msg=f"{host}: {len(entry['files'])} file(s) into bundle {name}")
+                forced = " (forced: they replace what the outside holds of this server)" if entry.get("forced") else ""
+                stores[host].log("bundled", file=entry["files"][-1]["name"] if entry["files"] else None,
+                                 detail=f"{len(entry['files'])} file(s) in outgoing bundle {manifest['id']}{forced}")
+                _say(entries[host], f"{len(entry['files'])} file(s) into bundle {name}{forced}")
         elif settled and not check_mode:
             side.save(state)
         if servers and check_mode:
             for host, entry in servers.items():
-                entries[host].update(changed=True, msg=f"{host}: would put {len(entry['files'])} file(s) into a new "
-                                                       "bundle")
+                _say(entries[host], f"would put {len(entry['files'])} file(s) into a new bundle")
         outstanding = [b for b in state["bundles"] if not b.get("done")]
         copied = [] if check_mode or not dest else \
             [_copy_to(os.path.join(side.bundles_dir, b["name"]), dest) for b in outstanding]
         for host in hosts:
-            waiting = [b["name"] for b in outstanding if host in b["servers"]]
-            if waiting and not entries[host]["changed"]:
+            waiting = [b["name"] for b in outstanding if host in b["servers"] and
+                       _waiting(store, host, b["servers"][host])]
+            if waiting and not entries[host]["changed"] and not stores[host].needs_force():
                 entries[host]["msg"] = f"{host}: in transit in {', '.join(waiting)}"
             entries[host]["in_transit"] = waiting
     now = _dt.datetime.now(_dt.timezone.utc)
@@ -372,6 +407,56 @@ def export(store: str, site: str, key: Optional[str], dest: Optional[str], hosts
         item["stale"] = item["age_days"] > stale_days
     return {"changed": written is not None, "written": written, "copied": copied, "outstanding": out,
             "stale": [i["name"] for i in out if i["stale"]], "hosts": entries}
+
+
+def _say(entry: Dict[str, Any], text: str) -> None:
+    """Add what happened to a server's entry (after what happened before in this run)."""
+    entry["msg"] = f"{entry['msg']}; {text}" if entry["changed"] else f"{entry['host']}: {text}"
+    entry["changed"] = True
+
+
+def _recover_ready(state: Dict[str, Any], store: str, stores: Dict[str, ServerStore],
+                   entries: Dict[str, Dict[str, Any]],
+                   recover: Optional[Callable[[Dict[str, str]], Dict[str, Dict[str, Any]]]],
+                   check_mode: bool) -> set:
+    """The first half of the documented recovery for each server marked ``needs_force`` whose acknowledgment so far
+    is in (a forced message starts at the last acknowledgment the server processed, and the back office refuses it
+    while it holds more): the newest return bundle naming the server reported the outside's mismatch (it carried
+    the outside's newest acknowledgment, and after a mismatch the outside uploads nothing more of that server), or no
+    bundle of the server is in transit. Returns the servers recovered."""
+    problems, seen_by = state.get("problems_seen") or {}, state.get("problem_received") or {}
+    ready: Dict[str, str] = {}
+    for host, server in stores.items():
+        reason = server.needs_force() if server.exists() else None
+        if not reason:
+            continue
+        seen = problems.get(host)
+        # the mismatch is news only from an outside that had taken the last forced bundle of this server (a
+        # return written before it arrived reports the file that bundle replaces)
+        mismatch_back = seen and (state.get("last_return") or {}).get(host, seen) == seen and \
+            (seen_by.get(host) is None or seen_by[host] >= (state.get("forced_out") or {}).get(host, 0))
+        if mismatch_back or not _in_transit_for(state, store, host):
+            ready[host] = reason
+    if not ready or recover is None:
+        return set()
+    if check_mode:
+        for host in ready:
+            _say(entries[host], "would run the recovery's first half (process the newest acknowledgment, set the "
+                                "outbox aside, download with force) and bundle the forced files")
+        return set()
+    recovered = set()
+    for host, result in recover(ready).items():
+        if result.get("failed"):
+            entries[host].update(failed=True, msg=result["msg"])
+            continue
+        _say(entries[host], result["msg"].split(": ", 1)[-1])
+        recovered.add(host)
+    return recovered
+
+
+def _in_transit_for(state: Dict[str, Any], store: str, host: str) -> bool:
+    return any(not b.get("done") and host in b["servers"] and _waiting(store, host, b["servers"][host])
+               for b in state.get("bundles", []))
 
 
 def _parse_utc(text: str) -> _dt.datetime:
@@ -391,10 +476,14 @@ def _remove_orphans(side: SiteState, state: Dict[str, Any]) -> None:
 
 
 def _settle(state: Dict[str, Any], store: str) -> bool:
-    """A bundle is done when none of its files is still waiting in its server's outbox."""
+    """A bundle is done when none of its files is still waiting in its server's outbox and the outside has it (an
+    acknowledgment came back for a file of it or of a later bundle): files set aside for a forced download, or
+    lost with a wiped store, are not acknowledged, and the outside takes bundles in sequence order only."""
     changed = False
+    if "received_upto" not in state:  # a state written before it was kept: its done bundles were acknowledged
+        state["received_upto"] = max((b["sequence"] for b in state.get("bundles", []) if b.get("done")), default=0)
     for bundle in state.get("bundles", []):
-        if bundle.get("done"):
+        if bundle.get("done") or bundle["sequence"] > state["received_upto"]:
             continue
         if not any(_waiting(store, h, fs) for h, fs in bundle["servers"].items()):
             bundle["done"], changed = utcnow(), True
@@ -494,17 +583,26 @@ def _admit(side: SiteState, state: Dict[str, Any], received: Dict[int, Dict[str,
     for bundle in bundles:
         for host, entry in bundle.servers.items():
             server = ServerStore(root, host).ensure()
+            if entry.get("forced") and bundle.sequence not in received:
+                # a forced download starts at the last acknowledgment the license server processed: it replaces
+                # every file of this server still waiting here (this bundle's own, admitted before a run died, stay)
+                server.resume()  # an accepted file (its ack exists) goes to sent/, never to superseded/
+                server.supersede(f"replaced by the forced download in bundle {bundle.id}",
+                                 keep=[i["name"] for i in entry["files"]])
+                server.clear_needs_force()  # the mismatch is answered; the forced files' upload says what is next
             held = set()
-            for folder in (server.outbox, server.sent, server.superseded, server.quarantine):
+            for folder in (server.outbox, server.sent, server.quarantine):
                 held.update(os.listdir(folder))
             incoming = os.path.join(server.dir, ".incoming")
             ensure_dir(incoming)
             for item in entry["files"]:
-                if item["name"] in held:
+                superseded = os.path.join(server.superseded, item["name"])
+                if item["name"] in held or (os.path.exists(superseded) and sha256_file(superseded) == item["sha256"]):
                     continue  # a re-carried file: the outside store has it already
                 tmp = os.path.join(incoming, item["name"])
                 bundle.extract(f"servers/{host}/{item['name']}", tmp, item["sha256"])
-                server.admit(tmp, sha256=item["sha256"], records=item.get("records"), event="fetched")
+                server.admit(tmp, sha256=item["sha256"], records=item.get("records"), event="fetched",
+                             forced=bool(entry.get("forced")))
         if bundle.sequence not in received:
             received[bundle.sequence] = {"id": bundle.id, "received": utcnow()}
             state["received"] = {str(k): v for k, v in sorted(received.items())}
@@ -558,7 +656,7 @@ def _write_return(side: SiteState, state: Dict[str, Any], root: str, hosts: List
     sequence = int(state["next_return"])
     manifest = {"format": FORMAT, "kind": RETURN, "site": side.site, "sequence": sequence,
                 "id": f"{side.site}-return-{sequence:06d}-{secrets.token_hex(4)}", "created": utcnow(),
-                "servers": servers}
+                "servers": servers, "received": max((int(k) for k in state.get("received") or {}), default=0)}
     name = bundle_name(side.site, RETURN, sequence)
     write_bundle(os.path.join(side.bundles_dir, name), manifest, payload, key)
     state["returns"].append({"name": name, "id": manifest["id"], "servers": servers})
@@ -590,6 +688,10 @@ def import_returns(store: str, site: str, key: Optional[str], sources: List[str]
                     continue  # another slice's or an unlisted server: its store is not this run's to change
                 ack = entry.get("ack")
                 server = ServerStore(store, host)
+                if not check_mode:  # export's recovery reads whether the newest return naming it had a problem
+                    last = state.setdefault("last_return", {})
+                    if bundle.sequence > last.get(host, 0):
+                        last[host], dirty = bundle.sequence, True
                 # a problem is taken once per return bundle (a re-import, or an older bundle, changes nothing)
                 problems: Dict[str, int] = state.setdefault("problems_seen", {})
                 if entry.get("problem") and not check_mode and server.exists() and \
@@ -598,6 +700,7 @@ def import_returns(store: str, site: str, key: Optional[str], sources: List[str]
                         if server.needs_force() is None:
                             server.set_needs_force(f"outside upload: {entry['problem']}")
                     problems[host] = bundle.sequence
+                    state.setdefault("problem_received", {})[host] = bundle.manifest.get("received")
                     dirty = True
                     entries[host].update(changed=True, msg=f"{host}: the outside reported: {entry['problem']}")
                 if not ack or ack["name"] <= acked.get(host, ""):
@@ -610,6 +713,11 @@ def import_returns(store: str, site: str, key: Optional[str], sources: List[str]
                 with server.lock(lock_timeout):
                     moved = _take_ack(server, bundle, host, ack)
                 acked[host] = ack["name"]
+                # the outside uploaded the acknowledged file: it has its bundle and every earlier one
+                file = ack["name"][: -len(ACK_SUFFIX)] + SYNC_SUFFIX
+                for sent in state.get("bundles", []):
+                    if file in sent["servers"].get(host, []) and sent["sequence"] > state.get("received_upto", 0):
+                        state["received_upto"] = sent["sequence"]
                 dirty = True
                 entries[host].update(changed=True, msg=f"{host}: acknowledgment {ack['name']} from "
                                                        f"{os.path.basename(bundle.path)} ({moved} file(s) accepted)")

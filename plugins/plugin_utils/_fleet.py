@@ -433,12 +433,8 @@ class ServerWork:
         if self.opts.check_mode:
             self._would(f"recover ({reason}): process newest ack, supersede outbox, forced download, upload, process")
             return
-        self.store.log("recovery_started", detail=reason)
-        self.resume()  # an accepted file (its ack exists) goes to sent/, never to superseded/
-        self.process_pending()
-        moved = self.store.supersede(reason)
         before_fetched = len(self.fetched)
-        self.generate(force=True)
+        moved = self.force_download(reason)
         try:
             self.upload_outbox()
         except MismatchError as exc:
@@ -452,8 +448,19 @@ class ServerWork:
         self.process_pending()
         if self.ack_mismatch:  # the forced messages did not fit either: never report a recovery that did not happen
             raise FneError(f"the documented recovery did not help: {self.ack_mismatch}")
-        self._recovered(f"{reason}; superseded {len(moved)} file(s), {len(self.fetched) - before_fetched} forced "
+        self._recovered(f"{reason}; superseded {moved} file(s), {len(self.fetched) - before_fetched} forced "
                         "file(s)")
+
+    def force_download(self, reason: str) -> int:
+        """The recovery's first half, all of it an air-gapped inside can do (docs/air-gap.md): process the newest
+        acknowledgment received so far, set aside what is left in the outbox, download again with force. Returns
+        how many files were set aside."""
+        self.store.log("recovery_started", detail=reason)
+        self.resume()  # an accepted file (its ack exists) goes to sent/, never to superseded/
+        self.process_pending()
+        moved = self.store.supersede(reason)
+        self.generate(force=True)
+        return len(moved)
 
     def _recovered(self, detail: str) -> None:
         self.store.clear_needs_force()

@@ -301,10 +301,12 @@ class ServerStore:
         self.log("processed", file=limit, detail=f"lastSyncTime {last_sync_time}" if last_sync_time else None)
         return moved
 
-    def supersede(self, reason: str) -> List[str]:
-        """Move every outbox file to ``superseded/`` (a forced download replaces them)."""
+    def supersede(self, reason: str, keep: Iterable[str] = ()) -> List[str]:
+        """Move every outbox file to ``superseded/`` (a forced download replaces them), but those named in ``keep``
+        (the air gap's forced files, admitted before a run died and taken again)."""
         moved = []
-        for path in self.outbox_files():
+        kept = set(keep)
+        for path in (p for p in self.outbox_files() if os.path.basename(p) not in kept):
             self._move(path, self.superseded)
             moved.append(os.path.basename(path))
             self.log("superseded", file=os.path.basename(path), detail=reason)

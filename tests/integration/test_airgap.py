@@ -236,3 +236,70 @@ def test_browser_only_outside(lab_factory, tmp_path):
     lab.verify(complete=True)
     assert _counters(lab)[1].get("history_upload") == 4 and not _counters(lab)[1].get("upload")
     assert lab.state()["backoffice"]["messages_accepted"] == 2 * 103  # each file once
+
+
+def test_forced_recovery_across_the_gap(lab_factory, tmp_path):
+    """The documented recovery split across the gap. lls001's inside store is lost while its bundle is uploaded
+    outside (its acknowledgment not yet back): the first contact's forced download overlaps what the back office
+    holds, the outside is answered the mismatch and names it in the return bundle; once that acknowledgment is
+    processed inside, carry_out downloads with force and flags lls001 `forced`, the outside sets its refused file
+    aside and uploads the forced one. lls002's download answer is lost while its bundle is in transit: it is held
+    (nothing new bundled) until no bundle of it is in transit, then recovered the same way. Complete, each record
+    once in the back office, every server synchronized again."""
+    lab = lab_factory(3, "--records", "6", "--page-size", "5")
+    hosts = hosts_of(lab)
+    inside_inv, outside_inv = _inventories(lab, tmp_path)
+    inside, outside = tmp_path / "inside-store", tmp_path / "outside-store"
+    site = ["-e", f"fne_sync_site={SITE}"]
+    outside_servers = outside / ".airgap" / "outside" / SITE / "servers"
+
+    def carry_out(medium: Path):
+        return _inside_only(lab, lambda: playbook("carry_out", inside_inv, inside, *site,
+                                                  "-e", f"fne_sync_bundle_dir={medium}"))
+
+    def carry_in(*src: Path):
+        return _inside_only(lab, lambda: playbook("carry_in", inside_inv, inside, *site, "-e",
+                                                  json.dumps({"fne_sync_bundle_src": [str(s) for s in src]})))
+
+    def upload(src: Path, dest: Path, expect_rc: int = 0):
+        return playbook("upload_bundle", outside_inv, outside, *site, "-e", f"fne_sync_bundle_src={src}",
+                        "-e", f"fne_sync_bundle_dir={dest}", expect_rc=expect_rc)
+
+    m1, m2, m3, r1, r2, r3 = (tmp_path / n for n in ("m1", "m2", "m3", "r1", "r2", "r3"))
+    carry_out(m1)
+    upload(m1, r1)  # all of bundle 1 in the back office; return 1 is not carried in yet
+    shutil.rmtree(inside / "lls001")  # lost with its disk: lls001 is a first contact again
+    lab.activity(3)
+    lab.fault("lls002", "drop", "--count", "1", "--endpoint", "generate")  # the download's answer is lost
+    second = carry_out(m2)
+    assert "lls002: recovery pending: lost response while downloading" in second.out, second
+    bundle2 = _manifest(m2 / f"fne-{SITE}-out-000002.tar")["servers"]
+    assert bundle2["lls001"]["forced"] and "lls002" not in bundle2 and not bundle2["lls003"].get("forced")
+    assert (inside / "lls002" / "needs_force").exists()
+
+    refused = upload(m2, r2, expect_rc=2)  # lls001's forced file starts before what the back office holds
+    problem = _manifest(r2 / f"fne-{SITE}-return-000002.tar")["servers"]["lls001"]["problem"]
+    assert "Mismatched or out of order time stamp" in problem and "never reached" not in problem, refused
+
+    carry_in(r1, r2)  # the late return first; lls001 marked needs_force, every acknowledgment processed
+    third = carry_out(m3)
+    bundle3 = _manifest(m3 / f"fne-{SITE}-out-000003.tar")["servers"]
+    assert bundle3["lls001"]["forced"] and bundle3["lls002"]["forced"], third
+    for host in ("lls001", "lls002"):
+        assert not (inside / host / "needs_force").exists()
+        assert list((inside / host / "superseded").glob("*.fnesync")) or host == "lls002"
+    upload(m3, r3)
+    # the refused forced files, set aside outside; never uploaded
+    assert sorted(p.name for p in (outside_servers / "lls001" / "superseded").iterdir()) == \
+        [f["name"] for f in bundle2["lls001"]["files"]]
+    carry_in(r3)
+
+    report = lab.verify(complete=True)  # every record in the back office once, purged from its server
+    assert all(s["duplicated"] == 0 and s["not_purged"] == 0 for s in report["servers"].values()), report
+    uploaded = []
+    for host in hosts:
+        assert not (inside / host / "needs_force").exists()
+        assert not list((inside / host / "outbox").iterdir()) and not list((inside / host / "acks").iterdir())
+        uploaded += [(host, e["file"]) for e in ledger(outside_servers, host) if e["event"] == "uploaded"]
+    assert len(uploaded) == len(set(uploaded)) == lab.state()["backoffice"]["messages_accepted"], uploaded
+    assert _in_transit(inside) == {h: [] for h in hosts}  # every bundle acknowledged: nothing to carry

@@ -346,3 +346,131 @@ def test_a_damaged_site_state_does_not_break_the_report(inside, tmp_path):
         assert "air gap:</b> site plant7: " in Path(paths["html"]).read_text()
         assert json.loads(Path(paths["json"]).read_text())["bundle_problems"] == report["bundle_problems"]
         assert state_path.read_text() == damage
+
+
+def forced_recovery(store: Path, calls: list):
+    """What the fleet's recovery half leaves in a server's store (plugins/action/bundle.py runs the real one
+    against a license server, tests/integration/test_airgap.py): the outbox set aside, a forced download, the
+    mark cleared."""
+    def recover(ready: dict) -> dict:
+        calls.append(sorted(ready))
+        for number, host in enumerate(sorted(ready), 10):
+            server = ServerStore(str(store), host)
+            server.supersede(ready[host])
+            tmp = Path(server.dir) / f"20261101T0000{number}.fnesync"
+            tmp.write_bytes(f"{host} forced".encode())
+            server.admit(str(tmp), records=9, forced=True)
+            server.clear_needs_force()
+        return {h: {"failed": False, "msg": f"{h}: recover: downloaded 1 file(s)"} for h in ready}
+    return recover
+
+
+def test_a_lost_download_holds_the_server_until_nothing_of_it_is_in_transit(inside, outgoing, tmp_path):
+    """An inside download whose answer was lost (needs_force) holds that server: nothing new of it is bundled and
+    its forced download waits while a bundle of it is in transit (the back office may hold more than the server
+    processed). Once that bundle's acknowledgment is in, export runs the recovery and flags the server forced."""
+    calls: list = []
+    lls002 = ServerStore(str(inside), "lls002")
+    fetch(inside, "lls002", "20261101T000003.fnesync")  # downloaded before the answer that was lost
+    lls002.set_needs_force("lost response while downloading")
+    held = bundles.export(str(inside), SITE, KEY, str(tmp_path / "m2"), HOSTS,
+                          recover=forced_recovery(inside, calls))
+    assert calls == [] and held["written"] is None
+    assert held["hosts"]["lls002"]["msg"] == "lls002: recovery pending: lost response while downloading"
+
+    bundles.upload(str(tmp_path / "outside"), SITE, KEY, [str(outgoing)], str(tmp_path / "r1"), outside_uploads)
+    bundles.import_returns(str(inside), SITE, KEY, [str(tmp_path / "r1")], list(HOSTS))
+    done = bundles.export(str(inside), SITE, KEY, str(tmp_path / "m3"), HOSTS,
+                          recover=forced_recovery(inside, calls))
+    assert calls == [["lls002"]] and done["written"] == "fne-plant7-out-000002.tar"
+    entry = bundles.read_bundle(str(tmp_path / "m3" / done["written"]), bundles.OUTGOING, SITE, KEY).servers
+    assert list(entry) == ["lls002"] and entry["lls002"]["forced"] is True
+    assert [f["name"] for f in entry["lls002"]["files"]] == ["20261101T000010.fnesync"]  # 000003 set aside
+    assert "recover: downloaded 1 file(s); 1 file(s) into bundle" in done["hosts"]["lls002"]["msg"]
+
+
+def test_a_mismatch_outside_is_recovered_once_and_replaces_what_the_outside_holds(inside, outgoing, tmp_path):
+    """The outside's mismatch comes back with its newest acknowledgment: the recovery runs although the refused
+    file's bundle is in transit, once (a later mark waits for that bundle); the outside sets the refused file aside
+    before it takes the forced one, uploads only that, and reports no problem any more."""
+    outside, calls = tmp_path / "outside", []
+    root = outside / ".airgap" / "outside" / SITE / "servers"
+
+    def refuse_lls002_second(root_dir: str, names: list) -> dict:
+        server = ServerStore(root_dir, "lls002")
+        first, _second = server.outbox_files()
+        server.record_ack(first, b"ack of first")
+        server.set_needs_force("back office mismatch: Expected sync time Nov 1, 2026 12:00:01 AM, got ...")
+        return outside_uploads(root_dir, ["lls001"])
+
+    bundles.upload(str(outside), SITE, KEY, [str(outgoing)], str(tmp_path / "r1"), refuse_lls002_second)
+    bundles.import_returns(str(inside), SITE, KEY, [str(tmp_path / "r1")], list(HOSTS))
+    lls002 = ServerStore(str(inside), "lls002")
+    assert "back office mismatch" in lls002.needs_force() and len(lls002.outbox_files()) == 1  # still in transit
+    first = bundles.export(str(inside), SITE, KEY, str(tmp_path / "m2"), HOSTS, recover=forced_recovery(inside, calls))
+    assert calls == [["lls002"]] and first["written"] == "fne-plant7-out-000002.tar"
+
+    # the outside runs again before bundle 2 arrives: its return still names the refused file, which bundle 2
+    # replaces; that is no news, and neither is a lost download while bundle 2 is in transit
+    def refuse_again(root_dir: str, names: list) -> dict:
+        ServerStore(root_dir, "lls002").set_needs_force("back office mismatch: Expected ..., got ... (again)")
+        return {}
+
+    bundles.upload(str(outside), SITE, KEY, [str(outgoing)], str(tmp_path / "r1b"), refuse_again)
+    assert bundles.import_returns(str(inside), SITE, KEY, [str(tmp_path / "r1b")], list(HOSTS))["changed"]
+    assert "(again)" in lls002.needs_force()
+    again = bundles.export(str(inside), SITE, KEY, str(tmp_path / "m3"), HOSTS, recover=forced_recovery(inside, calls))
+    assert calls == [["lls002"]] and again["written"] is None
+    assert again["hosts"]["lls002"]["msg"].startswith("lls002: recovery pending: outside upload: back office")
+    lls002.clear_needs_force()  # (left set, it would cost one more forced download once bundle 2 is answered)
+
+    uploads: list = []
+
+    def record(root_dir: str, names: list) -> dict:
+        uploads.extend(os.path.basename(p) for n in names for p in ServerStore(root_dir, n).outbox_files())
+        return outside_uploads(root_dir, names)
+
+    back = bundles.upload(str(outside), SITE, KEY, [str(tmp_path / "m2")], str(tmp_path / "r2"), record)
+    outside_lls002 = ServerStore(str(root), "lls002")
+    assert uploads == ["20261101T000010.fnesync"]  # the refused file went aside, never uploaded again
+    assert [os.path.basename(p) for p in os.scandir(outside_lls002.superseded)] == ["20261101T000002.fnesync"]
+    assert outside_lls002.needs_force() is None
+    manifest = bundles.read_bundle(str(tmp_path / "r2" / back["return_bundle"]), bundles.RETURN, SITE, KEY).manifest
+    assert manifest["servers"]["lls002"] == {"problem": None, "ack": manifest["servers"]["lls002"]["ack"]}
+    bundles.import_returns(str(inside), SITE, KEY, [str(tmp_path / "r2")], list(HOSTS))
+    assert not lls002.outbox_files() and lls002.needs_force() is None
+    assert bundles.export(str(inside), SITE, KEY, str(tmp_path / "m4"), HOSTS)["copied"] == []
+
+
+def test_a_bundle_is_carried_until_the_outside_has_it(inside, outgoing, tmp_path):
+    """A bundle whose files no longer wait inside because they were set aside or lost (a wiped store), not
+    acknowledged, is still carried: the outside takes bundles in sequence order only, so a later one would be
+    refused without it. A forced download (a wiped store's first contact) goes out flagged forced."""
+    fetch(inside, "lls002", "20261101T000003.fnesync")
+    bundles.export(str(inside), SITE, KEY, str(tmp_path / "m2"), HOSTS)  # bundle 2: lls002 only
+    ServerStore(str(inside), "lls002").supersede("a forced download replaces it")
+    server = ServerStore(str(inside), "lls002")
+    (Path(server.dir) / "20261101T000004.fnesync").write_bytes(b"forced")
+    server.admit(str(Path(server.dir) / "20261101T000004.fnesync"), records=9, forced=True)
+    third = bundles.export(str(inside), SITE, KEY, str(tmp_path / "m3"), HOSTS)
+    assert sorted(os.listdir(tmp_path / "m3")) == [f"fne-plant7-out-00000{i}.tar" for i in (1, 2, 3)]
+    assert third["hosts"]["lls002"]["in_transit"] == ["fne-plant7-out-000003.tar"]  # its others are set aside
+    manifest = bundles.read_bundle(str(tmp_path / "m3" / third["written"]), bundles.OUTGOING, SITE, KEY).manifest
+    assert manifest["servers"]["lls002"]["forced"] is True and "forced" not in manifest["servers"].get("lls001", {})
+    bundles.upload(str(tmp_path / "outside"), SITE, KEY, [str(tmp_path / "m3")], str(tmp_path / "r1"),
+                   outside_uploads)
+    bundles.import_returns(str(inside), SITE, KEY, [str(tmp_path / "r1")], list(HOSTS))
+    assert bundles.export(str(inside), SITE, KEY, str(tmp_path / "m4"), HOSTS)["copied"] == []
+
+
+def test_a_mismatch_beyond_every_acknowledgment_outside_means_one_was_lost(tmp_path):
+    """The outside names the lost-acknowledgment case (only the vendor's manual step helps there) when the back
+    office expects a time later than every acknowledgment it holds; an acknowledgment on its way back is no such
+    case."""
+    server = ServerStore(str(tmp_path), "lls001").ensure()
+    assert bundles.beyond_acks(server, "Nov 1, 2026 12:00:01 AM")  # none at all
+    fetch(tmp_path, "lls001", "20261101T000001.fnesync")
+    server.record_ack(server.outbox_files()[0], b"ack")
+    assert not bundles.beyond_acks(server, "Nov 1, 2026 12:00:01 AM")
+    assert bundles.beyond_acks(server, "Nov 1, 2026 12:00:02 AM")
+    assert not bundles.beyond_acks(server, "not a time")
