@@ -11,7 +11,7 @@ PYTEST_ARGS ?= -n 2
 UV_PIN := uv==0.9.9
 UV := $(VENV)/bin/uv
 
-.PHONY: venv cores test test-cores demo lint clean system-deps reliability bench FORCE
+.PHONY: venv cores test test-cores demo lint clean system-deps reliability bench bench-big-files FORCE
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements-dev.txt tests/lab/pyproject.toml
@@ -100,3 +100,9 @@ clean:
 BENCH_ARGS ?= --doc
 bench: venv
 	FNE_BENCH_MAKE=1 $(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+# Peak memory of generate, upload and process for a 1 MiB and a 4 GiB sync file (benchmarks/big_files.py; needs
+# about 9 GiB free in the temporary folder); BIG_FILES_ARGS="--sizes 1048576,1073741824" to choose.
+BIG_FILES_ARGS ?=
+bench-big-files: venv
+	$(PY) benchmarks/big_files.py $(BIG_FILES_ARGS)

@@ -31,6 +31,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +41,7 @@ BIN = Path(sys.executable).parent
 MiB = 1 << 20
 STEPS = ("generate", "upload", "process")
 PATHS = {"in-process": [], "shipped": ["-e", "fne_offline_sync_in_process=false"]}
+WORKER = {"in-process": "worker_peak_mib", "shipped": "module_peak_mib"}  # the process doing the work on each path
 
 # A callback that writes each task's result to FNE_RESULT_FILE: the step's result, read without a task of its own
 # (a second task would ship a module too and add its own process to the measure).
@@ -89,35 +91,54 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-class LabPeak:
-    """The lab process's peak resident memory, reset before each step (/proc/PID/clear_refs "5"); None where the
-    kernel does not allow it."""
+def hwm_mib(pid: int) -> float | None:
+    """A process's peak resident memory (VmHWM) so far, None when it is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
 
-    def __init__(self, pid: int):
-        self.status, self.clear = Path(f"/proc/{pid}/status"), Path(f"/proc/{pid}/clear_refs")
 
-    def reset(self) -> None:
-        with contextlib.suppress(OSError):
-            self.clear.write_text("5")
+class WorkPeak(threading.Thread):
+    """The peak memory of the processes doing a step's work, polled from /proc while the step runs: ru_maxrss only
+    knows the largest process of the tree, ansible-playbook itself, which hides a smaller shipped module. `module`:
+    the AnsiballZ module process (shipped); `worker`: the others below ansible-playbook (the forked worker that runs
+    the action plugin in process)."""
 
-    def mib(self) -> float | None:
-        with contextlib.suppress(OSError):
-            for line in self.status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-        return None
+    def __init__(self, root: int):
+        super().__init__(daemon=True)
+        self.root, self.done = root, threading.Event()
+        self.peaks = {"module": 0.0, "worker": 0.0}
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            todo = [self.root]
+            while todo:
+                pid = todo.pop()
+                with contextlib.suppress(OSError):
+                    for task in Path(f"/proc/{pid}/task").iterdir():
+                        todo += [int(c) for c in (task / "children").read_text().split()]
+                    if pid != self.root:
+                        kind = "module" if b"AnsiballZ_" in Path(f"/proc/{pid}/cmdline").read_bytes() else "worker"
+                        self.peaks[kind] = max(self.peaks[kind], hwm_mib(pid) or 0.0)
 
 
 def measured(cmd: list[str], log: Path, environ: dict[str, str]) -> dict:
-    """Run cmd to its end: its wall time and the peak memory of the largest process of its tree."""
+    """Run cmd to its end: its wall time, the peak memory of the largest process of its tree and of its workers."""
     with log.open("w") as handle:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=environ)
+        work = WorkPeak(proc.pid)
+        work.start()
         _pid, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
+        work.done.set()
+        work.join()
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{' '.join(cmd)} failed; see {log}:\n{log.read_text()[-3000:]}")
-    return {"wall_s": round(wall, 2), "peak_mib": round(usage.ru_maxrss / 1024, 1)}  # Linux: KiB
+    return {"wall_s": round(wall, 2), "peak_mib": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
+            **{f"{kind}_peak_mib": mib for kind, mib in work.peaks.items()}}
 
 
 def playbook(step: str) -> list:
@@ -131,7 +152,7 @@ class Run:
         self.fnelab = str(BIN / "fnelab")
         self.cli("up", "--servers", "1", "--address-base", address_base)
         info = json.loads((self.lab / "lab.json").read_text())
-        self.peak = LabPeak(int((self.lab / "lab.pid").read_text()))
+        self.lab_pid = int((self.lab / "lab.pid").read_text())
         self.sync_dir, self.ack = work / "sync", work / "ack.bin"
         import yaml
 
@@ -155,10 +176,11 @@ class Run:
         result = self.work / f"{step}.json"
         environ = env(ANSIBLE_CALLBACK_PLUGINS=str(self.work / "callbacks"), ANSIBLE_CALLBACKS_ENABLED="result_file",
                       FNE_RESULT_FILE=str(result))
-        self.peak.reset()
+        with contextlib.suppress(OSError):  # the lab's peak from here on (where the kernel allows the reset)
+            Path(f"/proc/{self.lab_pid}/clear_refs").write_text("5")
         sample = measured([str(BIN / "ansible-playbook"), "-i", str(self.inventory), str(self.work / f"{step}.yml"),
                            *extra], self.work / f"{step}.log", environ)
-        sample["lab_peak_mib"] = self.peak.mib()
+        sample["lab_peak_mib"] = hwm_mib(self.lab_pid)
         return sample, json.loads(result.read_text())
 
     def cycle(self, size: int, extra: list[str]) -> dict:
@@ -201,19 +223,21 @@ def size_label(size: int) -> str:
 
 def table(report: dict) -> str:
     sizes = report["sizes"]
-    small, big = sizes[0], sizes[-1]
-    rows = [f"| step | path | {' | '.join(f'{size_label(s)}: peak MiB' for s in sizes)} | "
-            f"{size_label(big)} − {size_label(small)} | {' | '.join(f'{size_label(s)}: wall' for s in sizes)} | "
-            f"lab peak MiB ({size_label(big)}) |",
-            "|---|---|" + "---:|" * (2 * len(sizes) + 2)]
+    small, big = size_label(sizes[0]), size_label(sizes[-1])
+    labels = [size_label(s) for s in sizes]
+    rows = [f"| step | path | {' | '.join(f'largest process, {label}' for label in labels)} | {big} − {small} | "
+            f"{' | '.join(f'working process, {label}' for label in labels)} | {big} − {small} | "
+            f"{' | '.join(f'wall, {label}' for label in labels)} | lab, {big} |",
+            "|---|---|" + "---:|" * (3 * len(sizes) + 3)]
     for step in STEPS:
         for path in report["paths"]:
-            by = {s: report["cycles"][path][str(s)]["steps"][step] for s in sizes}
-            lab = by[big]["lab_peak_mib"]
-            peaks = " | ".join(f"{by[s]['peak_mib']:.0f}" for s in sizes)
-            walls = " | ".join(f"{by[s]['wall_s']:.1f} s" for s in sizes)
-            rows.append(f"| {step} | {path} | {peaks} | {report['differences'][path][step]:+.0f} MiB | {walls} | "
-                        f"{'-' if lab is None else f'{lab:.0f}'} |")
+            by = [report["cycles"][path][str(s)]["steps"][step] for s in sizes]
+            lab = by[-1]["lab_peak_mib"]
+            rows.append(" | ".join([
+                f"| {step}", path, *(f"{b['peak_mib']:.0f} MiB" for b in by),
+                f"{report['differences'][path][step]['largest']:+.0f} MiB",
+                *(f"{b[WORKER[path]]:.0f} MiB" for b in by), f"{report['differences'][path][step]['working']:+.0f} MiB",
+                *(f"{b['wall_s']:.1f} s" for b in by), "-" if lab is None else f"{lab:.0f} MiB"]) + " |")
     return "\n".join(rows)
 
 
@@ -251,8 +275,10 @@ def main() -> None:
 
     report = {
         "sizes": sizes, "paths": paths, "cycles": cycles,
-        "differences": {path: {step: round(cycles[path][str(sizes[-1])]["steps"][step]["peak_mib"]
-                                           - cycles[path][str(sizes[0])]["steps"][step]["peak_mib"], 1)
+        # the last size against the first: the largest process (ru_maxrss) and the one doing the work
+        "differences": {path: {step: {what: round(cycles[path][str(sizes[-1])]["steps"][step][key]
+                                                  - cycles[path][str(sizes[0])]["steps"][step][key], 1)
+                                      for what, key in (("largest", "peak_mib"), ("working", WORKER[path]))}
                                for step in STEPS} for path in paths},
         "correct": True,  # every cycle was judged above (sys.exit otherwise)
         "environment": {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "python": platform.python_version(),

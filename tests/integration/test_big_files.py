@@ -77,7 +77,9 @@ def test_big_files_harness_measures_every_step_and_path(tmp_path):
             assert cycle["file_bytes"] > size and len(cycle["sha256"]) == 64
             assert set(cycle["steps"]) == {"generate", "upload", "process"}
             for step, sample in cycle["steps"].items():
-                assert sample["wall_s"] > 0 and sample["peak_mib"] > 10, (path, size, step, sample)
+                working = sample["worker_peak_mib" if path == "in-process" else "module_peak_mib"]
+                assert sample["wall_s"] > 0 and sample["peak_mib"] >= working > 10, (path, size, step, sample)
         assert set(report["differences"][path]) == {"generate", "upload", "process"}
+        assert all(set(by) == {"largest", "working"} for by in report["differences"][path].values())
     assert "| generate | in-process |" in proc.stdout and "| process | shipped |" in proc.stdout
     assert not list(tmp_path.glob("fne-big-files-*")), "the work folder is removed"
