@@ -232,11 +232,11 @@ def table(report: dict) -> str:
     for step in STEPS:
         for path in report["paths"]:
             by = [report["cycles"][path][str(s)]["steps"][step] for s in sizes]
+            growth = report["differences"][path][step]
             lab = by[-1]["lab_peak_mib"]
             rows.append(" | ".join([
-                f"| {step}", path, *(f"{b['peak_mib']:.0f} MiB" for b in by),
-                f"{report['differences'][path][step]['largest']:+.0f} MiB",
-                *(f"{b[WORKER[path]]:.0f} MiB" for b in by), f"{report['differences'][path][step]['working']:+.0f} MiB",
+                f"| {step}", path, *(f"{b['peak_mib']:.0f} MiB" for b in by), f"{round(growth['largest']):+d} MiB",
+                *(f"{b[WORKER[path]]:.0f} MiB" for b in by), f"{round(growth['working']):+d} MiB",
                 *(f"{b['wall_s']:.1f} s" for b in by), "-" if lab is None else f"{lab:.0f} MiB"]) + " |")
     return "\n".join(rows)
 
