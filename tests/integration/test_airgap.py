@@ -303,3 +303,38 @@ def test_forced_recovery_across_the_gap(lab_factory, tmp_path):
         uploaded += [(host, e["file"]) for e in ledger(outside_servers, host) if e["event"] == "uploaded"]
     assert len(uploaded) == len(set(uploaded)) == lab.state()["backoffice"]["messages_accepted"], uploaded
     assert _in_transit(inside) == {h: [] for h in hosts}  # every bundle acknowledged: nothing to carry
+
+
+@pytest.mark.slow
+def test_remote_topology_servers_cross_the_gap(lab_factory, sshd, tmp_path):
+    """A remote-topology server inside (generate and process run on its host over real SSH) beside api-topology
+    ones: carry_out downloads on the host and bundles its files, carry_in processes its acknowledgment there (the
+    host's folder purged). Complete, and no outside run reaches a license server."""
+    from test_sync_support import PYTHON
+
+    lab = lab_factory(3, "--records", "7", "--page-size", "5")
+    inside_inv, outside_inv = _inventories(lab, tmp_path)
+    data = json.loads(inside_inv.read_text())
+    folder = tmp_path / "hosts" / "lls001" / "fnesync"
+    data["all"]["children"]["license_servers"]["hosts"]["lls001"].update(
+        fne_sync_topology="remote", fne_sync_remote_path=str(folder), ansible_host=sshd["host"],
+        ansible_port=sshd["port"], ansible_user=sshd["user"], ansible_ssh_private_key_file=sshd["key"],
+        ansible_python_interpreter=PYTHON)
+    inside_inv.write_text(json.dumps(data))
+    inside, outside = tmp_path / "inside-store", tmp_path / "outside-store"
+    site = ["-e", f"fne_sync_site={SITE}"]
+
+    _inside_only(lab, lambda: playbook("carry_out", inside_inv, inside, *site,
+                                       "-e", f"fne_sync_bundle_dir={tmp_path / 'm1'}"))
+    files = _manifest(tmp_path / "m1" / f"fne-{SITE}-out-000001.tar")["servers"]["lls001"]["files"]
+    assert [f["records"] for f in files] == [5, 2] and len(list(folder.glob("*.fnesync"))) == 2  # kept on the host
+    before = _counters(lab)[0]
+    playbook("upload_bundle", outside_inv, outside, *site, "-e", f"fne_sync_bundle_src={tmp_path / 'm1'}",
+             "-e", f"fne_sync_bundle_dir={tmp_path / 'r1'}")
+    assert _counters(lab)[0] == before, "the outside run called a license server"
+    back = _inside_only(lab, lambda: playbook("carry_in", inside_inv, inside, *site,
+                                              "-e", f"fne_sync_bundle_src={tmp_path / 'r1'}"))
+    assert "lls001" in back.changed(), back
+    assert not list(folder.glob("*.fnesync")), "not purged on the license server host"
+    assert not list((inside / "lls001" / "acks").iterdir()) and not list((inside / "lls001" / "outbox").iterdir())
+    lab.verify(complete=True)
