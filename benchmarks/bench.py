@@ -5,6 +5,10 @@ and everything it waited for, the peak memory of its largest process, from os.wa
   collection  ansible-playbook fne.offline_sync.sync (api topology), its store kept from run to run as a site's is;
   summary     the same in fleet-summary mode (-e fne_sync_host_results=false: one result for the fleet, no per-host
               task), on the same store;
+  remote      the same playbook with every server in the remote topology (fne_sync_topology=remote): generate and
+              process run on the server's host over real SSH (a private sshd on 127.0.0.1, each server a folder of
+              its own, one SSH connection each, pipelining on), files fetched with their sha256; forks 20, on the
+              same store; only up to --remote-max servers;
   builtin     a playbook of delegated ansible.builtin.uri tasks written as a competent user would (authorize where
               security is on, the lab's CA, one sync message per server, upload, acknowledgment), forks 20; only
               up to --builtin-max servers (it costs minutes at 200);
@@ -38,11 +42,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from modules_inprocess_vs_shipped import start_sshd
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DOC = REPO / "docs" / "performance.md"
 DOC_BEGIN, DOC_END = "<!-- bench:begin -->", "<!-- bench:end -->"
-CONTENDERS = ("collection", "summary", "builtin", "floor")
+CONTENDERS = ("collection", "summary", "remote", "builtin", "floor")
 SCENARIOS = ("full", "quiet")
 
 # The builtin-only playbook: what a competent user writes without this collection (one page per server: the lab's
@@ -143,11 +149,39 @@ class Lab:
             sys.exit(f"fnelab verify --complete found a violation:\n{proc.stdout[-5000:]}")
 
 
+def remote_inventory(lab: Lab, work: Path, sshd: dict) -> Path:
+    """The lab's inventory with every server in the remote topology: its host is this machine over SSH."""
+    import yaml
+
+    inventory = yaml.safe_load(lab.inventory.read_text())
+    for name, host in inventory["all"]["children"]["license_servers"]["hosts"].items():
+        # one SSH master connection per server, as with hosts of their own (they all share one address here)
+        host.update(fne_sync_topology="remote", fne_sync_remote_path=str(work / "hosts" / name),
+                    ansible_host="127.0.0.1", ansible_port=sshd["port"], ansible_user=sshd["user"],
+                    ansible_ssh_private_key_file=sshd["key"], ansible_python_interpreter=sys.executable,
+                    ansible_ssh_common_args="-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+                    ansible_control_path_dir=str(work / "cp"), ansible_control_path=f"%(directory)s/{name}",
+                    ansible_pipelining=True)  # as docs/performance.md recommends for the remote topology
+    path = work / "remote.yml"
+    path.write_text(yaml.safe_dump(inventory))
+    return path
+
+
+def close_ssh(work: Path) -> None:
+    """End the SSH master connections a remote run left (ControlPersist): the next run connects anew, as a
+    nightly run does."""
+    for socket in (work / "cp").glob("*"):
+        subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "unused"], capture_output=True,
+                       check=False)
+
+
 def commands(contender: str, lab: Lab, work: Path, workers: int) -> list[str]:
-    if contender in ("collection", "summary"):
-        return [str(BIN / "ansible-playbook"), "fne.offline_sync.sync", "-i", str(lab.inventory),
+    if contender in ("collection", "summary", "remote"):
+        inventory = work / "remote.yml" if contender == "remote" else lab.inventory
+        return [str(BIN / "ansible-playbook"), "fne.offline_sync.sync", "-i", str(inventory),
                 "-e", f"fne_sync_store={work / 'store'}", "-e", f"fne_sync_workers={workers}",
-                "-e", f"fne_sync_host_results={contender == 'collection'}"]
+                "-e", f"fne_sync_host_results={contender != 'summary'}",
+                *(["--forks", "20"] if contender == "remote" else [])]
     if contender == "builtin":
         playbook = work / "builtin.yml"
         playbook.write_text(BUILTIN_PLAYBOOK)
@@ -160,9 +194,17 @@ def commands(contender: str, lab: Lab, work: Path, workers: int) -> list[str]:
 def bench_size(servers: int, args: argparse.Namespace, index: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"fne-bench-{servers}-"))
     lab = Lab(work, servers, args.records, f"127.{args.address_octet + index}.0.0")
-    contenders = [c for c in args.contenders if c != "builtin" or servers <= args.builtin_max]
+    contenders = [c for c in args.contenders if (c != "builtin" or servers <= args.builtin_max)
+                  and (c != "remote" or servers <= args.remote_max)]
     samples: dict = {c: {s: [] for s in SCENARIOS} for c in contenders}
+    sshd = None
     try:
+        if "remote" in contenders:
+            (work / "sshd").mkdir()
+            sshd = start_sshd(work / "sshd")
+            if sshd is None:
+                sys.exit("the remote contender needs sshd: run `make system-deps` (openssh-server)")
+            remote_inventory(lab, work, sshd[1])
         # the collection's first contact with a server downloads everything since its last acknowledged sync
         # (the store was empty): once, before measuring, as a site's first run
         measured(commands("summary", lab, work, args.workers), work / "warmup.log")
@@ -171,9 +213,14 @@ def bench_size(servers: int, args: argparse.Namespace, index: int) -> dict:
                 cmd = commands(contender, lab, work, args.workers)
                 lab.cli("activity", "--records", str(args.records))
                 samples[contender]["full"].append(measured(cmd, work / f"{contender}-full-{rep}.log"))
+                close_ssh(work)
                 lab.verify()
                 samples[contender]["quiet"].append(measured(cmd, work / f"{contender}-quiet-{rep}.log"))
+                close_ssh(work)
     finally:
+        if sshd:
+            sshd[0].terminate()
+            sshd[0].wait()
         subprocess.run([lab.fnelab, "down", "--dir", str(lab.dir)], env=env(), capture_output=True, check=False)
         if not args.keep:
             subprocess.run(["rm", "-rf", str(work)], check=False)
@@ -186,10 +233,12 @@ def bench_size(servers: int, args: argparse.Namespace, index: int) -> dict:
             if contender in wall:
                 ratios[f"{contender}_vs_floor_full"] = wall[contender]["full"] / wall["floor"]["full"]
                 ratios[f"{contender}_vs_floor_quiet"] = wall[contender]["quiet"] / wall["floor"]["quiet"]
-    for contender in ("collection", "summary"):
+    for contender in ("collection", "summary", "remote"):
         if contender in wall:
             ratios[f"{contender}_quiet_vs_full"] = wall[contender]["quiet"] / wall[contender]["full"]
             ratios[f"{contender}_per_server_ms"] = 1000 * wall[contender]["full"] / servers
+    if "remote" in wall and "collection" in wall:  # both with per-host results
+        ratios["remote_vs_collection_full"] = wall["remote"]["full"] / wall["collection"]["full"]
     if "builtin" in wall and "collection" in wall:
         ratios["builtin_vs_collection_full"] = wall["builtin"]["full"] / wall["collection"]["full"]
     return {"servers": servers, "median": medians, "ratios": {k: round(v, 2) for k, v in ratios.items()},
@@ -220,6 +269,7 @@ RATIO_COLUMNS = (("collection_vs_floor_full", "collection / floor, full", "{:.1f
                  ("summary_vs_floor_full", "summary / floor, full", "{:.1f}×"),
                  ("summary_quiet_vs_full", "summary: quiet / full", "{:.0%}"),
                  ("builtin_vs_collection_full", "builtin / collection", "{:.1f}×"),
+                 ("remote_vs_collection_full", "remote / api topology, full", "{:.1f}×"),
                  ("collection_per_server_ms", "collection per server", "{:.0f} ms"),
                  ("summary_per_server_ms", "summary per server", "{:.0f} ms"))
 
@@ -294,6 +344,7 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=20, help="new records per server in a full run")
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--builtin-max", type=int, default=200, help="largest fleet the builtin playbook runs on")
+    parser.add_argument("--remote-max", type=int, default=200, help="largest fleet the remote topology runs on")
     parser.add_argument("--contenders", type=lambda text: [c for c in CONTENDERS if c in text.split(",")],
                         default=list(CONTENDERS), help="comma separated, of " + ", ".join(CONTENDERS))
     parser.add_argument("--out", type=Path, default=REPO / ".venv" / "bench" / "last.json")

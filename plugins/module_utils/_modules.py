@@ -19,7 +19,12 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._connection impor
     module_spec,
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._errors import FneError, LostResponseError, MismatchError
-from ansible_collections.fne.offline_sync.plugins.module_utils._files import list_sync_files, sync_time_of, zone_of
+from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
+    list_sync_files,
+    sha256_file,
+    sync_time_of,
+    zone_of,
+)
 from ansible_collections.fne.offline_sync.plugins.module_utils._folder import resolve_upload
 from ansible_collections.fne.offline_sync.plugins.module_utils._http import HAS_REQUESTS, REQUESTS_IMPORT_ERROR
 from ansible_collections.fne.offline_sync.plugins.module_utils._tool import RunCommand
@@ -61,10 +66,21 @@ def _generate(params: dict, check_mode: bool, warn: Callable[[str], None], run_c
         lls.health()
         lls.check_authorization()
         _check_folder(params["path"])
-        return {"changed": False, "records": 0, "files": [], "folder": os.path.abspath(params["path"]),
-                "message": f"Check mode: the license server at {lls.base} answers; no records were requested "
-                           "(a request hands them out), so whether new data is pending is unknown."}
-    return license_server(params, warn, run_command).generate(params["path"], force=params["force"])
+        result = {"changed": False, "records": 0, "files": [], "folder": os.path.abspath(params["path"]),
+                  "message": f"Check mode: the license server at {lls.base} answers; no records were requested "
+                             "(a request hands them out), so whether new data is pending is unknown."}
+    else:
+        result = license_server(params, warn, run_command).generate(params["path"], force=params["force"])
+    result["waiting"] = _waiting(params["path"], result["files"])
+    return result
+
+
+def _waiting(folder: str, written: list) -> list:
+    """Every sync file in folder after the run, oldest first, with its sha256: what a remote-topology run fetches,
+    known from the one task that ran on the host (no second task to list and hash)."""
+    known = {f["path"]: f["sha256"] for f in written}
+    return [{"path": path, "name": os.path.basename(path), "size": os.path.getsize(path),
+             "sha256": known.get(path) or sha256_file(path)} for path in list_sync_files(folder)]
 
 
 def _upload(params: dict, check_mode: bool, warn: Callable[[str], None], run_command: RunCommand) -> dict:

@@ -96,7 +96,10 @@ options:
     type: float
     default: 5
   files:
-    description: For C(admit), the fetched files, each C({src, name, sha256, records}).
+    description:
+      - For C(admit), the fetched files, each C({src, name, sha256, records}).
+      - For C(prepare_ack), the files waiting on the license server host (RV(fne.offline_sync.generate#module:waiting)),
+        each C({path, sha256}); the result's C(new_files) are those the store does not hold yet.
     type: list
     elements: dict
     default: []

@@ -127,6 +127,16 @@ files:
     records:
       description: Device records in this file; null when unknown (the V(tool) backend knows only the total).
       type: int
+waiting:
+  description:
+    - Every sync file in O(path) after this run, oldest first (upload order), each with C(path), C(name), C(size)
+      and C(sha256) as in RV(files); the new files and those of earlier runs not yet purged.
+    - The remote topology fetches from this list, so one task on the license server host downloads, lists and
+      hashes.
+  returned: always
+  type: list
+  elements: dict
+  version_added: 0.2.0
 folder:
   description: Absolute path of the folder (O(path)).
   returned: always

@@ -668,7 +668,7 @@ class RemoteStoreWork(ServerWork):
         if self.step != "prepare_ack":
             return {}
         known = set(self.known_files())
-        return {"new_files": sorted(({"path": f.get("path"), "checksum": f.get("checksum")}
+        return {"new_files": sorted(({"path": f.get("path"), "sha256": f.get("sha256") or f.get("checksum")}
                                      for f in self.opts.remote_files
                                      if os.path.basename(str(f.get("path"))) not in known),
                                     key=lambda f: str(f["path"]))}

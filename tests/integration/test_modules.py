@@ -83,6 +83,7 @@ def test_full_cycle_both_paths(lab_factory, sshd, tmp_path, backend):
     after = lab.state()["servers"]
     for host, spec in BOTH.items():
         assert res.get("generate", host)["changed"] is False and res.get("generate", host)["files"] == []
+        assert res.get("generate", host)["waiting"] == []
         assert after[spec["server"]]["cursor"] == before[spec["server"]]["cursor"] == 0
         assert not (tmp_path / "out" / host).exists()
 
@@ -107,6 +108,9 @@ def test_full_cycle_both_paths(lab_factory, sshd, tmp_path, backend):
             assert sum(f["records"] for f in gen["files"]) == 25
         again = res.get("again", host)
         assert again["changed"] is False and again["message"] == "No new data is available."
+        # what waits in the folder, hashed on the host: the remote topology fetches from this list
+        assert [{k: f[k] for k in ("path", "name", "size", "sha256")} for f in gen["files"]] == gen["waiting"]
+        assert again["waiting"] == gen["waiting"] and again["files"] == []
         check = res.get("upload check", host)
         assert check["changed"] and check["files"] == [f["path"] for f in gen["files"]] and check["ack"] is None
         assert res.get("info", host)["pending_count"] == 3
