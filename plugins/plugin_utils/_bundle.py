@@ -343,7 +343,7 @@ def export(store: str, site: str, key: Optional[str], dest: Optional[str], hosts
             with contextlib.nullcontext() if check_mode else server.lock(lock_timeout):
                 reason = server.needs_force()
                 if reason:  # held: its new files would only queue behind what the recovery replaces
-                    if not entries[host]["failed"]:
+                    if not entries[host]["failed"] and not entries[host]["changed"]:  # (check mode: "would")
                         entries[host]["msg"] = f"{host}: recovery pending: {reason}"
                     continue
                 files = [p for p in server.outbox_files() if (host, os.path.basename(p)) not in in_bundles]

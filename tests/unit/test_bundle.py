@@ -380,6 +380,10 @@ def test_a_lost_download_holds_the_server_until_nothing_of_it_is_in_transit(insi
 
     bundles.upload(str(tmp_path / "outside"), SITE, KEY, [str(outgoing)], str(tmp_path / "r1"), outside_uploads)
     bundles.import_returns(str(inside), SITE, KEY, [str(tmp_path / "r1")], list(HOSTS))
+    before = digest(inside)
+    check = bundles.export(str(inside), SITE, KEY, str(tmp_path / "m3"), HOSTS, check_mode=True,
+                           recover=forced_recovery(inside, calls))
+    assert calls == [] and digest(inside) == before and "would run the recovery" in check["hosts"]["lls002"]["msg"]
     done = bundles.export(str(inside), SITE, KEY, str(tmp_path / "m3"), HOSTS,
                           recover=forced_recovery(inside, calls))
     assert calls == [["lls002"]] and done["written"] == "fne-plant7-out-000002.tar"
@@ -430,6 +434,12 @@ def test_a_mismatch_outside_is_recovered_once_and_replaces_what_the_outside_hold
         uploads.extend(os.path.basename(p) for n in names for p in ServerStore(root_dir, n).outbox_files())
         return outside_uploads(root_dir, names)
 
+    # a run that died after taking the forced bundle's files, before recording the bundle: taken again, its own
+    # files stay (only what was there before goes aside)
+    state_path = outside / ".airgap" / "outside" / SITE / "state.json"
+    state = json.loads(state_path.read_text())
+    bundles.upload(str(outside), SITE, KEY, [str(tmp_path / "m2")], None, lambda root_dir, names: {})
+    state_path.write_text(json.dumps(state))
     back = bundles.upload(str(outside), SITE, KEY, [str(tmp_path / "m2")], str(tmp_path / "r2"), record)
     outside_lls002 = ServerStore(str(root), "lls002")
     assert uploads == ["20261101T000010.fnesync"]  # the refused file went aside, never uploaded again
