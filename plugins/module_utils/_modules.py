@@ -33,7 +33,8 @@ MODULE_SPECS: dict = {
     "generate": dict(module_spec("lls"), path=dict(type="path", required=True), force=dict(type="bool", default=False)),
     "upload": dict(module_spec("backoffice"), src=dict(type="path", required=True),
                    dest=dict(type="path", default="syncack.bin")),
-    "process": dict(module_spec("lls"), src=dict(type="path", required=True), path=dict(type="path")),
+    "process": dict(module_spec("lls"), src=dict(type="path", required=True), path=dict(type="path"),
+                    remote_src=dict(type="bool", default=True)),
     "server_info": dict(module_spec("lls"), path=dict(type="path")),
 }
 

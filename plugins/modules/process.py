@@ -41,6 +41,15 @@ options:
       - The acknowledgment file written by M(fne.offline_sync.upload) (the vendor tool's C(syncack.bin)).
     type: path
     required: true
+  remote_src:
+    description:
+      - Whether O(src) is on the host the module runs on, V(true), or on the control node, V(false).
+      - With V(false) the action plugin sends the file along with the module, into the module's temporary folder
+        (removed afterwards), so one task on the license server host does what a copy task and this one would do.
+      - Makes no difference when the task runs on the control node.
+    type: bool
+    default: true
+    version_added: 0.2.0
   path:
     description:
       - The folder of sync files to purge (the same folder as for M(fne.offline_sync.generate) and
@@ -62,6 +71,14 @@ EXAMPLES = r"""
     src: /var/tmp/fnesync/syncack.bin
     path: /var/tmp/fnesync
   register: processed
+
+# In a play over the license server hosts: the acknowledgment is on the control node, the module runs on the host
+- name: Process an acknowledgment kept on the control node
+  fne.offline_sync.process:
+    url: http://lls01.example.com:7070
+    src: /var/tmp/acks/lls01.bin
+    remote_src: false
+    path: /var/tmp/fnesync
 
 - name: Show what was purged
   ansible.builtin.debug:

@@ -12,6 +12,7 @@ import subprocess
 import typing as t
 
 from ansible import constants as C
+from ansible.errors import AnsibleError
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.common.parameters import remove_values
 from ansible.module_utils.errors import UnsupportedError
@@ -85,13 +86,21 @@ class FneAction(ActionBase):
         module_name = f"{COLLECTION}.{self.MODULE}"
         if not self.in_process(task_vars):
             wrap_async = bool(self._task.async_val) and not self._connection.has_native_async
-            result.update(self._execute_module(module_name=module_name, module_args=self._task.args.copy(),
+            try:
+                module_args = self.shipped_args()
+            except AnsibleError as exc:
+                return dict(result, failed=True, msg=exc.message)
+            result.update(self._execute_module(module_name=module_name, module_args=module_args,
                                                task_vars=task_vars, wrap_async=wrap_async))
             if not wrap_async:
                 self._remove_tmp_path(self._connection._shell.tmpdir)
             return result
         result.update(self.run_in_process(module_name, task_vars))
         return result
+
+    def shipped_args(self) -> dict[str, t.Any]:
+        """The module's arguments when it is shipped to the host (a module may send it files first)."""
+        return self._task.args.copy()
 
     def run_in_process(self, module_name: str, task_vars: dict[str, t.Any]) -> dict[str, t.Any]:
         """What AnsibleModule would do: validate (with env fallbacks), run, scrub no_log values from the result."""

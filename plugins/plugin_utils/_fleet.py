@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import hashlib
 import os
 import threading
 import traceback
@@ -588,7 +587,6 @@ class ServerWork:
             "needs_force": self.store.needs_force() is not None,
             "outbox": [os.path.basename(f) for f in self.store.outbox_files()],
             "pending_ack": acks[-1] if acks else None,
-            "pending_ack_sha1": _sha1(acks[-1]) if acks else None,
             "quarantined": [os.path.basename(f) for f in self.store.quarantined()],
             "warnings": self.warnings,
             "plan": self.plan,
@@ -692,13 +690,6 @@ READ_ONLY_STEPS = frozenset(("status",))
 # Steps that may download from a license server (directly, or through the documented recovery): run_fleet keeps
 # their journal of downloads in flight.
 DOWNLOADING_STEPS = frozenset(("cycle", "collect", "upload", "acknowledge", "recover"))
-
-
-def _sha1(path: str) -> str:
-    digest = hashlib.sha1()  # the checksum ansible.builtin.copy verifies a transfer with
-    with open(path, "rb") as handle:
-        digest.update(handle.read())
-    return digest.hexdigest()
 
 
 def describe(entry: Dict[str, Any], notes: Optional[List[str]] = None) -> str:
