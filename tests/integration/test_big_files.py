@@ -77,7 +77,7 @@ def test_big_files_harness_measures_every_step_and_path(tmp_path):
             cycle = report["cycles"][path][str(size)]
             assert cycle["file_bytes"] > size and len(cycle["sha256"]) == 64
             assert set(cycle["steps"]) == {"generate", "upload", "process"}
-            for step, sample in cycle["steps"].items():
+            for sample in cycle["steps"].values():
                 working = sample["worker_peak_mib" if path == "in-process" else "module_peak_mib"]
                 assert sample["wall_s"] > 0 and sample["peak_mib"] >= working and sample["peak_mib"] > 10, sample
                 seen.append(working)

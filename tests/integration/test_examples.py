@@ -172,8 +172,10 @@ def test_readme_ad_hoc_and_module_defaults(lab_factory, sshd, tmp_path):
         [["ansible", "lls01", "-m", "fne.offline_sync.generate"]], commands
     inventory = tmp_path / "hosts.yml"
     # On the host the module's url defaults to FNE_LLS_URL or http://localhost:7070: the host's environment, set
-    # by SSH (the test sshd accepts FNE_*).
+    # by SSH (the test sshd accepts FNE_*), in an SSH connection of its own (a master connection another test left
+    # to the same sshd would carry its session without this SetEnv).
     inventory.write_text(yaml.safe_dump({"all": {"hosts": {"lls01": {
+        "ansible_control_path_dir": str(tmp_path / "cp"),
         "ansible_host": sshd["host"], "ansible_port": sshd["port"], "ansible_user": sshd["user"],
         "ansible_ssh_private_key_file": sshd["key"], "ansible_python_interpreter": str(BIN / "python"),
         "ansible_ssh_common_args": f"-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "

@@ -120,7 +120,8 @@ def test_full_cycle_both_paths(lab_factory, sshd, tmp_path, backend):
         task("upload", "upload", dict(bo, src="{{ out }}")),
         task("process check", "process", dict(lls, src="{{ out }}/syncack.bin", path="{{ out }}"),
              check_mode=True),
-        task("process", "process", dict(lls, src="{{ out }}/syncack.bin", path="{{ out }}")),
+        # the acknowledgment sent along from the control node (the remote topology's way), then where it is
+        task("process", "process", dict(lls, src="{{ out }}/syncack.bin", path="{{ out }}", remote_src=False)),
         task("process again", "process", dict(lls, src="{{ out }}/syncack.bin", path="{{ out }}")),
     ], name="upload")
     for host in BOTH:
