@@ -35,6 +35,7 @@ CORE_TESTS := tests/integration/test_examples.py::test_readme_ad_hoc_and_module_
 	'tests/integration/test_modules.py::test_full_cycle_both_paths[http]' \
 	tests/integration/test_modules.py::test_module_defaults_lls_and_backoffice_groups \
 	tests/integration/test_sync_api.py::test_status_changes_nothing \
+	tests/integration/test_report.py::test_set_stats_totals_only \
 	tests/integration/test_sync_remote.py::test_remote_upload_failure_shows_when_the_first_remote_host_is_unreachable
 cores: $(addsuffix /.installed,$(CORE_VENVS))
 

@@ -165,13 +165,16 @@ class ActionModule(ActionBase):
         hosts = report.pop("hosts")
         # fne_sync_summary: printed after the play recap by the collection's summary callback
         callback = sys.modules.get("ansible_collections.fne.offline_sync.plugins.callback.summary")
-        run_report = report_mod.run_view(report)
-        # fne_sync_stats=totals: what an AWX workflow needs at any fleet size (the figures, the failed servers)
-        run_totals = dict({k: v for k, v in run_report.items() if k != "servers"},
-                          failed_servers=sorted(n for n, s in run_report["servers"].items() if s["run"]["failed"]))
-        return {"report": report, "run_report": run_report, "run_totals": run_totals, "paths": paths, "hosts": hosts,
-                "summary": summary, "fne_sync_summary": summary,
-                "summary_after_recap": bool(getattr(callback, "ACTIVE", False))}
+        result = {"paths": paths, "hosts": hosts, "summary": summary, "fne_sync_summary": summary,
+                  "summary_after_recap": bool(getattr(callback, "ACTIVE", False))}
+        if args["stats"]:  # honoured in any task's result, as set_stats returns it: no task (and no templating) more
+            published = report_mod.run_view(report)
+            if args["stats"] == "totals":  # what an AWX workflow needs at any fleet size
+                failed = sorted(n for n, s in published["servers"].items() if s["run"]["failed"])
+                published = dict({k: v for k, v in published.items() if k != "servers"}, failed_servers=failed)
+            result["ansible_stats"] = {"data": {"fne_sync_report": published, "fne_sync_report_paths": paths},
+                                       "per_host": False, "aggregate": True}
+        return result
 
 
 def _by_phase(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -360,6 +360,11 @@ class Http:
 
         def close_and_forget() -> None:  # every caller closes its response: that ends the watch too
             WATCHDOG.forget(deadline)
+            if response.status_code == 204 or header_int(response.headers.get("Content-Length")) == 0:
+                # a body known to be empty, read: the connection goes back to the pool instead of being closed
+                with contextlib.suppress(rexc.RequestException, OSError):  # StreamConsumedError: read already
+                    for _chunk in response.iter_content(READ_SIZE):
+                        pass
             close()
         response.close = close_and_forget
         response.fne_deadline = deadline

@@ -189,6 +189,14 @@ options:
       - For C(report), the name of a per-host registered C(fne.offline_sync.server_info) result to add to each
         server's entry (the status playbook with C(fne_sync_live=true)).
     type: str
+  stats:
+    description:
+      - For C(report), publish this run's report for AWX workflows, as M(ansible.builtin.set_stats) would (from this
+        task's own result, C(ansible_stats), not per host, aggregated), as C(fne_sync_report) beside the report
+        files' paths (C(fne_sync_report_paths)) - V(full), this run's servers with their figures; V(totals), the
+        run's totals and the failed servers' names. Unset, nothing is published.
+    type: str
+    choices: [full, totals]
   write_report:
     description: For C(report), write C(report.json) and C(report.html) into the store (never in check mode).
     type: bool
@@ -263,16 +271,13 @@ failed_hosts:
   returned: always except for I(step=report)
   type: list
   elements: str
-report:
+ansible_stats:
   description:
-    - For I(step=report), the fleet report (also written to C(STORE/report.json)) covering the whole fleet, every
-      server of this run and every server folder of the store, most urgent first, each with its C(status),
-      C(reasons), C(history) and this C(run)'s figures (C(null) for a server not in this run)
-  returned: when I(step=report)
-  type: dict
-run_report:
-  description: For I(step=report), the report restricted to this run's servers (what C(set_stats) publishes).
-  returned: when I(step=report)
+    - For I(step=report) with I(stats), what Ansible publishes as custom stats - C(data.fne_sync_report), this
+      run's servers (I(stats=full)) or the run's totals and failed servers (I(stats=totals)), and
+      C(data.fne_sync_report_paths). The fleet report itself is in the store (C(STORE/report.json)), not in the
+      result - at a thousand servers it is megabytes that every callback would copy.
+  returned: when I(step=report) and I(stats) is set
   type: dict
 paths:
   description: For I(step=report), the report files written (empty in check mode).

@@ -205,7 +205,7 @@ def _warn_current_server(text: str) -> None:
 class ServerWork:
     """One server's cycle step: the store, the backends, and what happened (the host's entry in the result)."""
 
-    def __init__(self, cfg: ServerConfig, opts: Options, step: str):
+    def __init__(self, cfg: ServerConfig, opts: Options, step: str, backends: Optional[Dict[str, Any]] = None):
         self.cfg = cfg
         self.opts = opts
         self.step = step
@@ -222,7 +222,10 @@ class ServerWork:
         self.last_sync_time: Optional[str] = opts.last_sync_time
         self.recovered = False
         self.ack_mismatch: Optional[str] = None  # the mismatch the server reported when processing an acknowledgment
-        self._lls: Optional[LicenseServerBackend] = None
+        # The phases of one server's cycle share its license server client (one connection, one token): its
+        # warnings then go to the phase that runs now.
+        self._backends: Dict[str, Any] = {} if backends is None else backends
+        self._lls_warn = self._warn if backends is None else _warn_current_server
         self._bo: Optional[BackOfficeBackend] = None
 
     # ---- backends -----------------------------------------------------------------------------------------
@@ -236,11 +239,11 @@ class ServerWork:
 
     @property
     def lls(self) -> LicenseServerBackend:
-        if self._lls is None:
+        if "lls" not in self._backends:
             if not self.cfg.lls["url"]:
                 raise StoreError("no license server URL: set fne_lls_url (or FNE_LLS_URL)")
-            self._lls = license_server(self.cfg.lls, self._warn, run_command)
-        return self._lls
+            self._backends["lls"] = license_server(self.cfg.lls, self._lls_warn, run_command)
+        return self._backends["lls"]
 
     @property
     def backoffice(self) -> BackOfficeBackend:
@@ -741,7 +744,8 @@ def work_one(step: str, cfg: ServerConfig, opts: Options) -> Dict[str, Any]:
     runs ``opts.phases`` in order; its entry holds each phase's entry in ``phases``."""
     steps = list(opts.phases) if step == "cycle" else [step]
     try:
-        works = [STEPS[s][0](cfg, opts, s) for s in steps]
+        backends: Dict[str, Any] = {}  # one license server client for all phases
+        works = [STEPS[s][0](cfg, opts, s, backends) for s in steps]
     except StoreError as exc:  # a host name no folder can carry: this host fails, the others go on
         return _failed_entry(cfg, step, exc.msg)
     locked = not (step in READ_ONLY_STEPS or opts.check_mode)

@@ -25,6 +25,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils import _errors as
 from ansible_collections.fne.offline_sync.plugins.module_utils import _files as files  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.module_utils import _folder as folder  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.module_utils import _http as http  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.plugin_utils import _fleet as fleet  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._action import run_command  # noqa: E402
 
 OK_HEALTH = {"status": "ok", "version": "1", "instanceId": "i", "hostId": "H", "hostIdType": "Ethernet",
@@ -37,6 +38,7 @@ class Script:
     def __init__(self):
         self.answers: dict[tuple[str, str], list] = {}
         self.requests: list[tuple[str, str, dict, int]] = []
+        self.peers: list[int] = []  # each request's client port: which connection carried it
 
     def on(self, method: str, path: str, *answers) -> None:
         self.answers[(method, path)] = list(answers)
@@ -62,6 +64,7 @@ def _handler(script: Script):
                 received += len(chunk)
             path = self.path.split("?")[0]
             script.requests.append((self.command, self.path, dict(self.headers), received))
+            script.peers.append(self.client_address[1])
             queue = script.answers.get((self.command, path)) or [(404, {}, b'{"key":"x","message":"not found"}')]
             answer = queue.pop(0) if len(queue) > 1 else queue[0]
             if answer == "drop":
@@ -561,6 +564,22 @@ def test_a_tls_error_after_the_request_is_a_lost_response(tmp_path):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_cycle_talks_to_each_license_server_over_one_connection(server, tmp_path):
+    """The phases of one server's cycle share its client, and "nothing new" (204) hands its connection back: one
+    TCP (and TLS) handshake per license server per run, as a plain HTTP client would make, not one per phase."""
+    server.on("POST", SYNC, message("20250101T000000.fnesync"), NOTHING)
+    server.on("POST", "/deviceservices", (200, {"Content-Type": "application/octet-stream"}, b"ACK"))
+    server.on("POST", "/api/1.0/sync_ack/offline", json_answer(200, {"lastSyncTime": "2025-01-01T00:00:05Z"}))
+    cfg = fleet.server_config("lls001", {"fne_lls_url": server.url,
+                                         "fne_backoffice_url": server.url + "/deviceservices"})
+    entry = fleet.run_fleet("cycle", [cfg], fleet.Options(store=str(tmp_path / "store"), workers=1))["lls001"]
+    assert not entry["failed"] and [e["step"] for e in entry["phases"]] == ["collect", "upload", "acknowledge"]
+    lls = [(path.split("?")[0], peer) for (_m, path, _h, _n), peer in zip(server.requests, server.peers)
+           if path.startswith("/api")]
+    assert [p for p, _peer in lls] == [SYNC, SYNC, "/api/1.0/sync_ack/offline"]
+    assert len({peer for _p, peer in lls}) == 1, lls
 
 
 @pytest.mark.parametrize("answer", [(200, {"Content-Type": "application/octet-stream"}, b""), (204, {}, b"")])
