@@ -13,7 +13,9 @@ and everything it waited for, the peak memory of its largest process, from os.wa
               security is on, the lab's CA, one sync message per server, upload, acknowledgment), forks 20; only
               up to --builtin-max servers (it costs minutes at 200);
   floor       a thread pool making the same HTTP calls with requests, no Ansible: the cost no Ansible collection can
-              go below.
+              go below;
+  hostfloor   ansible-playbook over the same inventory with one static ansible.builtin.debug task per host and
+              nothing else: Ansible's own price of a result per host, below which no per-host mode can go.
 Scenarios: `full` (every server has --records new records: a whole cycle) and `quiet` (nothing new: the common
 nightly case). Runs are interleaved (contender after contender, repetition after repetition) because the machine
 is shared and noisy: read the ratios, not the seconds. Every full run is judged by `fnelab verify --complete`;
@@ -48,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DOC = REPO / "docs" / "performance.md"
 DOC_BEGIN, DOC_END = "<!-- bench:begin -->", "<!-- bench:end -->"
-CONTENDERS = ("collection", "summary", "remote", "builtin", "floor")
+CONTENDERS = ("collection", "summary", "remote", "builtin", "floor", "hostfloor")
 SCENARIOS = ("full", "quiet")
 
 # The builtin-only playbook: what a competent user writes without this collection (one page per server: the lab's
@@ -104,6 +106,15 @@ BUILTIN_PLAYBOOK = """\
         ca_path: "{{ ca }}"
       when: message.status == 200
       delegate_to: localhost
+"""
+
+# Ansible's own price of one result per host: the cheapest per-host task there is (no template, no module run)
+HOSTFLOOR_PLAYBOOK = """\
+- hosts: license_servers
+  gather_facts: false
+  tasks:
+    - name: One result per host
+      ansible.builtin.debug: {msg: done}
 """
 
 
@@ -182,6 +193,10 @@ def commands(contender: str, lab: Lab, work: Path, workers: int) -> list[str]:
                 "-e", f"fne_sync_store={work / 'store'}", "-e", f"fne_sync_workers={workers}",
                 "-e", f"fne_sync_host_results={contender != 'summary'}",
                 *(["--forks", "20"] if contender == "remote" else [])]
+    if contender == "hostfloor":
+        playbook = work / "hostfloor.yml"
+        playbook.write_text(HOSTFLOOR_PLAYBOOK)
+        return [str(BIN / "ansible-playbook"), "-i", str(lab.inventory), str(playbook)]
     if contender == "builtin":
         playbook = work / "builtin.yml"
         playbook.write_text(BUILTIN_PLAYBOOK)
@@ -211,10 +226,13 @@ def bench_size(servers: int, args: argparse.Namespace, index: int) -> dict:
         for rep in range(args.reps):
             for contender in contenders:
                 cmd = commands(contender, lab, work, args.workers)
-                lab.cli("activity", "--records", str(args.records))
+                syncs = contender != "hostfloor"  # which talks to no server: nothing to create, nothing to judge
+                if syncs:
+                    lab.cli("activity", "--records", str(args.records))
                 samples[contender]["full"].append(measured(cmd, work / f"{contender}-full-{rep}.log"))
                 close_ssh(work)
-                lab.verify()
+                if syncs:
+                    lab.verify()
                 samples[contender]["quiet"].append(measured(cmd, work / f"{contender}-quiet-{rep}.log"))
                 close_ssh(work)
     finally:
@@ -239,6 +257,8 @@ def bench_size(servers: int, args: argparse.Namespace, index: int) -> dict:
             ratios[f"{contender}_per_server_ms"] = 1000 * wall[contender]["full"] / servers
     if "remote" in wall and "collection" in wall:  # both with per-host results
         ratios["remote_vs_collection_full"] = wall["remote"]["full"] / wall["collection"]["full"]
+    if "hostfloor" in wall and "collection" in wall:
+        ratios["collection_vs_hostfloor_full"] = wall["collection"]["full"] / wall["hostfloor"]["full"]
     if "builtin" in wall and "collection" in wall:
         ratios["builtin_vs_collection_full"] = wall["builtin"]["full"] / wall["collection"]["full"]
     return {"servers": servers, "median": medians, "ratios": {k: round(v, 2) for k, v in ratios.items()},
@@ -268,6 +288,7 @@ RATIO_COLUMNS = (("collection_vs_floor_full", "collection / floor, full", "{:.1f
                  ("collection_quiet_vs_full", "quiet / full", "{:.0%}"),
                  ("summary_vs_floor_full", "summary / floor, full", "{:.1f}×"),
                  ("summary_quiet_vs_full", "summary: quiet / full", "{:.0%}"),
+                 ("collection_vs_hostfloor_full", "collection / hostfloor, full", "{:.1f}×"),
                  ("builtin_vs_collection_full", "builtin / collection", "{:.1f}×"),
                  ("remote_vs_collection_full", "remote / api topology, full", "{:.1f}×"),
                  ("collection_per_server_ms", "collection per server", "{:.0f} ms"),

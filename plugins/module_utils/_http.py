@@ -192,6 +192,7 @@ class _Watchdog:
         self._cond = threading.Condition()
         self._active: set = set()
         self._thread: Optional[threading.Thread] = None
+        self._wakes_at: Optional[float] = None  # when the thread wakes next (None: when told)
 
     def watch(self, deadline: Deadline) -> None:
         with self._cond:
@@ -199,7 +200,8 @@ class _Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="fne-deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._wakes_at is None or deadline.at < self._wakes_at:  # else it wakes in time: no thread switch
+                self._cond.notify()
 
     def forget(self, deadline: Deadline) -> None:
         with self._cond:
@@ -213,7 +215,8 @@ class _Watchdog:
                     self._active.discard(deadline)
                     deadline.expire()
                 nearest = min((d.at for d in self._active), default=None)
-                self._cond.wait(None if nearest is None else max(0.01, nearest - now))
+                self._wakes_at = None if nearest is None else max(now + 0.01, nearest)
+                self._cond.wait(None if nearest is None else self._wakes_at - now)
 
 
 WATCHDOG = _Watchdog()

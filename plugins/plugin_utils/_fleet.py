@@ -205,7 +205,7 @@ def _warn_current_server(text: str) -> None:
 class ServerWork:
     """One server's cycle step: the store, the backends, and what happened (the host's entry in the result)."""
 
-    def __init__(self, cfg: ServerConfig, opts: Options, step: str, backends: Optional[Dict[str, Any]] = None):
+    def __init__(self, cfg: ServerConfig, opts: Options, step: str, cycle: Optional[Dict[str, Any]] = None):
         self.cfg = cfg
         self.opts = opts
         self.step = step
@@ -222,10 +222,10 @@ class ServerWork:
         self.last_sync_time: Optional[str] = opts.last_sync_time
         self.recovered = False
         self.ack_mismatch: Optional[str] = None  # the mismatch the server reported when processing an acknowledgment
-        # The phases of one server's cycle share its license server client (one connection, one token): its
-        # warnings then go to the phase that runs now.
-        self._backends: Dict[str, Any] = {} if backends is None else backends
-        self._lls_warn = self._warn if backends is None else _warn_current_server
+        # What the phases of one server's cycle share: its license server client (one connection, one token; its
+        # warnings go to the phase that runs now) and whether the store was resumed.
+        self._cycle: Dict[str, Any] = {} if cycle is None else cycle
+        self._lls_warn = self._warn if cycle is None else _warn_current_server
         self._bo: Optional[BackOfficeBackend] = None
 
     # ---- backends -----------------------------------------------------------------------------------------
@@ -239,11 +239,11 @@ class ServerWork:
 
     @property
     def lls(self) -> LicenseServerBackend:
-        if "lls" not in self._backends:
+        if "lls" not in self._cycle:
             if not self.cfg.lls["url"]:
                 raise StoreError("no license server URL: set fne_lls_url (or FNE_LLS_URL)")
-            self._backends["lls"] = license_server(self.cfg.lls, self._lls_warn, run_command)
-        return self._backends["lls"]
+            self._cycle["lls"] = license_server(self.cfg.lls, self._lls_warn, run_command)
+        return self._cycle["lls"]
 
     @property
     def backoffice(self) -> BackOfficeBackend:
@@ -270,6 +270,13 @@ class ServerWork:
         if moved:
             self.changed = True
             self.notes.append(f"resumed: {len(moved)} accepted file(s) moved to sent/")
+
+    def resume_once(self) -> None:
+        """resume() as a phase starts; a cycle's later phases skip it (the store lock was held since the first, so
+        only this run could have left anything, and the next run's first phase finishes that)."""
+        if not self._cycle.get("resumed"):
+            self._cycle["resumed"] = True
+            self.resume()
 
     def process_pending(self) -> bool:
         """Process the newest pending acknowledgment (it covers the older ones). False when there is none."""
@@ -475,7 +482,7 @@ class ServerWork:
     def collect(self) -> None:
         self.warn_strays()
         first_contact = not os.path.exists(self.store.ledger_path)
-        self.resume()
+        self.resume_once()
         self.process_pending()
         reason = self.store.needs_force()
         if reason:
@@ -503,7 +510,7 @@ class ServerWork:
             self._warn(f"never uploaded, not sync files: {', '.join(strays)} in {self.store.outbox}")
 
     def upload(self) -> None:
-        self.resume()
+        self.resume_once()
         reason = self.store.needs_force()
         if (reason or self.store.outbox_files()) and not self.opts.check_mode:
             self.opts.breaker.check()  # the back office is out of reach: not even a recovery's download
@@ -536,7 +543,7 @@ class ServerWork:
                 raise
 
     def acknowledge(self) -> None:
-        self.resume()
+        self.resume_once()
         self.process_pending()
         if self.ack_mismatch and self.cfg.topology == "api" and self.opts.auto_recover:
             self.recover(self.ack_mismatch)
@@ -569,12 +576,20 @@ class ServerWork:
     def extra_result(self) -> Dict[str, Any]:
         return {}
 
-    def result(self, step: str, error: Optional[str] = None) -> Dict[str, Any]:
+    def store_state(self) -> Dict[str, Any]:
+        """Where the server's store stands (its entry's last fields)."""
+        acks = self.store.pending_acks()
+        return {"needs_force": self.store.needs_force() is not None,
+                "outbox": [os.path.basename(f) for f in self.store.outbox_files()],
+                "pending_ack": acks[-1] if acks else None,
+                "quarantined": [os.path.basename(f) for f in self.store.quarantined()]}
+
+    def result(self, step: str, error: Optional[str] = None, state: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """The entry; ``state``: store_state(), when the caller read it already."""
         secrets = self.cfg.secrets
         if error is not None:
             error = scrub(error, secrets)
         self.warnings = [scrub(w, secrets) for w in self.warnings]
-        acks = self.store.pending_acks()
         entry: Dict[str, Any] = {
             "host": self.cfg.name,
             "topology": self.cfg.topology,
@@ -587,10 +602,7 @@ class ServerWork:
             "processed": self.processed,
             "last_sync_time": self.last_sync_time,
             "recovered": self.recovered,
-            "needs_force": self.store.needs_force() is not None,
-            "outbox": [os.path.basename(f) for f in self.store.outbox_files()],
-            "pending_ack": acks[-1] if acks else None,
-            "quarantined": [os.path.basename(f) for f in self.store.quarantined()],
+            **(state if state is not None else self.store_state()),
             "warnings": self.warnings,
             "plan": self.plan,
         }
@@ -719,6 +731,11 @@ def _failed_entry(cfg: ServerConfig, step: str, msg: str) -> Dict[str, Any]:
 
 def _work(work: ServerWork, method: Callable[[ServerWork], None], locked: bool) -> Dict[str, Any]:
     """One step of one server (its lock held when ``locked``); its entry, whatever happened."""
+    return _entries([work], [_run(work, method, locked)])[0]
+
+
+def _run(work: ServerWork, method: Callable[[ServerWork], None], locked: bool) -> Optional[str]:
+    """One step of one server (its lock held when ``locked``); what went wrong, or None."""
     _THREAD.work = work
     try:
         try:
@@ -733,10 +750,19 @@ def _work(work: ServerWork, method: Callable[[ServerWork], None], locked: bool) 
         error = f"unexpected {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
     else:
         error = None
+    return error
+
+
+def _entries(works: List[ServerWork], errors: List[Optional[str]]) -> List[Dict[str, Any]]:
+    """The entries of one server's steps, with its store as it stands after the last (read once)."""
+    if not works:
+        return []
     try:
-        return work.result(work.step, error)
+        state = works[-1].store_state()
+        return [work.result(work.step, error, state) for work, error in zip(works, errors)]
     except OSError as exc:  # a store that cannot even be read (its folder is a file, say): this host alone fails
-        return _failed_entry(work.cfg, work.step, f"{error or ''} (its store cannot be read: {os_error_text(exc)})")
+        return [_failed_entry(work.cfg, work.step, f"{error or ''} (its store cannot be read: {os_error_text(exc)})")
+                for work, error in zip(works, errors)]
 
 
 def work_one(step: str, cfg: ServerConfig, opts: Options) -> Dict[str, Any]:
@@ -744,8 +770,8 @@ def work_one(step: str, cfg: ServerConfig, opts: Options) -> Dict[str, Any]:
     runs ``opts.phases`` in order; its entry holds each phase's entry in ``phases``."""
     steps = list(opts.phases) if step == "cycle" else [step]
     try:
-        backends: Dict[str, Any] = {}  # one license server client for all phases
-        works = [STEPS[s][0](cfg, opts, s, backends) for s in steps]
+        cycle: Dict[str, Any] = {}  # what the phases share
+        works = [STEPS[s][0](cfg, opts, s, cycle) for s in steps]
     except StoreError as exc:  # a host name no folder can carry: this host fails, the others go on
         return _failed_entry(cfg, step, exc.msg)
     locked = not (step in READ_ONLY_STEPS or opts.check_mode)
@@ -753,7 +779,7 @@ def work_one(step: str, cfg: ServerConfig, opts: Options) -> Dict[str, Any]:
         with contextlib.ExitStack() as held:
             if locked and works:  # lock() creates the store's folders first
                 held.enter_context(works[0].store.lock(opts.lock_timeout))
-            entries = [_work(work, STEPS[work.step][1], locked) for work in works]
+            entries = _entries(works, [_run(work, STEPS[work.step][1], locked) for work in works])
     except StoreError as exc:  # the store cannot be created, or another run holds its lock
         entries = [_failed_entry(cfg, steps[0], exc.msg)]
     except OSError as exc:

@@ -21,14 +21,15 @@ def test_bench_harness_measures_every_contender(tmp_path):
     report = json.loads(out.read_text())
     (result,) = report["results"]
     assert result["servers"] == 2
-    assert set(result["samples"]) == {"collection", "summary", "remote", "builtin", "floor"}
+    assert set(result["samples"]) == {"collection", "summary", "remote", "builtin", "floor", "hostfloor"}
     for contender, by in result["samples"].items():
         for scenario in ("full", "quiet"):
             (sample,) = by[scenario]
             assert sample["wall_s"] > 0 and sample["cpu_s"] > 0 and sample["peak_mib"] > 10, (contender, sample)
     assert set(result["ratios"]) >= {"collection_vs_floor_full", "collection_quiet_vs_full",
                                      "builtin_vs_collection_full", "summary_vs_floor_full", "summary_quiet_vs_full",
-                                     "summary_per_server_ms", "remote_vs_collection_full", "remote_per_server_ms"}
+                                     "summary_per_server_ms", "remote_vs_collection_full", "remote_per_server_ms",
+                                     "collection_vs_hostfloor_full"}
     assert "| 2 | collection |" in proc.stdout and "collection / floor" in proc.stdout
 
 
