@@ -93,7 +93,12 @@ class ServerStore:
         return os.path.isdir(self.dir)
 
     def ensure(self) -> ServerStore:
-        for folder in (self.root, self.dir, self.outbox, self.acks, self.sent, self.superseded, self.quarantine):
+        folders = (self.outbox, self.acks, self.sent, self.superseded, self.quarantine)
+        # all there (every run but the first): one listing, not 21 system calls
+        with contextlib.suppress(OSError), os.scandir(self.dir) as entries:
+            if {os.path.basename(f) for f in folders} <= {e.name for e in entries if e.is_dir()}:
+                return self
+        for folder in (self.root, self.dir, *folders):
             try:
                 os.makedirs(folder, mode=0o700, exist_ok=True)
             except FileExistsError as exc:  # makedirs' words for "a file is in the way" mislead
