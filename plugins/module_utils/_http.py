@@ -155,6 +155,9 @@ MAX_ACK = 64 * MiB
 # against an answer that could be endless (no Content-Length). One whose Content-Length announces its size ends
 # there, so it is taken at any size the folder has room for (_client.LicenseServer._message_limit).
 MAX_MESSAGE = 1024 * MiB
+# A kept-alive connection idle longer than this is not used for a request that cannot be sent again: the server or a
+# firewall may have dropped it without a word, and a failure there would be a lost answer instead of a failed connect.
+REUSE_WITHIN = 2.0
 
 
 class Deadline:
@@ -322,6 +325,7 @@ class Http:
         self.via = f" through the proxy {conn.proxy}" if conn.proxy else ""  # for messages
         self.session.headers["User-Agent"] = "fne.offline_sync"
         self.session.headers["Accept-Encoding"] = "identity"  # the bytes as sent: sizes and caps mean what they say
+        self.idle_since = 0.0  # when the last answer was closed (its connection has waited in the pool since)
 
     def fail(self, msg: str, url: str, cls: type = FneError, **kwargs: Any) -> FneError:
         return cls(scrub(msg, self.secrets), url=url, **kwargs)
@@ -362,13 +366,16 @@ class Http:
         close = response.close
 
         def close_and_forget() -> None:  # every caller closes its response: that ends the watch too
-            WATCHDOG.forget(deadline)
-            if response.status_code == 204 or header_int(response.headers.get("Content-Length")) == 0:
-                # a body known to be empty, read: the connection goes back to the pool instead of being closed
+            empty = response.status_code == 204 or header_int(response.headers.get("Content-Length")) == 0
+            if empty and "chunked" not in response.headers.get("Transfer-Encoding", "").lower():
+                # a body known to be empty, read (within the deadline): the connection goes back to the pool
+                # instead of being closed
                 with contextlib.suppress(rexc.RequestException, OSError):  # StreamConsumedError: read already
                     for _chunk in response.iter_content(READ_SIZE):
                         pass
+            WATCHDOG.forget(deadline)
             close()
+            self.idle_since = time.monotonic()
         response.close = close_and_forget
         response.fne_deadline = deadline
         return response
@@ -383,6 +390,9 @@ class Http:
         """Send one request, retrying transient failures; the answer's body is read with read() / iter_body().
         `repeatable=False`: the request changes server state and its answer cannot be asked for again, so a lost
         answer or a gateway error is a LostResponseError."""
+        if not repeatable and time.monotonic() - self.idle_since > REUSE_WITHIN:
+            for adapter in self.session.adapters.values():
+                adapter.close()  # its pooled connections: this request opens a new one
         attempt = 0
         send_bytes = os.path.getsize(body_path) if body_path else len(data or b"")
         while True:

@@ -223,7 +223,7 @@ class ServerWork:
         self.recovered = False
         self.ack_mismatch: Optional[str] = None  # the mismatch the server reported when processing an acknowledgment
         # What the phases of one server's cycle share: its license server client (one connection, one token; its
-        # warnings go to the phase that runs now) and whether the store was resumed.
+        # warnings go to the phase that runs now).
         self._cycle: Dict[str, Any] = {} if cycle is None else cycle
         self._lls_warn = self._warn if cycle is None else _warn_current_server
         self._bo: Optional[BackOfficeBackend] = None
@@ -270,13 +270,6 @@ class ServerWork:
         if moved:
             self.changed = True
             self.notes.append(f"resumed: {len(moved)} accepted file(s) moved to sent/")
-
-    def resume_once(self) -> None:
-        """resume() as a phase starts; a cycle's later phases skip it (the store lock was held since the first, so
-        only this run could have left anything, and the next run's first phase finishes that)."""
-        if not self._cycle.get("resumed"):
-            self._cycle["resumed"] = True
-            self.resume()
 
     def process_pending(self) -> bool:
         """Process the newest pending acknowledgment (it covers the older ones). False when there is none."""
@@ -482,7 +475,7 @@ class ServerWork:
     def collect(self) -> None:
         self.warn_strays()
         first_contact = not os.path.exists(self.store.ledger_path)
-        self.resume_once()
+        self.resume()
         self.process_pending()
         reason = self.store.needs_force()
         if reason:
@@ -510,7 +503,7 @@ class ServerWork:
             self._warn(f"never uploaded, not sync files: {', '.join(strays)} in {self.store.outbox}")
 
     def upload(self) -> None:
-        self.resume_once()
+        self.resume()
         reason = self.store.needs_force()
         if (reason or self.store.outbox_files()) and not self.opts.check_mode:
             self.opts.breaker.check()  # the back office is out of reach: not even a recovery's download
@@ -543,7 +536,7 @@ class ServerWork:
                 raise
 
     def acknowledge(self) -> None:
-        self.resume_once()
+        self.resume()
         self.process_pending()
         if self.ack_mismatch and self.cfg.topology == "api" and self.opts.auto_recover:
             self.recover(self.ack_mismatch)
@@ -758,11 +751,20 @@ def _entries(works: List[ServerWork], errors: List[Optional[str]]) -> List[Dict[
     if not works:
         return []
     try:
-        state = works[-1].store_state()
-        return [work.result(work.step, error, state) for work, error in zip(works, errors)]
+        state, unreadable = works[-1].store_state(), None
     except OSError as exc:  # a store that cannot even be read (its folder is a file, say): this host alone fails
-        return [_failed_entry(work.cfg, work.step, f"{error or ''} (its store cannot be read: {os_error_text(exc)})")
-                for work, error in zip(works, errors)]
+        state, unreadable = {}, os_error_text(exc)
+    entries = []
+    for number, (work, error) in enumerate(zip(works, errors), 1):
+        problem = unreadable if number == len(works) else None  # the steps before keep their own figures
+        if problem is None:
+            try:
+                entries.append(work.result(work.step, error, state))
+                continue
+            except OSError as exc:
+                problem = os_error_text(exc)
+        entries.append(_failed_entry(work.cfg, work.step, f"{error or ''} (its store cannot be read: {problem})"))
+    return entries
 
 
 def work_one(step: str, cfg: ServerConfig, opts: Options) -> Dict[str, Any]:

@@ -26,6 +26,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils import _files as 
 from ansible_collections.fne.offline_sync.plugins.module_utils import _folder as folder  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.module_utils import _http as http  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _fleet as fleet  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.plugin_utils import _store as store_mod  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._action import run_command  # noqa: E402
 
 OK_HEALTH = {"status": "ok", "version": "1", "instanceId": "i", "hostId": "H", "hostIdType": "Ethernet",
@@ -77,6 +78,7 @@ def _handler(script: Script):
             trickle = headers.pop("_trickle", 0)  # seconds between the body's bytes
             endless = headers.pop("_endless", False)  # the body repeats until the client hangs up
             chunked = headers.pop("_chunked", False)  # the body as one chunk (none when empty), no Content-Length
+            unended = headers.pop("_unended", 0)  # chunked: seconds to wait, never sending the last chunk
             close = headers.pop("_close", False)  # no Content-Length: the body ends where the connection closes
             time.sleep(headers.pop("_delay", 0))
             self.send_response(status)
@@ -85,6 +87,11 @@ def _handler(script: Script):
             if chunked:
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
+                if unended:
+                    self.wfile.flush()
+                    time.sleep(unended)
+                    self.close_connection = True
+                    return
                 self.wfile.write((f"{len(body):x}\r\n".encode() + body + b"\r\n" if body else b"") + b"0\r\n\r\n")
                 return
             if close:
@@ -580,6 +587,60 @@ def test_a_cycle_talks_to_each_license_server_over_one_connection(server, tmp_pa
            if path.startswith("/api")]
     assert [p for p, _peer in lls] == [SYNC, SYNC, "/api/1.0/sync_ack/offline"]
     assert len({peer for _p, peer in lls}) == 1, lls
+
+
+def test_each_phase_of_a_cycle_finishes_an_accepted_file_first(server, tmp_path, monkeypatch):
+    """The back office accepted a file and its acknowledgment was written, but moving the file to sent/ failed: the
+    acknowledge phase finishes that move before processing, so no later run uploads the accepted file again."""
+    server.on("POST", SYNC, message("20250101T000000.fnesync"), NOTHING)
+    server.on("POST", "/deviceservices", (200, {"Content-Type": "application/octet-stream"}, b"ACK"))
+    server.on("POST", "/api/1.0/sync_ack/offline", json_answer(200, {"lastSyncTime": "2025-01-01T00:00:00Z"}))
+    move, failed = store_mod.ServerStore._move, []
+
+    def failing_once(self, src, folder):
+        if folder == self.sent and src.endswith(".fnesync") and not failed:
+            failed.append(src)
+            raise OSError(5, "Input/output error")
+        return move(self, src, folder)
+    monkeypatch.setattr(store_mod.ServerStore, "_move", failing_once)
+    cfg = fleet.server_config("lls001", {"fne_lls_url": server.url,
+                                         "fne_backoffice_url": server.url + "/deviceservices"})
+    opts = fleet.Options(store=str(tmp_path / "store"), workers=1)
+    phases = fleet.run_fleet("cycle", [cfg], opts)["lls001"]["phases"]
+    assert failed and [(e["step"], e["failed"]) for e in phases] == [("collect", False), ("upload", True),
+                                                                     ("acknowledge", False)]
+    server.on("POST", SYNC, NOTHING)
+    assert not fleet.run_fleet("cycle", [cfg], opts)["lls001"]["failed"]
+    store = tmp_path / "store" / "lls001"
+    assert not list((store / "outbox").iterdir()) and [p.name for p in (store / "sent").glob("*.fnesync")] == [
+        "20250101T000000.fnesync"]
+    assert server.count("POST", "/deviceservices") == 1
+
+
+def test_a_request_that_cannot_be_repeated_takes_no_connection_that_waited(server, tmp_path, monkeypatch):
+    """A kept-alive connection idle longer than REUSE_WITHIN may be gone without a word (an idle timeout, a
+    firewall): a download, which cannot be asked for again, opens a new one (a failure there is a failed connect,
+    not a lost answer); a repeatable request and a download right after an answer keep using it."""
+    monkeypatch.setattr(http, "REUSE_WITHIN", 0.2)
+    server.on("POST", SYNC, NOTHING)
+    server.on("POST", "/api/1.0/sync_ack/offline", json_answer(200, {"lastSyncTime": "2025-01-01T00:00:05Z"}))
+    (tmp_path / "ack.bin").write_bytes(b"ACK")
+    lls = client.LicenseServer(conn(server.url))
+    lls.generate(str(tmp_path / "out"))
+    lls.generate(str(tmp_path / "out"))  # at once: the same connection
+    time.sleep(0.3)
+    lls.process(str(tmp_path / "ack.bin"))  # repeatable: the same connection
+    time.sleep(0.3)
+    lls.generate(str(tmp_path / "out"))  # waited: a new one
+    assert server.peers[0] == server.peers[1] == server.peers[2] != server.peers[3], server.peers
+
+
+def test_a_chunked_no_content_answer_is_not_read_for_its_connection(server, tmp_path):
+    """A 204 claiming a chunked body that never ends: close() must not wait for it, only drop the connection."""
+    server.on("POST", SYNC, (204, {"_chunked": True, "_unended": 4}, b""))
+    started = time.monotonic()
+    assert client.LicenseServer(conn(server.url, timeout=5)).generate(str(tmp_path / "out"))["files"] == []
+    assert time.monotonic() - started < 2
 
 
 @pytest.mark.parametrize("answer", [(200, {"Content-Type": "application/octet-stream"}, b""), (204, {}, b"")])
