@@ -64,11 +64,13 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._http import (
     TOKENS,
     Http,
     MiB,
+    chunked,
     error_text,
     header_int,
     looks_like_html,
     media_type,
     parse_json,
+    says_empty,
 )
 
 # The compatibility profile (docs/compatibility.md): the answers' shapes are recognised here (health, _nothing_new,
@@ -247,7 +249,7 @@ class LicenseServer:
     def _nothing_new(self, response: Any, url: str) -> bool:
         """Whether a 2xx answer says "no new data": 204, a 200 whose Content-Length is 0, or a JSON "no new data".
         An empty body without that length may be a cut answer: not taken as nothing new."""
-        if response.status_code == 204 or header_int(response.headers.get("Content-Length")) == 0:
+        if says_empty(response):
             return True
         if "json" not in media_type(response):
             return False
@@ -290,7 +292,7 @@ class LicenseServer:
             body = self.http.iter_body(response, self._message_limit(response, folder, url), "sync message")
             first = next((chunk for chunk in body if chunk), b"")
             if not first:  # a complete chunked answer without a byte says "nothing new"; else it may be a cut one
-                if "chunked" in response.headers.get("Transfer-Encoding", "").lower():
+                if chunked(response):
                     return None
                 raise self.http.fail(f"POST {url} answered an empty sync message without Content-Length: 0; "
                                      "nothing was written.", url, LostResponseError)
@@ -314,7 +316,7 @@ class LicenseServer:
         Content-Length (the body ends there) is taken when the folder has room for it; an unannounced size (chunked:
         it could be endless) stops at MAX_MESSAGE."""
         announced = header_int(response.headers.get("Content-Length"))
-        if announced is None or "chunked" in response.headers.get("Transfer-Encoding", "").lower():
+        if announced is None or chunked(response):
             return MAX_MESSAGE
         free = shutil.disk_usage(folder).free
         if announced > free:

@@ -303,6 +303,16 @@ def media_type(response: Any) -> str:
     return response.headers.get("Content-Type", "").split(";")[0].strip().lower()
 
 
+def chunked(response: Any) -> bool:
+    """Whether the body comes in chunks: no length announced, it ends where its last chunk says."""
+    return "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+
+
+def says_empty(response: Any) -> bool:
+    """Whether the answer says it has no body: 204, or a Content-Length of 0."""
+    return response.status_code == 204 or header_int(response.headers.get("Content-Length")) == 0
+
+
 class Http:
     """A requests session with the retry policy, TLS settings, deadlines, size limits and the error mapping. Never
     follows a redirect: it could carry the password, a token or the records to another host."""
@@ -366,8 +376,7 @@ class Http:
         close = response.close
 
         def close_and_forget() -> None:  # every caller closes its response: that ends the watch too
-            empty = response.status_code == 204 or header_int(response.headers.get("Content-Length")) == 0
-            if empty and "chunked" not in response.headers.get("Transfer-Encoding", "").lower():
+            if says_empty(response) and not chunked(response):
                 # a body known to be empty, read (within the deadline): the connection goes back to the pool
                 # instead of being closed
                 with contextlib.suppress(rexc.RequestException, OSError):  # StreamConsumedError: read already
