@@ -150,7 +150,7 @@ def upload_servers(base: fleet.ServerConfig, root: str, names: List[str], lock_t
                     work.upload_outbox()
                 except MismatchError as exc:
                     work.store.log("mismatch", detail=exc.msg)
-                    if bundles.beyond_acks(work.store, exc.expected):
+                    if bundles.beyond_acks(work.store, exc.expected_time):
                         # no acknowledgment here reaches the time the back office expects: the inside cannot
                         # learn it from a return bundle, and a forced download would not fit either
                         exc.amend(fleet.ACK_LOST_HINT)

@@ -28,6 +28,16 @@ options:
         the module adds the documented arguments. Overrides the lookup in O(tool_path).
       - If not set, the value of the E(FNE_TOOL_BACKOFFICE_COMMAND) environment variable is used.
     type: str
+  time_zone:
+    description:
+      - The time zone of the back office's times - the sync times in its mismatch text and, with O(backend=tool),
+        the acknowledgment's C(LastSyncTime) its tool prints; V(UTC) when unset. An offset (V(+05:30)) or, where
+        Python has C(zoneinfo), a zone name (V(Asia/Kolkata)).
+      - The vendor prints these times without a zone. The C(fne.offline_sync.compat_check) playbook names this
+        setting when the back office's times are not in UTC. The fleet's re-upload rule compares the expected
+        time with a file's own time, so a wrong zone can take a missing message for an accepted one. See
+        docs/compatibility.md.
+    type: str
   proxy:
     description:
       - The proxy for the back office alone, C(http://HOST:PORT) (HTTPS goes through it with C(CONNECT)); it is

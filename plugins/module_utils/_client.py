@@ -33,7 +33,6 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
     MismatchError,
     UnknownServerError,
     is_mismatch,
-    mismatch_times,
     noop_warn,
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
@@ -469,9 +468,8 @@ class BackOffice:
             if status >= 400:
                 key, text = self.http.error_text(response)
                 if is_mismatch(key, text):
-                    expected, received = mismatch_times(text)
-                    raise MismatchError(f"Upload of {file} to {url} failed: {text}", expected, received,
-                                        url=url, status=status, key=key)
+                    raise MismatchError(f"Upload of {file} to {url} failed: {text}", text,
+                                        zone_of(self.conn.time_zone), url=url, status=status, key=key)
                 if status < 500 and UNKNOWN_SERVER_RE.search(text):  # the server, not this file, is refused
                     raise UnknownServerError(
                         f"The back office at {url} refuses this license server: [{status}] {text.rstrip('.')}. "

@@ -59,6 +59,8 @@ BACKOFFICE_SETTINGS = (
     Setting("validate_certs", {"type": "bool", "default": True}, "fne_backoffice_validate_certs"),
     Setting("tool_backoffice_command", {"type": "str"}, "fne_sync_tool_backoffice_command",
             "FNE_TOOL_BACKOFFICE_COMMAND"),
+    # The compatibility profile: the zone of the back office's times (its mismatch text, the acknowledgment).
+    Setting("time_zone", {"type": "str"}, "fne_backoffice_time_zone"),
     # The back office alone through a proxy: HTTPS_PROXY would take the HTTPS license servers there too.
     Setting("proxy", {"type": "str"}, "fne_backoffice_proxy", "FNE_BACKOFFICE_PROXY"),
 )
@@ -114,7 +116,8 @@ class Connection:
     timeout: float = 30
     retries: int = 3
     max_retry_wait: float = 60
-    time_zone: Optional[str] = None  # of the license server's file names (and of a lastSyncTime without a zone)
+    time_zone: Optional[str] = None  # of this side's times: the license server's file names and lastSyncTime, or
+    #                                  the back office's mismatch text and acknowledgment times
     max_pages: int = MAX_PAGES       # sync messages one generate call downloads at most
     force_query: str = FORCE_QUERY   # how a forced download is asked (the vendor's tool shows it: compat_check)
     proxy: Optional[str] = None  # unset: the environment's HTTP(S)_PROXY / NO_PROXY, as requests reads them

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import tzinfo
 from typing import Any, Iterable, Optional
+
+from ansible_collections.fne.offline_sync.plugins.module_utils._files import parse_time
 
 # The back office's documented out-of-order answer, and the two times it prints.
 MISMATCH_KEY = "Mismatched or out of order time stamp in sync message"
@@ -44,12 +47,14 @@ class SettingError(FneError):
 
 
 class MismatchError(FneError):
-    """The back office's documented out-of-order answer."""
+    """The back office's documented out-of-order answer: the two times of its text as printed, and the expected
+    one read in ``zone`` (where the answer comes from: the back office's times, or the license server's at the
+    process step), None when unreadable."""
 
-    def __init__(self, msg: str, expected: str, received: str, **kwargs: Any):
+    def __init__(self, msg: str, text: str, zone: Optional[tzinfo] = None, **kwargs: Any):
         super().__init__(msg, **kwargs)
-        self.expected = expected
-        self.received = received
+        self.expected, self.received = mismatch_times(text)
+        self.expected_time = parse_time(self.expected, zone)
 
 
 class LostResponseError(FneError):

@@ -190,6 +190,7 @@ def upload_files(send: Callable[[str], bytes], src: str, dest: str, url: str,
             if isinstance(exc, MismatchError):
                 result["expected"] = exc.expected
                 result["received"] = exc.received
+                result["expected_time"] = exc.expected_time and exc.expected_time.strftime("%Y-%m-%dT%H:%M:%SZ")
                 exc.amend(f"The acknowledgment for the {len(accepted)} file(s) accepted before it is in {dest}: "
                           "process it, then download again with force: true, upload and process."
                           if accepted else "No file was accepted in this run.")

@@ -26,9 +26,9 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
     LostResponseError,
     MismatchError,
     is_mismatch,
-    mismatch_times,
     scrub,
 )
+from ansible_collections.fne.offline_sync.plugins.module_utils._files import zone_of
 
 try:
     import requests
@@ -546,8 +546,8 @@ class Http:
         msg = f"Request {method} {url} failed: [{status}{shown_key}] {text.rstrip('.')}"
         msg = f"{msg}. {hint}" if hint else msg
         if 400 <= status < 500 and is_mismatch(key, text):  # wherever the back office's mismatch shows up
-            expected, received = mismatch_times(text)
-            return self.fail(msg, url, MismatchError, expected=expected, received=received, status=status, key=key)
+            return self.fail(msg, url, MismatchError, text=text, zone=zone_of(self.conn.time_zone), status=status,
+                             key=key)
         return self.fail(msg, url, status=status, key=key)
 
 

@@ -25,6 +25,7 @@ import ssl
 import struct
 import tempfile
 import time
+from datetime import tzinfo
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from ansible_collections.fne.offline_sync.plugins.module_utils._connection import (
@@ -49,6 +50,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
     move_atomic,
     parse_time,
     sha256_file,
+    zone_of,
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._folder import (
     GENERATE_NOTHING,
@@ -98,9 +100,10 @@ def ack_fields(output: str) -> Dict[str, str]:
     return fields
 
 
-def iso_time(text: Optional[str]) -> Optional[str]:
-    """A time the tool printed (the vendor's `Jan 13, 2019 10:52:45 AM`, UTC) as ISO 8601, else None."""
-    parsed = parse_time(text or "")
+def iso_time(text: Optional[str], zone: Optional[tzinfo] = None) -> Optional[str]:
+    """A time the tool printed (the vendor's `Jan 13, 2019 10:52:45 AM`, read in `zone`, UTC by default) as ISO 8601
+    in UTC, else None."""
+    parsed = parse_time(text or "", zone)
     return parsed.strftime("%Y-%m-%dT%H:%M:%SZ") if parsed else None
 
 
@@ -197,17 +200,17 @@ class _Tool:
         """Success is the documented console line, never the exit code alone; anything else fails with the tool's
         own text."""
         if not succeeded:
-            raise tool_error(output, what, self.name, rc)
+            raise tool_error(output, what, self.name, rc, zone_of(self.conn.time_zone))
         if rc != 0:
             self.warn(f"{self.name} exited {rc} after printing its documented success line; trusting the line.")
 
 
-def tool_error(output: str, what: str, name: str, rc: int) -> FneError:
+def tool_error(output: str, what: str, name: str, rc: int, zone: Optional[tzinfo] = None) -> FneError:
     if MISMATCH_KEY in output:
         line = next((item for item in output.splitlines() if "Expected sync time" in item), "")
         expected, received = mismatch_times(line)
         text = f'"{MISMATCH_KEY}": "Expected sync time {expected}, got {received}"'
-        return MismatchError(f"{what} failed: {text}", expected, received)
+        return MismatchError(f"{what} failed: {text}", text, zone)
     lines = [line for line in tool_lines(output) if line != STARTED]
     tail = "\n".join(lines[-8:])
     answer = SERVER_ANSWER_RE.search(output)  # the REST error the tool relays: its status and key, as http reports
@@ -332,7 +335,7 @@ class ToolLicenseServer:
         self.tool.judge(rc, output, len(purging) == len(lines) and (rc == 0 or bool(purging)),
                         f"Processing the acknowledgment on {self.base}")
         purged = [os.path.join(folder, PURGING_RE.match(line).group(1)) for line in purging] if folder else []
-        last = iso_time(ack_fields(output).get("LastSyncTime"))
+        last = iso_time(ack_fields(output).get("LastSyncTime"), zone_of(self.conn.time_zone))
         msg = f"Processed the sync acknowledgment: last sync time {last or 'unknown (not printed by the tool)'}"
         msg += f"; purged {len(purged)} file(s)." if folder else "."
         return {"changed": True, "last_sync_time": last, "processed": True, "purged": purged,
@@ -373,9 +376,14 @@ class ToolBackOffice:
         self.last_ack = ack_fields(output)
         return ack
 
+    @property
+    def last_sync_time(self) -> Optional[str]:
+        """The LastSyncTime of the last acknowledgment as the tool printed it (in the back office's zone), ISO."""
+        return iso_time(self.last_ack.get("LastSyncTime"), zone_of(self.conn.time_zone))
+
     def upload(self, src: str, dest: str = "syncack.bin") -> dict:
         self.last_ack = {}
         result = upload_files(self.upload_file, src, dest, self.url, self.warn)
         if self.last_ack:
-            result.update(ack_fields=self.last_ack, last_sync_time=iso_time(self.last_ack.get("LastSyncTime")))
+            result.update(ack_fields=self.last_ack, last_sync_time=self.last_sync_time)
         return result

@@ -17,8 +17,8 @@ description:
     fleet's.
   - Then replays the recorded answers to the collection's HTTP client (the http backend) in a scratch store, and
     says per step V(compatible) or what this site needs - a profile setting (C(fne_lls_force_query),
-    C(fne_lls_time_zone)), C(fne_sync_backend=tool), or registering the server at the back office. See
-    docs/compatibility.md.
+    C(fne_lls_time_zone), C(fne_backoffice_time_zone)), C(fne_sync_backend=tool), or registering the server at the
+    back office. See docs/compatibility.md.
   - Writes a transcript a site can share when it reports a problem - methods, paths, query names, status, content
     types, header names, body sizes and sha256; never a body, a header value, a password or a token - and the
     needed settings as inventory YAML.

@@ -23,7 +23,8 @@ description:
     C(fne_sync_tool_server_command), C(fne_lls_proxy), C(fne_lls_time_zone), C(fne_lls_max_pages),
     C(fne_lls_force_query) (the compatibility profile, docs/compatibility.md); the back office C(fne_backoffice_url),
     C(fne_backoffice_ca_path),
-    C(fne_backoffice_validate_certs), C(fne_backoffice_proxy), C(fne_sync_tool_backoffice_command); both
+    C(fne_backoffice_validate_certs), C(fne_backoffice_proxy), C(fne_sync_tool_backoffice_command),
+    C(fne_backoffice_time_zone); both
     C(fne_sync_timeout), C(fne_sync_retries), C(fne_sync_max_retry_wait), C(fne_sync_backend), C(fne_sync_tool_path);
     and C(fne_sync_topology). Unset settings fall back to the environment variables C(FNE_LLS_URL),
     C(FNE_LLS_USERNAME), C(FNE_LLS_PASSWORD), C(FNE_LLS_CA_PATH), C(FNE_LLS_PROXY), C(FNE_BACKOFFICE_URL),

@@ -128,6 +128,12 @@ expected:
   returned: when RV(mismatch=true)
   type: str
   sample: Jan 24, 2019 11:04:09 AM
+expected_time:
+  description:
+    - RV(expected) read in O(time_zone), in ISO 8601 UTC; V(null) when the text names no time this module reads.
+  returned: when RV(mismatch=true)
+  type: str
+  sample: "2019-01-24T11:04:09Z"
 received:
   description: The sync time the back office got, exactly as it printed it.
   returned: when RV(mismatch=true)
@@ -141,7 +147,9 @@ ack_fields:
   type: dict
   sample: {"LastSyncTime": "Jan 13, 2019 10:52:45 AM", "TargetID": "A088B436F208", "TargetIDType": "Ethernet"}
 last_sync_time:
-  description: The last acknowledgment's C(LastSyncTime) as printed by the back-office tool, in ISO 8601 (UTC).
+  description:
+    - The last acknowledgment's C(LastSyncTime) as printed by the back-office tool, read in O(time_zone), in ISO 8601
+      (UTC).
   returned: with O(backend=tool), when the tool printed it
   type: str
   sample: "2019-01-13T10:52:45Z"

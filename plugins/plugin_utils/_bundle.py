@@ -37,7 +37,6 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
     SYNC_SUFFIX,
     AtomicWriter,
     ensure_dir,
-    parse_time,
     sha256_file,
     sync_time_of,
     write_atomic,
@@ -302,11 +301,10 @@ def _fetched(store: ServerStore) -> Dict[str, Dict[str, Any]]:
     return {e.get("file"): e for e in store.ledger() if e.get("event") == "fetched"}
 
 
-def beyond_acks(store: ServerStore, expected: Optional[str]) -> bool:
-    """Whether the back office's expected sync time (a mismatch answer) is later than every acknowledgment this
-    outside store holds (each is named by the sync time of the message it acknowledges): the back office holds
-    messages whose acknowledgment is lost."""
-    when = parse_time(expected or "")
+def beyond_acks(store: ServerStore, when: Optional[_dt.datetime]) -> bool:
+    """Whether the back office's expected sync time (a mismatch answer's ``expected_time``) is later than every
+    acknowledgment this outside store holds (each is named by the sync time of the message it acknowledges): the
+    back office holds messages whose acknowledgment is lost."""
     times = [sync_time_of(os.path.basename(a)[: -len(ACK_SUFFIX)] + SYNC_SUFFIX) for a in store.pending_acks()]
     newest = max((t for t in times if t is not None), default=None)  # the outside never processes its acks
     return when is not None and (newest is None or when > newest)

@@ -8,9 +8,10 @@
 2. The collection's HTTP client runs the same cycle against a replay of those answers, in a scratch store.
 3. Each step is "compatible" when the client kept the same bytes as the tool (files and acknowledgment); otherwise
    the check names what that site needs: a profile setting (docs/compatibility.md), the tool backend, or an action
-   at the back office. Two settings come from comparing what was exchanged: how the tool asks a forced download
-   (`fne_lls_force_query`) and the zone of the file names against the server's own `lastSyncTime`
-   (`fne_lls_time_zone`).
+   at the back office. Three settings come from comparing what was exchanged: how the tool asks a forced download
+   (`fne_lls_force_query`), the zone of the file names against the server's own `lastSyncTime`
+   (`fne_lls_time_zone`), and the zone of the acknowledgment's LastSyncTime as the back-office tool printed it
+   against the same time (`fne_backoffice_time_zone`).
 """
 
 from __future__ import annotations
@@ -32,9 +33,15 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._connection impor
     connection_from_params,
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._errors import UNKNOWN_SERVER_RE
-from ansible_collections.fne.offline_sync.plugins.module_utils._files import STAMP_FORMAT, sync_time_of
+from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
+    STAMP_FORMAT,
+    parse_time,
+    sync_time_of,
+    zone_of,
+)
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._fleet import PHASES, Options, ServerConfig, run_fleet
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._recorder import Exchange, Recorder, Replay
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import ServerStore
 
 
 def _through(params: Dict[str, Any], endpoint: Any, backend: str) -> Dict[str, Any]:
@@ -83,6 +90,16 @@ def _last_sync_time(exchanges: List[Exchange]) -> Optional[datetime]:
             if when.tzinfo is not None:
                 return when.astimezone(timezone.utc)
     return None
+
+
+def _printed_ack_time(store: str, cfg: ServerConfig) -> Optional[datetime]:
+    """The acknowledgment's LastSyncTime as the back-office tool printed it, as a wall time read as UTC (the ledger
+    keeps it converted from the configured zone: converted back here)."""
+    times = [e["last_sync_time"] for e in ServerStore(store, cfg.name).ledger()
+             if e.get("event") == "acknowledged" and e.get("last_sync_time")]
+    when = parse_time(times[-1]) if times else None
+    zone = zone_of(cfg.backoffice.get("time_zone"))
+    return when.astimezone(zone).replace(tzinfo=timezone.utc) if when else None
 
 
 def _force_asked(exchanges: List[Exchange]) -> Optional[str]:
@@ -147,9 +164,19 @@ def judge(cfg: ServerConfig, tool: Dict[str, Dict[str, Any]], http: Dict[str, Di
     if upload.compatible and sorted(acks_tool.values()) != sorted(acks_http.values()):
         upload.compatible, upload.detail = False, "the HTTP client kept another acknowledgment than the tool"
         upload.settings["fne_sync_backend"] = "tool"
-    acknowledge = verdicts[2]
     last, names = _last_sync_time(lls_exchanges), [sync_time_of(n) for n in files_tool]
     names = [n for n in names if n is not None]
+    printed = _printed_ack_time(tool_store, cfg)
+    if upload.compatible and last and printed:  # the acknowledgment's time is the server's new last sync time
+        zone = _offset(printed, last)
+        configured = zone_of(cfg.backoffice.get("time_zone")).utcoffset(last)
+        if zone and printed - last != configured:
+            upload.compatible = False
+            upload.detail = (f"the back office's times are in UTC{zone}: its tool printed the acknowledgment's "
+                             f"LastSyncTime as {printed.strftime('%Y-%m-%d %H:%M:%S')}, the server's last sync "
+                             f"time is {last.isoformat()}")
+            upload.settings["fne_backoffice_time_zone"] = zone
+    acknowledge = verdicts[2]
     if acknowledge.compatible and last and names:
         zone = _offset(max(names), last)
         if zone and zone != cfg.lls.get("time_zone"):

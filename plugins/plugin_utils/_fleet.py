@@ -46,7 +46,6 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
     scrub,
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
-    parse_time,
     sha256_file,
     sync_time_of,
     zone_of,
@@ -54,7 +53,6 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
 from ansible_collections.fne.offline_sync.plugins.module_utils._tool import (
     BACKOFFICE_TOOL,
     SERVER_TOOL,
-    iso_time,
     tool_command,
 )
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._action import run_command
@@ -385,8 +383,8 @@ class ServerWork:
                 self._set_aside_if_refused(path, exc)
                 raise
             # the tool backend prints the acknowledgment's LastSyncTime: the ledger keeps it
-            printed = getattr(self.backoffice, "last_ack", None) or {}
-            self.store.record_ack(path, ack, sha256=sha, last_sync_time=iso_time(printed.get("LastSyncTime")))
+            printed = getattr(self.backoffice, "last_sync_time", None)
+            self.store.record_ack(path, ack, sha256=sha, last_sync_time=printed)
             self.uploaded.append(name)
             self.changed = True
             return
@@ -418,7 +416,7 @@ class ServerWork:
         sync time means the back office already holds this file (an earlier answer was lost)."""
         name = os.path.basename(path)
         file_time = sync_time_of(name, zone_of(self.cfg.lls.get("time_zone")))
-        expected = parse_time(exc.expected)
+        expected = exc.expected_time  # read in the zone of the back office's times
         if file_time is None or expected is None or expected < file_time:
             return False
         detail = (f"already accepted by the back office (re-upload answered: expected sync time "

@@ -66,14 +66,14 @@ def test_compatible_on_the_default_lab_with_a_transcript_free_of_secrets(lab_fac
 
 
 def test_names_what_each_variant_needs(lab_factory, tmp_path):
-    """One lab plays three variants: a forced download asked another way, file names in local time, and a back
-    office that does not know lls001. Without the lab's settings, the check names them (exactly what the lab
-    writes for these variants) and the registration; with them, it says compatible."""
-    played = ["other-force-query", "local-time-names", "unregistered-device"]
+    """One lab plays four variants: a forced download asked another way, file names in local time, a back office
+    that shows its times in its own zone and does not know lls001. Without the lab's settings, the check names
+    them (exactly what the lab writes for these variants) and the registration; with them, it says compatible."""
+    played = ["other-force-query", "local-time-names", "backoffice-local-times", "unregistered-device"]
     lab = lab_factory(3, "--security", "0.5", "--https", "0.5", "--records", "6",
                       *[a for v in played for a in ("--variant", v)])
     wanted = variants.settings(played)
-    assert set(wanted) == {"fne_lls_force_query", "fne_lls_time_zone"}, wanted
+    assert set(wanted) == {"fne_lls_force_query", "fne_lls_time_zone", "fne_backoffice_time_zone"}, wanted
     data = yaml.safe_load(lab.inventory.read_text())
     for name in wanted:
         del data["all"]["children"]["license_servers"]["vars"][name]
@@ -85,7 +85,7 @@ def test_names_what_each_variant_needs(lab_factory, tmp_path):
     found = verdicts(folder)
     assert not found["collect"]["compatible"] and "asks a forced download with ?forceResync=true" in \
         found["collect"]["detail"], found
-    assert found["upload"]["compatible"], found
+    assert not found["upload"]["compatible"] and "UTC+05:30" in found["upload"]["detail"], found
     assert not found["acknowledge"]["compatible"] and "UTC-05:00" in found["acknowledge"]["detail"], found
     assert yaml.safe_load((folder / "settings.yml").read_text()) == {"lls003": wanted}
 

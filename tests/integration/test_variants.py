@@ -134,6 +134,29 @@ def _local_time_names(lab, tmp_path):
     assert [p.rsplit("/", 1)[1] for p in res.get("process rest", "m")["purged"]] == names[1:]
 
 
+def _backoffice_local_times(lab, tmp_path):
+    """The back office's mismatch text in UTC+05:30. Read as UTC, the time it expects looks five and a half hours
+    later than it is, later than the file it refused: the re-upload rule would take the missing message for an
+    accepted one. With time_zone, expected_time is the real one, before the file's own time."""
+    recovery = _mismatch_then_recovery(process_fails=False)[3:]  # process, force, drop, upload again, process again
+    res = run_tasks(tmp_path, lab, [
+        task("generate", "generate", dict(LLS_ARGS, path=OUT), register="gen"),
+        task("upload first", "upload", dict(BO_ARGS, src="{{ gen.files[0].path }}")),
+        {"name": "lose", "ansible.builtin.file": {"path": "{{ gen.files[1].path }}", "state": "absent"}},
+        task("upload", "upload", dict(BO_ARGS, src=OUT), ignore_errors=True),
+        task("upload in zone", "upload", dict(BO_ARGS, src=OUT, time_zone="+05:30"), ignore_errors=True),
+        *recovery,
+    ])
+    assert not res.get("process again", "m")["failed"]
+    names = [f["name"] for f in res.get("generate", "m")["files"]]
+    refused = dt.datetime.strptime(names[2][:15], "%Y%m%dT%H%M%S")
+    as_utc, in_zone = (res.get(t, "m") for t in ("upload", "upload in zone"))
+    assert as_utc["mismatch"] and in_zone["mismatch"] and as_utc["expected"] == in_zone["expected"], in_zone
+    as_utc_time, zone_time = (dt.datetime.strptime(r["expected_time"], "%Y-%m-%dT%H:%M:%SZ") for r in (as_utc, in_zone))
+    assert as_utc_time - zone_time == dt.timedelta(hours=5, minutes=30)
+    assert zone_time < refused < as_utc_time, (names, as_utc, in_zone)
+
+
 def _unregistered_device(lab, tmp_path):
     """The back office refuses the server itself: its text, a hint, no retry, no mismatch."""
     res = run_tasks(tmp_path, lab, [
@@ -164,9 +187,10 @@ def _other_force_query(lab, tmp_path):
 MODULE_CHECKS = {"health-wrapped": _health_wrapped, "error-objects": _error_objects,
                  "mismatch-at-process": _mismatch_at_process, "no-disposition": _no_disposition,
                  "empty-200": _empty_200, "local-time-names": _local_time_names,
+                 "backoffice-local-times": _backoffice_local_times,
                  "unregistered-device": _unregistered_device, "other-force-query": _other_force_query}
 # Where the fleet meets the variant only when something goes wrong: a message lost between download and upload.
-PROVOKE_MISMATCH = ("error-objects", "mismatch-at-process", "other-force-query")
+PROVOKE_MISMATCH = ("error-objects", "mismatch-at-process", "other-force-query", "backoffice-local-times")
 # Where a second run meets the variant's "nothing new", or could loop on the recovery: it must change nothing.
 RERUN = ("empty-200", "no-disposition", "mismatch-at-process")
 
@@ -186,7 +210,9 @@ def test_variant(lab_factory, tmp_path, variant):
         assert not list((store / "lls001" / "quarantine").iterdir())  # the server is refused, not its files
         assert sync_files(store / "lls001" / "outbox")
         lab.config("--register", "lls001")
-    if variant in PROVOKE_MISMATCH:
+    if variant in PROVOKE_MISMATCH:  # after a complete sync: the back office expects a recent time
+        assert not sync(lab, store).failed()
+        lab.activity(25, "lls002")
         sync(lab, store, "--tags", "collect")
         outbox = sorted((store / "lls002" / "outbox").glob("*.fnesync"))
         outbox[0].rename(tmp_path / outbox[0].name)  # lost in transit

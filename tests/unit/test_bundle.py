@@ -20,6 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".venv" / "collections"))
 
+from ansible_collections.fne.offline_sync.plugins.module_utils._files import parse_time  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _bundle as bundles  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _metrics as metrics  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _report as report_mod  # noqa: E402
@@ -478,9 +479,9 @@ def test_a_mismatch_beyond_every_acknowledgment_outside_means_one_was_lost(tmp_p
     office expects a time later than every acknowledgment it holds; an acknowledgment on its way back is no such
     case."""
     server = ServerStore(str(tmp_path), "lls001").ensure()
-    assert bundles.beyond_acks(server, "Nov 1, 2026 12:00:01 AM")  # none at all
+    assert bundles.beyond_acks(server, parse_time("Nov 1, 2026 12:00:01 AM"))  # none at all
     fetch(tmp_path, "lls001", "20261101T000001.fnesync")
     server.record_ack(server.outbox_files()[0], b"ack")
-    assert not bundles.beyond_acks(server, "Nov 1, 2026 12:00:01 AM")
-    assert bundles.beyond_acks(server, "Nov 1, 2026 12:00:02 AM")
-    assert not bundles.beyond_acks(server, "not a time")
+    assert not bundles.beyond_acks(server, parse_time("Nov 1, 2026 12:00:01 AM"))
+    assert bundles.beyond_acks(server, parse_time("Nov 1, 2026 12:00:02 AM"))
+    assert not bundles.beyond_acks(server, None)  # the text named no readable time

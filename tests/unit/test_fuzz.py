@@ -229,7 +229,8 @@ def test_error_text_never_raises_and_gives_a_key_and_words(ctype, body):
     # character: at most 10 characters for one).
     assert len(text) <= 10 * len(body) + len(ctype) + 100
     if key is not None:  # the caller builds its message with it
-        http.Http.status_error(types.SimpleNamespace(what="license server", secrets=set(), fail=_fail),
+        http.Http.status_error(types.SimpleNamespace(what="license server", secrets=set(), fail=_fail,
+                                                     conn=types.SimpleNamespace(time_zone=None)),
                                "GET", "http://h", 400, key, text)
 
 

@@ -168,8 +168,8 @@ def test_sync_file_times():
     assert sync_time_of("other") is None
 
 
-def _mismatch(expected: str) -> MismatchError:
-    return MismatchError("mismatch", expected, "")
+def _mismatch(expected: str, zone=None) -> MismatchError:
+    return MismatchError("mismatch", f"Expected sync time {expected}, got Jan 1, 2019 1:00:00 AM", zone)
 
 
 def test_reupload_rule(store, tmp_path):
@@ -182,6 +182,11 @@ def test_reupload_rule(store, tmp_path):
     assert not os.path.exists(path) and os.path.exists(os.path.join(store.sent, os.path.basename(path)))
     other = put(store.outbox, "20190124T110600.fnesync")
     assert not work._already_accepted(other, _mismatch("unparseable"))
+    # a back office ahead of UTC: its 4:35:30 PM is 11:05:30 UTC, before the file's own time (no re-upload)
+    ahead = dt.timezone(dt.timedelta(hours=5, minutes=30))
+    assert _mismatch("Jan 24, 2019 4:35:30 PM").expected_time > sync_time_of(other)  # read as UTC: "accepted"
+    assert not work._already_accepted(other, _mismatch("Jan 24, 2019 4:35:30 PM", ahead))
+    assert work._already_accepted(other, _mismatch("Jan 24, 2019 4:36:00 PM", ahead))
 
 
 def test_summarize_counts_uploaded_records(store, tmp_path):

@@ -59,7 +59,9 @@ def install(folder: Path, variants: list[str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     suffix = "" if "tools-without-sh" in variants else ".sh"
     opts = " ".join((["-Dfnelab.exitZero=true"] if "exit-zero-tools" in variants else [])
-                    + ([f"-Dfnelab.forceQuery={lab_variants.FORCE_QUERY}"] if "other-force-query" in variants else []))
+                    + ([f"-Dfnelab.forceQuery={lab_variants.FORCE_QUERY}"] if "other-force-query" in variants else [])
+                    + ([f"-Dfnelab.backofficeZone={lab_variants.BACKOFFICE_OFFSET}"]
+                       if "backoffice-local-times" in variants else []))
     for old in folder.iterdir():
         old.unlink()
     for mode, name in NAMES.items():

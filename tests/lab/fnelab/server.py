@@ -68,13 +68,6 @@ async def _body(request: web.Request) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _local_offset() -> int:
-    """The local-time-names variant's offset from UTC, in seconds."""
-    sign = -1 if variants.LOCAL_OFFSET.startswith("-") else 1
-    hours, minutes = variants.LOCAL_OFFSET[1:].split(":")
-    return sign * (int(hours) * 3600 + int(minutes) * 60)
-
-
 HISTORY_PAGE = """<!doctype html><title>Upload synchronization history</title>
 <h1>Upload synchronization history</h1>
 <p>Up to 100 files per submission, all from one license server.</p>
@@ -228,9 +221,12 @@ class Lab:
                                      status=status)
         return web.json_response({title: message}, status=status)
 
-    def _mismatch(self, expected: int, got: int) -> web.Response:
-        return self._refusal(400, "syncErr.outOfOrder", MISMATCH_TITLE, mismatch_text(expected, got),
-                             [vendor_time(expected), vendor_time(got)])
+    def _mismatch(self, expected: int, got: int, backoffice: bool = True) -> web.Response:
+        """The documented out-of-order answer, its times shown in the zone of whoever answers."""
+        offset = variants.offset_seconds(variants.BACKOFFICE_OFFSET) \
+            if backoffice and "backoffice-local-times" in self.variants else 0
+        return self._refusal(400, "syncErr.outOfOrder", MISMATCH_TITLE, mismatch_text(expected, got, offset),
+                             [vendor_time(expected, offset), vendor_time(got, offset)])
 
     async def health(self, request: web.Request) -> web.Response:
         s = self._server(request)
@@ -280,7 +276,7 @@ class Lab:
             return web.Response(status=204)
         headers = {}
         if "no-disposition" not in self.variants:
-            offset = _local_offset() if "local-time-names" in self.variants else 0
+            offset = variants.offset_seconds(variants.LOCAL_OFFSET) if "local-time-names" in self.variants else 0
             headers = {"Content-Disposition": f'attachment; filename="{file_name(msg.sync_time, offset)}"',
                        "X-FNE-Record-Count": str(len(msg.records))}
         if msg.filler:  # streamed as the client reads it, with its length announced (faults: drop, hold, latency)
@@ -303,7 +299,7 @@ class Lab:
         except AckError as exc:
             return _error(400, exc.key, str(exc))
         if ack.mismatch:  # mismatch-at-process: processed up to what the back office holds, then the mismatch
-            return self._mismatch(*ack.mismatch)
+            return self._mismatch(*ack.mismatch, backoffice=False)
         if "empty-200" in self.variants:
             return web.Response(status=200)
         return web.json_response({"lastSyncTime": iso(last), "processed": processed, "purgedRecords": purged})

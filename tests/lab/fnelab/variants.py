@@ -27,6 +27,18 @@ FORCE_QUERY = "forceResync=true"
 # deterministic): names behind UTC are the dangerous direction (read as UTC, they look older than they are).
 LOCAL_OFFSET = "-05:00"
 
+# A back office that shows its times (the mismatch text, the acknowledgment fields its tool prints) in its own zone:
+# ahead of UTC is the dangerous direction (read as UTC, an expected time looks later than it is, and the re-upload
+# rule would take a message the back office refused for one it already holds).
+BACKOFFICE_OFFSET = "+05:30"
+
+
+def offset_seconds(offset: str) -> int:
+    """An offset such as -05:00 in seconds."""
+    hours, minutes = offset[1:].split(":")
+    return (-1 if offset.startswith("-") else 1) * (int(hours) * 3600 + int(minutes) * 60)
+
+
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # The vendor's tools: their exit codes are unknown, and a 2022.09 Linux install names them without `.sh`.
     # The collection must judge by the documented console lines and find either name: nothing to configure.
@@ -41,6 +53,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
             "license server reports the mismatch when it processes that acknowledgment"),
     Variant("local-time-names", f"sync file names carry the license server's local time (UTC{LOCAL_OFFSET})",
             {"fne_lls_time_zone": LOCAL_OFFSET}),
+    Variant("backoffice-local-times", f"the back office shows its times in its own zone (UTC{BACKOFFICE_OFFSET}): the "
+            "mismatch text, and the acknowledgment's LastSyncTime its tool prints",
+            {"fne_backoffice_time_zone": BACKOFFICE_OFFSET}),
     Variant("other-force-query", f"a forced download is asked with ?{FORCE_QUERY} (?force=true is ignored: the "
             "server hands out only what is new)", {"fne_lls_force_query": FORCE_QUERY}),
     Variant("unregistered-device", "the back office refuses lls001 (400, \"not registered\") until "

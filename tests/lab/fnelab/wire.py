@@ -61,12 +61,13 @@ def parse_file_name(name: str) -> int | None:
         return None
 
 
-def vendor_time(ts: int) -> str:
-    """The back office's display format, as in the documented mismatch text: 'Jan 24, 2019 11:04:09 AM'.
+def vendor_time(ts: int, offset: int = 0) -> str:
+    """The back office's display format, as in the documented mismatch text: 'Jan 24, 2019 11:04:09 AM', in UTC or
+    `offset` seconds from it (no zone is shown).
 
     Built by hand so the host locale can never change it.
     """
-    d = datetime.fromtimestamp(ts, UTC)
+    d = datetime.fromtimestamp(ts + offset, UTC)
     hour = d.hour % 12 or 12
     half = "AM" if d.hour < 12 else "PM"
     return f"{_MONTHS[d.month - 1]} {d.day}, {d.year} {hour}:{d.minute:02d}:{d.second:02d} {half}"
@@ -75,8 +76,8 @@ def vendor_time(ts: int) -> str:
 MISMATCH_TITLE = "Mismatched or out of order time stamp in sync message"
 
 
-def mismatch_text(expected: int, got: int) -> str:
-    return f"Expected sync time {vendor_time(expected)}, got {vendor_time(got)}"
+def mismatch_text(expected: int, got: int, offset: int = 0) -> str:
+    return f"Expected sync time {vendor_time(expected, offset)}, got {vendor_time(got, offset)}"
 
 
 # --- framing -------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 // The lab compiles this file (fnelab/javatools.py); the wrappers in fnelab/tools run `java FneTool server|backoffice`.
 // -Dfnelab.exitZero=true (lab variant exit-zero-tools): exit 0 even after an error, as some Java tools do.
 // -Dfnelab.forceQuery=NAME=VALUE (lab variant other-force-query): how -force is asked of the license server.
+// -Dfnelab.backofficeZone=+05:30 (lab variant backoffice-local-times): the zone of the acknowledgment times it prints.
 
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
@@ -43,6 +44,7 @@ public final class FneTool {
     static final DateTimeFormatter ISO = DateTimeFormatter.ofPattern("yyyy-MM-dd'T'HH:mm:ss'Z'");
     // The back office's display format, as in the documented texts: Jan 13, 2019 10:52:45 AM
     static final DateTimeFormatter VENDOR = DateTimeFormatter.ofPattern("MMM d, yyyy h:mm:ss a", Locale.US);
+    static final ZoneOffset BACKOFFICE_ZONE = ZoneOffset.of(System.getProperty("fnelab.backofficeZone", "Z"));
 
     static final class ToolError extends Exception {
         ToolError(String message) { super(message); }
@@ -358,7 +360,8 @@ public final class FneTool {
             String key = line.substring(0, eq);
             String value = line.substring(eq + 1);
             if (key.endsWith("Time") || key.endsWith("TIme")) {
-                value = "\"" + iso(value).atOffset(ZoneOffset.UTC).format(VENDOR) + "\"";
+                value = iso(value).atOffset(ZoneOffset.UTC).withOffsetSameInstant(BACKOFFICE_ZONE).format(VENDOR);
+                value = "\"" + value + "\"";
             }
             System.out.println(key + "=" + value);
         }
