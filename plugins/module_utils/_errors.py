@@ -48,8 +48,7 @@ class SettingError(FneError):
 
 class MismatchError(FneError):
     """The back office's documented out-of-order answer: the two times of its text as printed, and the expected
-    one read in ``zone`` (where the answer comes from: the back office's times, or the license server's at the
-    process step), None when unreadable."""
+    one read in ``zone`` (the back office's time zone; UTC by default), None when unreadable."""
 
     def __init__(self, msg: str, text: str, zone: Optional[tzinfo] = None, **kwargs: Any):
         super().__init__(msg, **kwargs)

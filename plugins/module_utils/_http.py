@@ -28,7 +28,6 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
     is_mismatch,
     scrub,
 )
-from ansible_collections.fne.offline_sync.plugins.module_utils._files import zone_of
 
 try:
     import requests
@@ -546,8 +545,8 @@ class Http:
         msg = f"Request {method} {url} failed: [{status}{shown_key}] {text.rstrip('.')}"
         msg = f"{msg}. {hint}" if hint else msg
         if 400 <= status < 500 and is_mismatch(key, text):  # wherever the back office's mismatch shows up
-            return self.fail(msg, url, MismatchError, text=text, zone=zone_of(self.conn.time_zone), status=status,
-                             key=key)
+            # the license server relaying it at the process step: read as UTC (the upload reads its own, in the zone)
+            return self.fail(msg, url, MismatchError, text=text, status=status, key=key)
         return self.fail(msg, url, status=status, key=key)
 
 

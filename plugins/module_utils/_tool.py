@@ -162,6 +162,8 @@ class _Tool:
                            "documents no way to turn the Java tool's certificate check off. Set ca_path to the PEM "
                            "file of the CA: it is handed to the tool's JVM as a truststore.")
         self.conn = conn
+        # the back office's times are in its zone (a mismatch the server tool relays is read as UTC, as with http)
+        self.mismatch_zone = zone_of(conn.time_zone) if name == BACKOFFICE_TOOL else None
         self.warn = warn
         self.run_command = run_command
         self.argv = tool_command(tool_path, command, name)
@@ -200,7 +202,7 @@ class _Tool:
         """Success is the documented console line, never the exit code alone; anything else fails with the tool's
         own text."""
         if not succeeded:
-            raise tool_error(output, what, self.name, rc, zone_of(self.conn.time_zone))
+            raise tool_error(output, what, self.name, rc, self.mismatch_zone)
         if rc != 0:
             self.warn(f"{self.name} exited {rc} after printing its documented success line; trusting the line.")
 
@@ -210,7 +212,7 @@ def tool_error(output: str, what: str, name: str, rc: int, zone: Optional[tzinfo
         line = next((item for item in output.splitlines() if "Expected sync time" in item), "")
         expected, received = mismatch_times(line)
         text = f'"{MISMATCH_KEY}": "Expected sync time {expected}, got {received}"'
-        return MismatchError(f"{what} failed: {text}", text, zone)
+        return MismatchError(f"{what} failed: {text}", line, zone)
     lines = [line for line in tool_lines(output) if line != STARTED]
     tail = "\n".join(lines[-8:])
     answer = SERVER_ANSWER_RE.search(output)  # the REST error the tool relays: its status and key, as http reports

@@ -69,10 +69,13 @@ def _digests(store: str, host: str, pattern: str) -> Dict[str, str]:
     return out
 
 
-def _offset(name_time: datetime, last_sync: datetime) -> Optional[str]:
-    """The zone the file names are in, when they are a whole quarter hour off the server's own time."""
-    minutes = round((name_time - last_sync).total_seconds() / 60)
-    if minutes == 0 or minutes % 15 or abs(minutes) > 14 * 60:
+def _offset(wall: datetime, true: datetime, zero: Optional[str] = None) -> Optional[str]:
+    """The zone a wall time (read as UTC) was written in, when it is a whole number of quarter hours off the true
+    time; `zero` when it is not off at all."""
+    minutes = round((wall - true).total_seconds() / 60)
+    if minutes == 0:
+        return zero
+    if minutes % 15 or abs(minutes) > 14 * 60:
         return None
     sign, minutes = ("+" if minutes > 0 else "-"), abs(minutes)
     return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
@@ -168,13 +171,14 @@ def judge(cfg: ServerConfig, tool: Dict[str, Dict[str, Any]], http: Dict[str, Di
     names = [n for n in names if n is not None]
     printed = _printed_ack_time(tool_store, cfg)
     if upload.compatible and last and printed:  # the acknowledgment's time is the server's new last sync time
-        zone = _offset(printed, last)
+        zone = _offset(printed, last, "UTC")
         configured = zone_of(cfg.backoffice.get("time_zone")).utcoffset(last)
         if zone and printed - last != configured:
             upload.compatible = False
-            upload.detail = (f"the back office's times are in UTC{zone}: its tool printed the acknowledgment's "
-                             f"LastSyncTime as {printed.strftime('%Y-%m-%d %H:%M:%S')}, the server's last sync "
-                             f"time is {last.isoformat()}")
+            upload.detail = (f"the back office's times are in {'UTC' + zone if zone != 'UTC' else zone}: its tool "
+                             f"printed the acknowledgment's LastSyncTime as {printed.strftime('%Y-%m-%d %H:%M:%S')}, "
+                             f"the server's last sync time is {last.isoformat()} (where the back office keeps "
+                             "daylight saving time, set its zone name instead)")
             upload.settings["fne_backoffice_time_zone"] = zone
     acknowledge = verdicts[2]
     if acknowledge.compatible and last and names:

@@ -64,6 +64,16 @@ def test_compatible_on_the_default_lab_with_a_transcript_free_of_secrets(lab_fac
     shown = next(r for r in results if r["task"] == tasks[1]["name"])["result"]["msg"]
     assert shown == [f"{step}: compatible" for step in CHECKED] + ["No setting needed"], shown
 
+    # a back-office zone set where the back office is in UTC: named too (the re-upload rule compares exactly)
+    lab.activity(3, "lls002")
+    data = yaml.safe_load(lab.inventory.read_text())
+    data["all"]["children"]["license_servers"]["vars"]["fne_backoffice_time_zone"] = "+05:30"
+    wrong = tmp_path / "wrong.yml"
+    wrong.write_text(yaml.safe_dump(data))
+    _result, folder = check(lab, wrong, "lls002", out)
+    upload = verdicts(folder)["upload"]
+    assert not upload["compatible"] and upload["settings"] == {"fne_backoffice_time_zone": "UTC"}, upload
+
 
 def test_names_what_each_variant_needs(lab_factory, tmp_path):
     """One lab plays four variants: a forced download asked another way, file names in local time, a back office

@@ -4,6 +4,7 @@ exit code, the password kept out of every text, the JVM truststore from ca_path.
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ sys.path.insert(0, str(REPO / ".venv" / "collections"))
 
 from ansible_collections.fne.offline_sync.plugins.module_utils import _tool as tool  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.module_utils._connection import Connection  # noqa: E402
-from ansible_collections.fne.offline_sync.plugins.module_utils._errors import FneError  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.module_utils._errors import FneError, MismatchError  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._action import run_command  # noqa: E402
 
 SECRET = "s3cret-pw"
@@ -87,6 +88,27 @@ def test_a_relayed_rest_error_keeps_its_status_and_key(tmp_path):
     with pytest.raises(FneError) as err:
         server(tmp_path).process(str(ack))
     assert (err.value.status, err.value.key) == (400, "glsErr.invalidSyncAck") and "message='bad'" in err.value.msg
+
+
+def test_the_back_office_tool_times_are_read_in_its_zone(tmp_path):
+    """The mismatch and the acknowledgment's LastSyncTime the back-office tool prints, in UTC+05:30: read in the
+    back office's time_zone, they are the real times; the license server's tool keeps reading as UTC."""
+    message = tmp_path / "20190124T110500.fnesync"
+    message.write_bytes(b"m")
+    script(tmp_path, "backofficeofflinesynctool", 'echo "OfflineSync utility started."\n'
+           'echo \'"Mismatched or out of order time stamp in sync message": "Expected sync time Jan 24, 2019 4:34:09 '
+           'PM, got Jan 24, 2019 4:30:00 PM"\'; exit 1')
+    bo = Connection("https://bo.example/deviceservices", time_zone="+05:30")
+    back_office = tool.ToolBackOffice(bo, str(tmp_path), warnings.append, run_command)
+    with pytest.raises(MismatchError) as err:
+        back_office.upload_file(str(message))
+    assert err.value.expected_time == dt.datetime(2019, 1, 24, 11, 4, 9, tzinfo=dt.timezone.utc)
+    out = 'while [ "$1" != -out ]; do shift; done; echo ack > "$2"'
+    script(tmp_path, "backofficeofflinesynctool", f'{out}\necho "Successfully sent sync data and received a sync '
+           'acknowledgment."\necho \'LastSyncTime="Jan 24, 2019 4:35:00 PM"\'')
+    assert back_office.upload_file(str(message)) == b"ack\n"
+    assert back_office.last_sync_time == "2019-01-24T11:05:00Z"
+    assert tool.tool_error(err.value.msg, "x", "serverofflinesynctool", 1).expected_time.hour == 16  # UTC
 
 
 def test_processing_is_judged_by_its_purging_lines(tmp_path):
