@@ -377,7 +377,9 @@ def main() -> int:
     if args.command == "floor":
         return floor(args)
     sizes = [int(s) for s in args.sizes.split(",")]
-    meta = {"command": "make bench" if os.environ.get("FNE_BENCH_MAKE") else " ".join(["bench.py", *sys.argv[1:]]),
+    given = " ".join(sys.argv[1:])  # what reproduces the run: make bench with the same BENCH_ARGS
+    made = "make bench" + (f' BENCH_ARGS="{given}"' if given else "")
+    meta = {"command": made if os.environ.get("FNE_BENCH_MAKE") else " ".join(["bench.py", *sys.argv[1:]]),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                      text=True, check=False).stdout.strip(),
