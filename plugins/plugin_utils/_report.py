@@ -121,11 +121,15 @@ def summarize(store: ServerStore, now: Optional[_dt.datetime] = None, update_cac
         state = _ledger_state(store)
         if update_cache:
             _save_state(store, state)
-    out = {name: state[name] for name in _SUMMARY_FIELDS}
-    out.update(age_days=_age(state["last_sync"], now), outbox=len(store.outbox_files()),
-               pending_acks=len(store.pending_acks()), needs_force=store.needs_force(),
-               quarantined=len(store.quarantined()))
+    out = _ledger_figures(state, now)
+    out.update(outbox=len(store.outbox_files()), pending_acks=len(store.pending_acks()),
+               needs_force=store.needs_force(), quarantined=len(store.quarantined()))
     return out
+
+
+def _ledger_figures(state: dict, now: _dt.datetime) -> dict:
+    """The figures of :func:`summarize` that come from the ledger (the folders' come from listing them)."""
+    return dict({name: state[name] for name in _SUMMARY_FIELDS}, age_days=_age(state["last_sync"], now))
 
 
 def store_servers(store_root: str) -> List[str]:
@@ -266,7 +270,7 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
             run = _last_run(info) if last_run else _run_figures(entries, state["records_by_file"])
             # a run that found nothing to do leaves the server's store as it was (no line)
             if update_cache and store is not None and not last_run and (run["changed"] or run["failed"]):
-                info = _log_run(store, state, run, run_id, now) or info
+                info.update(_log_run(store, state, run, run_id, now))
         info.update(name=name, topology=topologies.get(name, "api" if name in in_run else "unknown"),
                     backend=(backends or {}).get(name), run=run)
         info["stale"] = info["age_days"] is None or info["age_days"] > stale_days
@@ -295,20 +299,20 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
     }
 
 
-def _log_run(store: ServerStore, state: dict, run: Dict[str, Any], run_id: str,
-             now: _dt.datetime) -> Optional[dict]:
-    """One ``run`` line in this server's ledger (the history's source), then its figures with that line."""
+def _log_run(store: ServerStore, state: dict, run: Dict[str, Any], run_id: str, now: _dt.datetime) -> dict:
+    """One ``run`` line in this server's ledger (the history's source), then its ledger's figures with that line
+    (none when nothing was written; a line changes no folder)."""
     if not os.path.isdir(store.dir):  # a server no step touched (its variables are invalid, say) keeps no trace
-        return None
+        return {}
     try:
         store.log("run", durable=False, time=now.strftime("%Y-%m-%dT%H:%M:%SZ"), run=run_id, records=run["records"],
                   files=run["files_uploaded"],
                   failed=run["failed"], detail="; ".join(_without_host(store.name, m) for m in run["errors"]) or None)
     except StoreError:  # the history misses this run; the report and the results still stand
-        return None
+        return {}
     state = _ledger_state(store, state)
     _save_state(store, state)
-    return summarize(store, now, state=state)
+    return _ledger_figures(state, now)
 
 
 def _last_run(info: Dict[str, Any]) -> Optional[Dict[str, Any]]:

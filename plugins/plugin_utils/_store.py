@@ -110,7 +110,8 @@ class ServerStore:
     @contextlib.contextmanager
     def lock(self, timeout: float = 0) -> Iterator[None]:
         """Hold this server's lock; wait up to ``timeout`` seconds, then raise :class:`LockedError`. The lock is on
-        the server's folder itself: no file that someone could delete while a run holds it."""
+        the server's folder itself: no file that someone could delete while a run holds it. Taking it removes what
+        a dead run half wrote (once per hold, not in each phase)."""
         self.ensure()
         fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
         deadline = time.monotonic() + max(0.0, timeout)
@@ -126,6 +127,7 @@ class ServerStore:
                         raise LockedError(f"{self.name}: store {self.dir} is locked by another run; "
                                           "try again when it has finished") from None
                     time.sleep(0.2)
+            self._remove_temporaries()
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock
@@ -280,13 +282,12 @@ class ServerStore:
             if os.path.exists(self.ack_for(path)):
                 self._move(path, self.sent)
                 moved.append(os.path.basename(path))
-        self._remove_temporaries()
         return moved
 
     def _remove_temporaries(self) -> None:
-        """A dead run's half-written files (`.NAME.RANDOM.tmp`, never complete): under the lock no other run can be
-        writing them. The records of a half-downloaded message come again with the forced download its marker
-        asks for."""
+        """A dead run's half-written files (`.NAME.RANDOM.tmp`, never complete): under the lock, just taken, no
+        run can be writing them. The records of a half-downloaded message come again with the forced download its
+        marker asks for."""
         for folder in (self.outbox, self.acks):
             with contextlib.suppress(FileNotFoundError):
                 for name in os.listdir(folder):
