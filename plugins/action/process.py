@@ -5,10 +5,16 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import typing as t
 
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._action import FneAction
+
+# Up to this size the acknowledgment travels in the module's arguments (acknowledgments are a few hundred bytes):
+# one round trip to the host. A larger one is copied into the module's temporary folder first.
+INLINE_MAX = 1024 * 1024
 
 
 class ActionModule(FneAction):
@@ -16,13 +22,15 @@ class ActionModule(FneAction):
 
     def shipped_args(self) -> dict[str, t.Any]:
         args = super().shipped_args()
-        if boolean(args.get("remote_src", True), strict=False):
-            return args
-        # One connection for both: the file goes into the module's temporary folder (removed with it), instead of
-        # a copy task and then this one.
+        if boolean(args.get("remote_src", True), strict=False) or not args.get("src") or "content" in args:
+            return args  # nothing to send along (the module says what is missing or given twice)
         local = self._find_needle("files", args["src"])
+        args = {k: v for k, v in args.items() if k not in ("src", "remote_src")}
+        if os.path.getsize(local) <= INLINE_MAX:
+            with open(local, "rb") as handle:
+                return dict(args, content=base64.b64encode(handle.read()).decode("ascii"))
         tmpdir = self._connection._shell.tmpdir or self._make_tmp_path()
         remote = self._connection._shell.join_path(tmpdir, "acknowledgment")
         self._transfer_file(local, remote)
         self._fixup_perms2((tmpdir, remote))
-        return dict(args, src=remote, remote_src=True)
+        return dict(args, src=remote)

@@ -6,8 +6,11 @@ the action plugins (in the controller process). Private to the collection."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import os
+import tempfile
 from typing import Any, Callable
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -33,7 +36,7 @@ MODULE_SPECS: dict = {
     "generate": dict(module_spec("lls"), path=dict(type="path", required=True), force=dict(type="bool", default=False)),
     "upload": dict(module_spec("backoffice"), src=dict(type="path", required=True),
                    dest=dict(type="path", default="syncack.bin")),
-    "process": dict(module_spec("lls"), src=dict(type="path", required=True), path=dict(type="path"),
+    "process": dict(module_spec("lls"), src=dict(type="path"), content=dict(type="str"), path=dict(type="path"),
                     remote_src=dict(type="bool", default=True)),
     "server_info": dict(module_spec("lls"), path=dict(type="path")),
 }
@@ -42,6 +45,7 @@ MODULE_OPTIONS: dict = {
     name: dict(required_together=[["username", "password"]] if "username" in spec else [])
     for name, spec in MODULE_SPECS.items()
 }
+MODULE_OPTIONS["process"].update(mutually_exclusive=[["src", "content"]], required_one_of=[["src", "content"]])
 
 
 def argument_spec(name: str) -> dict:
@@ -96,6 +100,8 @@ def _upload(params: dict, check_mode: bool, warn: Callable[[str], None], run_com
 
 
 def _process(params: dict, check_mode: bool, warn: Callable[[str], None], run_command: RunCommand) -> dict:
+    if params.get("content") is not None:
+        return _process_content(params, check_mode, warn, run_command)
     src = os.path.abspath(params["src"])
     if check_mode:
         if not os.path.isfile(src) or not os.access(src, os.R_OK):
@@ -106,6 +112,25 @@ def _process(params: dict, check_mode: bool, warn: Callable[[str], None], run_co
                            "the server's answer, so nothing is reported as purged (candidates lists the sync files "
                            "it could cover)."}
     return license_server(params, warn, run_command).process(src, params.get("path"))
+
+
+def _process_content(params: dict, check_mode: bool, warn: Callable[[str], None], run_command: RunCommand) -> dict:
+    """The acknowledgment given as base64 (``content``): written to a private temporary file, processed from there
+    as ``src`` would be (the vendor tool reads a file), removed afterwards."""
+    try:
+        data = base64.b64decode(params["content"], validate=True)
+    except (binascii.Error, ValueError):
+        raise FneError("content is not base64: give the acknowledgment's bytes base64-encoded (as "
+                       "ansible.builtin.slurp returns a file), or its file as src.") from None
+    if not data:
+        raise FneError("content is empty: an acknowledgment has bytes.")
+    fd, path = tempfile.mkstemp(prefix="fne-ack-", suffix=".bin")  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        return _process(dict(params, src=path, content=None), check_mode, warn, run_command)
+    finally:
+        os.unlink(path)
 
 
 def _server_info(params: dict, check_mode: bool, warn: Callable[[str], None], run_command: RunCommand) -> dict:

@@ -39,13 +39,21 @@ options:
   src:
     description:
       - The acknowledgment file written by M(fne.offline_sync.upload) (the vendor tool's C(syncack.bin)).
+      - One of O(src) and O(content) is required.
     type: path
-    required: true
+  content:
+    description:
+      - The acknowledgment's bytes, base64-encoded (as M(ansible.builtin.slurp) returns a file), instead of O(src).
+      - The module writes them to a private temporary file (mode C(0600)), processes it as O(src), and removes it.
+    type: str
+    version_added: 0.2.0
   remote_src:
     description:
       - Whether O(src) is on the host the module runs on, V(true), or on the control node, V(false).
-      - With V(false) the action plugin sends the file along with the module, into the module's temporary folder
-        (removed afterwards), so one task on the license server host does what a copy task and this one would do.
+      - With V(false) the action plugin sends the file along with the module, so one task on the license server host
+        does what a copy task and this one would do. An acknowledgment of up to 1 MiB (they are a few hundred bytes)
+        travels in the module's arguments as O(content), in the same round trip to the host; a larger one is copied
+        into the module's temporary folder first (removed afterwards).
       - Makes no difference when the task runs on the control node.
     type: bool
     default: true

@@ -148,6 +148,48 @@ def test_full_cycle_both_paths(lab_factory, sshd, tmp_path, backend):
     assert report["servers"]["lls001"]["in_backoffice"] == 25
 
 
+def _ssh_commands(output: str, task_name: str) -> int:
+    """How many commands a task ran over SSH (its round trips to the host), from -vvv output."""
+    section = output.split(f"TASK [{task_name}]", 1)[1].split("TASK [", 1)[0]
+    return section.count("SSH: EXEC")
+
+
+def test_process_sends_the_acknowledgment_along(lab_factory, sshd, tmp_path):
+    """remote_src=false over SSH: an acknowledgment on the control node travels in the module's arguments, one round
+    trip to the host (with pipelining); one over 1 MiB through the module's temporary folder. content takes the bytes
+    as slurp returns them; bad content or both sources fail before anything is sent."""
+    lab = lab_factory(2, "--records", "5")
+    inv = inventory(tmp_path, lab, BOTH, sshd)
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\0" * (1024 * 1024 + 1))
+    ack = "{{ out }}/syncack.bin"
+    shipped = "inventory_hostname == 'shipped'"
+    res = playbook(tmp_path, inv, [
+        task("generate", "generate", dict(LLS, path="{{ out }}")),
+        task("upload", "upload", dict(BO, src="{{ out }}")),
+        {"name": "slurp", "ansible.builtin.slurp": {"src": ack}, "register": "slurped", "delegate_to": "localhost"},
+        task("inline", "process", dict(LLS, src=ack, path="{{ out }}", remote_src=False), when=shipped),
+        task("content", "process", dict(LLS, content="{{ slurped.content }}", path="{{ out }}"),
+             when="inventory_hostname == 'inproc'"),
+        task("big", "process", dict(LLS, src=str(big), remote_src=False), when=shipped, ignore_errors=True),
+        task("not base64", "process", dict(LLS, content="not base64!"), ignore_errors=True),
+        task("both", "process", dict(LLS, src=ack, content="{{ slurped.content }}"), ignore_errors=True),
+    ], args=("-vvv",), env={"ANSIBLE_PIPELINING": "True"})
+    for host, name in (("shipped", "inline"), ("inproc", "content")):
+        up, proc = res.get("upload", host), res.get(name, host)
+        assert proc["processed"] and proc["purged"] == up["accepted"] and len(up["accepted"]) == 1, proc
+        assert sync_files(tmp_path / "out" / host) == []
+    assert _ssh_commands(res.output, "inline") == 1  # the module alone: no folder, transfer or clean-up
+    big_run = res.get("big", "shipped")
+    # sent along the other way (a temporary folder and the transfer first), it reached the server, which refused it
+    assert big_run["failed"] and big_run["error"]["key"] == "glsErr.invalidSyncAck", big_run
+    assert _ssh_commands(res.output, "big") == 6  # home, folder, transfer, permissions, module, clean-up
+    for host in BOTH:
+        assert "content is not base64" in res.get("not base64", host)["msg"]
+        assert "mutually exclusive: src|content" in res.get("both", host)["msg"]
+    assert lab.verify(complete=True)["ok"]
+
+
 def test_https_without_ca_fails_with_hint(lab_factory, sshd, tmp_path):
     lab = lab_factory(2, "--https", "1")
     inv = inventory(tmp_path, lab, BOTH, sshd)
