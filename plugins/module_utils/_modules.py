@@ -32,8 +32,12 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._folder import re
 from ansible_collections.fne.offline_sync.plugins.module_utils._http import HAS_REQUESTS, REQUESTS_IMPORT_ERROR
 from ansible_collections.fne.offline_sync.plugins.module_utils._tool import RunCommand
 
+# generate's return_content: the bytes of the waiting files returned in all, at most (the rest is fetched)
+CONTENT_MAX = 1024 * 1024
+
 MODULE_SPECS: dict = {
-    "generate": dict(module_spec("lls"), path=dict(type="path", required=True), force=dict(type="bool", default=False)),
+    "generate": dict(module_spec("lls"), path=dict(type="path", required=True), force=dict(type="bool", default=False),
+                     return_content=dict(type="bool", default=False)),
     "upload": dict(module_spec("backoffice"), src=dict(type="path", required=True),
                    dest=dict(type="path", default="syncack.bin")),
     "process": dict(module_spec("lls"), src=dict(type="path"), content=dict(type="str"), path=dict(type="path"),
@@ -76,16 +80,25 @@ def _generate(params: dict, check_mode: bool, warn: Callable[[str], None], run_c
                              "(a request hands them out), so whether new data is pending is unknown."}
     else:
         result = license_server(params, warn, run_command).generate(params["path"], force=params["force"])
-    result["waiting"] = _waiting(params["path"], result["files"])
+    result["waiting"] = _waiting(params["path"], result["files"], CONTENT_MAX if params["return_content"] else 0)
     return result
 
 
-def _waiting(folder: str, written: list) -> list:
+def _waiting(folder: str, written: list, budget: int = 0) -> list:
     """Every sync file in folder after the run, oldest first, with its sha256: what a remote-topology run fetches,
-    known from the one task that ran on the host (no second task to list and hash)."""
+    known from the one task that ran on the host (no second task to list and hash). With a budget, each file that
+    still fits in it carries its bytes too (base64): the run takes it without a fetch."""
     known = {f["path"]: f["sha256"] for f in written}
-    return [{"path": path, "name": os.path.basename(path), "size": os.path.getsize(path),
-             "sha256": known.get(path) or sha256_file(path)} for path in list_sync_files(folder)]
+    waiting = []
+    for path in list_sync_files(folder):
+        entry = {"path": path, "name": os.path.basename(path), "size": os.path.getsize(path),
+                 "sha256": known.get(path) or sha256_file(path)}
+        if entry["size"] <= budget:
+            with open(path, "rb") as handle:
+                entry["content"] = base64.b64encode(handle.read()).decode("ascii")
+            budget -= entry["size"]
+        waiting.append(entry)
+    return waiting
 
 
 def _upload(params: dict, check_mode: bool, warn: Callable[[str], None], run_command: RunCommand) -> dict:

@@ -54,6 +54,16 @@ options:
         again; they are returned as RV(superseded) and should not be uploaded.
     type: bool
     default: false
+  return_content:
+    description:
+      - Also return the bytes of the files in RV(waiting), base64-encoded, as C(content) (as
+        M(ansible.builtin.slurp) does), oldest first while they fit in 1 MiB in all; a file beyond that has no
+        C(content).
+      - The remote topology takes the files so, in the same round trip to the license server host, and fetches only
+        the files without C(content).
+    type: bool
+    default: false
+    version_added: 0.2.0
 notes:
   - A request for sync data whose answer is lost in transit (the connection dropped, a truncated body, a 502/504
     from a gateway, an answer that is not a sync message) fails with C(error.type=LostResponseError) and
@@ -133,6 +143,7 @@ waiting:
       and C(sha256) as in RV(files); the new files and those of earlier runs not yet purged.
     - The remote topology fetches from this list, so one task on the license server host downloads, lists and
       hashes.
+    - With O(return_content=true), each file that fits also has C(content), its bytes base64-encoded.
   returned: always
   type: list
   elements: dict

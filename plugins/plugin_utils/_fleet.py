@@ -15,6 +15,7 @@ generate and process on the host; its store operations are ``RemoteStoreWork``'s
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
 import os
@@ -48,6 +49,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._errors import (
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import (
     sha256_file,
     sync_time_of,
+    write_atomic,
     zone_of,
 )
 from ansible_collections.fne.offline_sync.plugins.module_utils._tool import (
@@ -609,7 +611,8 @@ class RemoteStoreWork(ServerWork):
     tasks over SSH); these steps keep the control-node store in step with what those tasks did."""
 
     def admit(self) -> None:
-        """Take the fetched files into the outbox after checking their sha256."""
+        """Take the fetched files, and those generate returned with their bytes (``content``), into the outbox after
+        checking their sha256."""
         known = self.known_files()
         for item in self.opts.remote_files:
             name = os.path.basename(item.get("path") or item.get("src") or "")
@@ -621,6 +624,15 @@ class RemoteStoreWork(ServerWork):
             if self.opts.check_mode:
                 self.plan.append(f"take {name} into the outbox")
                 continue
+            if item.get("content") is not None:  # returned by generate: never trusted more than a fetched file
+                if sync_time_of(name) is None:
+                    raise StoreError(f"generate returned the bytes of {name!r}, which is no sync file name")
+                try:
+                    data = base64.b64decode(item["content"], validate=True)
+                except ValueError:
+                    raise StoreError(f"the bytes generate returned for {name} are not base64") from None
+                os.makedirs(os.path.dirname(src), mode=0o700, exist_ok=True)
+                write_atomic(src, [data])
             if not os.path.exists(src):
                 raise StoreError(f"fetched file {src} is missing")
             module_sha, host_sha = item.get("module_sha256"), item.get("sha256") or item.get("checksum")
@@ -672,7 +684,9 @@ class RemoteStoreWork(ServerWork):
         if self.step != "prepare_ack":
             return {}
         known = set(self.known_files())
-        return {"new_files": sorted(({"path": f.get("path"), "sha256": f.get("sha256") or f.get("checksum")}
+        # inline: generate returned its bytes (no fetch)
+        return {"new_files": sorted(({"path": f.get("path"), "sha256": f.get("sha256") or f.get("checksum"),
+                                      "inline": f.get("content") is not None}
                                      for f in self.opts.remote_files
                                      if os.path.basename(str(f.get("path"))) not in known),
                                     key=lambda f: str(f["path"]))}

@@ -148,6 +148,27 @@ def test_full_cycle_both_paths(lab_factory, sshd, tmp_path, backend):
     assert report["servers"]["lls001"]["in_backoffice"] == 25
 
 
+def test_generate_returns_the_bytes_that_fit(lab_factory, sshd, tmp_path):
+    """return_content: each waiting file's bytes (base64), oldest first while they fit in 1 MiB in all; a file
+    beyond has none (the remote topology fetches it). The same on both paths."""
+    import base64
+
+    lab = lab_factory(2, "--records", "12", "--page-size", "5")
+    inv = inventory(tmp_path, lab, BOTH, sshd)
+    for host in BOTH:  # an older file of more than 1 MiB, waiting from an earlier run
+        folder = tmp_path / "out" / host
+        folder.mkdir(parents=True)
+        (folder / "20200101T000000.fnesync").write_bytes(b"x" * (1024 * 1024 + 1))
+    res = playbook(tmp_path, inv, [task("generate", "generate", dict(LLS, path="{{ out }}", return_content=True))])
+    for host in BOTH:
+        waiting = res.get("generate", host)["waiting"]
+        assert len(waiting) == 4 and "content" not in waiting[0], waiting[0].keys()
+        for entry in waiting[1:]:
+            data = base64.b64decode(entry["content"])
+            assert data == Path(entry["path"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["size"]
+
+
 def _ssh_commands(output: str, task_name: str) -> int:
     """How many commands a task ran over SSH (its round trips to the host), from -vvv output."""
     section = output.split(f"TASK [{task_name}]", 1)[1].split("TASK [", 1)[0]

@@ -41,10 +41,12 @@ def test_remote_topology_cycle(lab_factory, sshd, tmp_path):
     assert not check.failed(), check
     assert lab_state(lab) == before and not store.exists()
 
-    first = run(lab, inventory, store)
+    first = run(lab, inventory, store, "-v")
     assert not first.failed(), first
     assert set(first.changed()) == {"lls001", "lls002", "lls003", "lls004", "lls005"}, first
     lab.verify(complete=True)
+    # generate returned the files with their bytes: no fetch ran on any host
+    assert fetches(first.out) == [], first
     for host in REMOTE:
         fetched = [e for e in ledger(store, host) if e["event"] == "fetched"]
         assert len(fetched) == 3 and all(len(e["sha256"]) == 64 for e in fetched)
@@ -61,6 +63,23 @@ def test_remote_topology_cycle(lab_factory, sshd, tmp_path):
     assert not third.failed(), third
     assert {"lls001", "lls004"} <= third.changed(), third
     lab.verify(complete=True)
+
+    # a message over generate's 1 MiB of returned bytes travels by fetch, checked the same way
+    lab.cli("activity", "--dir", str(lab.dir), "--records", "2", "--servers", "lls002", "--bulk-bytes",
+            str(1024 * 1024 + 1))
+    big = run(lab, inventory, store, "-v")
+    assert not big.failed(), big
+    assert fetches(big.out) == ["lls002"], big
+    fetched = [e for e in ledger(store, "lls002") if e["event"] == "fetched"][-1]
+    assert fetched["records"] == 2 and (store / "lls002" / "sent" / fetched["file"]).stat().st_size > 1024 * 1024
+    lab.verify(complete=True)
+
+
+def fetches(output: str) -> list[str]:
+    """The hosts the fetch task fetched a file from (its loop ran), from -v output."""
+    section = output.split("Fetch the new sync files", 1)[1].split("TASK [", 1)[0]
+    return sorted({line.split("[", 1)[1].split("]", 1)[0] for line in section.splitlines()
+                   if line.startswith(("ok: [", "changed: ["))})
 
 
 @pytest.mark.slow

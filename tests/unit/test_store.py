@@ -57,6 +57,32 @@ def test_listing_is_in_timestamp_order_and_ignores_temporaries(store):
     assert names == ["20260101T235959.fnesync", "20260102T000000.fnesync"]
 
 
+def test_admit_takes_the_bytes_generate_returned_only_when_they_check_out(store):
+    """The remote topology's admit step with `content` (generate's return_content): written to the store, then held
+    to the sha256 the host reported, like a fetched file; a name that is no sync file or bytes that are not base64
+    fail that server and change nothing."""
+    import base64
+
+    data = b"MESSAGE"
+    good = {"path": "/h/20260101T000001.fnesync", "sha256": hashlib.sha256(data).hexdigest(),
+            "content": base64.b64encode(data).decode()}
+
+    def admit(*files):
+        return fleet.run_fleet("admit", [fleet.server_config("lls001", {"fne_sync_topology": "remote"})],
+                               fleet.Options(store=store.root, remote_files=list(files)))["lls001"]
+
+    for bad, why in ((dict(good, sha256="0" * 64), "checksum mismatch"),
+                     (dict(good, path="/h/notes.txt"), "no sync file name"),
+                     (dict(good, content="not base64!"), "not base64")):
+        entry = admit(bad)
+        assert entry["failed"] and why in entry["msg"], entry
+        assert store.outbox_files() == []
+    entry = admit(good)
+    assert not entry["failed"] and entry["fetched"] == ["20260101T000001.fnesync"], entry
+    assert Path(store.outbox_files()[0]).read_bytes() == data
+    assert admit(good)["fetched"] == []  # held already: not taken twice
+
+
 def test_admit_checks_sha256_and_logs(store, tmp_path):
     src = put(str(tmp_path), "20260101T000000.fnesync", b"payload")
     good = hashlib.sha256(b"payload").hexdigest()
