@@ -4,6 +4,7 @@ checksums, mixed with api-topology servers in the same run."""
 from __future__ import annotations
 
 import pytest
+from fnetest import ansible_env
 from test_sync_support import PYTHON, lab_state, ledger, sync, tree_digest, write_inventory
 
 REMOTE = ("lls001", "lls002", "lls003")
@@ -59,10 +60,13 @@ def test_remote_topology_cycle(lab_factory, sshd, tmp_path):
     assert lab_state(lab) == settled and tree_digest(store / "lls001") == digest
 
     lab.activity(4, "lls001", "lls004")
-    third = run(lab, inventory, store)
+    third = run(lab, inventory, store, "-vvv", env=ansible_env(ANSIBLE_PIPELINING="True"))
     assert not third.failed(), third
     assert {"lls001", "lls004"} <= third.changed(), third
     lab.verify(complete=True)
+    # commands on the hosts, with pipelining: the connection check and generate on each remote-topology server,
+    # and process on lls001, the one with new records: 2 + 2 + 3
+    assert third.out.count("SSH: EXEC") == 7, third
 
     # a message over generate's 1 MiB of returned bytes travels by fetch, checked the same way
     lab.cli("activity", "--dir", str(lab.dir), "--records", "2", "--servers", "lls002", "--bulk-bytes",
