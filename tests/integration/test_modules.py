@@ -3,6 +3,7 @@ in-process on the controller (connection local) and shipped over real SSH (the s
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import stat
@@ -151,8 +152,6 @@ def test_full_cycle_both_paths(lab_factory, sshd, tmp_path, backend):
 def test_generate_returns_the_bytes_that_fit(lab_factory, sshd, tmp_path):
     """return_content: each waiting file's bytes (base64), oldest first while they fit in 1 MiB in all; a file
     beyond has none (the remote topology fetches it). The same on both paths."""
-    import base64
-
     lab = lab_factory(2, "--records", "12", "--page-size", "5")
     inv = inventory(tmp_path, lab, BOTH, sshd)
     for host in BOTH:  # an older file of more than 1 MiB, waiting from an earlier run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import fcntl
 import hashlib
@@ -61,8 +62,6 @@ def test_admit_takes_the_bytes_generate_returned_only_when_they_check_out(store)
     """The remote topology's admit step with `content` (generate's return_content): written to the store, then held
     to the sha256 the host reported, like a fetched file; a name that is no sync file or bytes that are not base64
     fail that server and change nothing."""
-    import base64
-
     data = b"MESSAGE"
     good = {"path": "/h/20260101T000001.fnesync", "sha256": hashlib.sha256(data).hexdigest(),
             "content": base64.b64encode(data).decode()}
