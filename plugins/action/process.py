@@ -10,11 +10,8 @@ import os
 import typing as t
 
 from ansible.module_utils.parsing.convert_bool import boolean
+from ansible_collections.fne.offline_sync.plugins.module_utils._modules import INLINE_MAX
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._action import FneAction
-
-# Up to this size the acknowledgment travels in the module's arguments (acknowledgments are a few hundred bytes):
-# one round trip to the host. A larger one is copied into the module's temporary folder first.
-INLINE_MAX = 1024 * 1024
 
 
 class ActionModule(FneAction):
@@ -26,7 +23,7 @@ class ActionModule(FneAction):
             return args  # nothing to send along (the module says what is missing or given twice)
         local = self._find_needle("files", args["src"])
         args = {k: v for k, v in args.items() if k not in ("src", "remote_src")}
-        if os.path.getsize(local) <= INLINE_MAX:
+        if os.path.getsize(local) <= INLINE_MAX:  # in the module's arguments: one round trip to the host
             with open(local, "rb") as handle:
                 return dict(args, content=base64.b64encode(handle.read()).decode("ascii"))
         tmpdir = self._connection._shell.tmpdir or self._make_tmp_path()

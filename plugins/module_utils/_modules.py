@@ -32,8 +32,10 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._folder import re
 from ansible_collections.fne.offline_sync.plugins.module_utils._http import HAS_REQUESTS, REQUESTS_IMPORT_ERROR
 from ansible_collections.fne.offline_sync.plugins.module_utils._tool import RunCommand
 
-# generate's return_content: the bytes of the waiting files returned in all, at most (the rest is fetched)
-CONTENT_MAX = 1024 * 1024
+# The most bytes that travel inside a module's arguments or result instead of as a file transfer: process's
+# acknowledgment sent along (remote_src=false), generate's waiting files in all (return_content). Sync files and
+# acknowledgments are a few KiB; a larger one goes the transfer's way.
+INLINE_MAX = 1024 * 1024
 
 MODULE_SPECS: dict = {
     "generate": dict(module_spec("lls"), path=dict(type="path", required=True), force=dict(type="bool", default=False),
@@ -80,7 +82,7 @@ def _generate(params: dict, check_mode: bool, warn: Callable[[str], None], run_c
                              "(a request hands them out), so whether new data is pending is unknown."}
     else:
         result = license_server(params, warn, run_command).generate(params["path"], force=params["force"])
-    result["waiting"] = _waiting(params["path"], result["files"], CONTENT_MAX if params["return_content"] else 0)
+    result["waiting"] = _waiting(params["path"], result["files"], INLINE_MAX if params["return_content"] else 0)
     return result
 
 
