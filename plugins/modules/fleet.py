@@ -248,7 +248,10 @@ preflight_failed:
   sample: "pre-flight: no back office URL for 3 server(s) (lls001, lls002, lls003): set fne_backoffice_url (or
     FNE_BACKOFFICE_URL). No server was touched."
 hosts:
-  description: One entry per server worked, keyed by inventory name (in the sample, C(lls002) is a C(cycle) entry).
+  description:
+    - One entry per server worked, keyed by inventory name (in the sample, C(lls002) is a C(cycle) entry).
+    - A C(cycle) entry's C(phases) holds each phase's entry without what the cycle entry says (C(host),
+      C(topology)) and without the keys at their empty value (no files, no records, C(false), C(null)).
   returned: always
   type: dict
   sample:

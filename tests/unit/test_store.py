@@ -471,6 +471,11 @@ def test_the_cycle_works_each_server_through_its_phases_with_one_journal(tmp_pat
     configs = [fleet.server_config(name, {}) for name in ("lls001", "lls002")]
     results = fleet.run_fleet("cycle", configs, fleet.Options(store=root, workers=2))
     assert [e["step"] for e in results["lls001"]["phases"]] == ["collect", "upload", "acknowledge"]
+    for phase in results["lls001"]["phases"] + results["lls002"]["phases"]:  # what the cycle entry says, and empty
+        # keys, left out: a thousand servers' results pass through Ansible's templating and pickling key by key
+        assert {"step", "changed", "failed", "msg"} <= set(phase) and not {"host", "topology"} & set(phase), phase
+        assert not [k for k, v in phase.items() if k not in ("changed", "failed") and v in (None, False, 0, "", [])]
+    assert results["lls001"]["phases"][0]["processed"] == ["20260101T000000.ack"]
     assert fakes["lls001"].calls == [("process", "20260101T000000.ack"), ("generate", False)]
     assert fakes["lls002"].calls == [("generate", True)], "first contact: a forced download"
     assert results["lls001"]["changed"] and not results["lls001"]["failed"]
@@ -479,6 +484,30 @@ def test_the_cycle_works_each_server_through_its_phases_with_one_journal(tmp_pat
     assert [e["step"] for e in only_upload["lls001"]["phases"]] == ["upload"]
     assert os.listdir(os.path.join(root, InFlight.FOLDER)) == []
     assert all(ServerStore(root, c.name).needs_force() is None for c in configs)
+
+
+def test_host_variables_are_read_as_plain_python_values(tmp_path):
+    """Ansible hands an inventory's names and values over as subclasses carrying their origin (tagged, or unsafe
+    before ansible-core 2.19), which copy and pickle slowly; the fleet reads them as Python's own types, same values."""
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.hostvars import HostVars
+    from ansible.vars.manager import VariableManager
+
+    (tmp_path / "inventory.yml").write_text(
+        "all:\n  hosts:\n    lls001:\n      fne_lls_url: https://lls001.example:7071\n      fne_sync_retries: 5\n"
+        "      fne_lls_password: secret\n      fne_sync_timeout: 2.5\n      fne_lls_validate_certs: false\n")
+    loader = DataLoader()
+    inventory = InventoryManager(loader, sources=[str(tmp_path / "inventory.yml")])
+    hostvars = HostVars(inventory, VariableManager(loader=loader, inventory=inventory), loader)
+    names = fleet.plain([host.name for host in inventory.get_hosts()])
+    assert names == ["lls001"] and type(names[0]) is str
+    cfg = fleet.server_config(names[0], hostvars["lls001"])
+    assert (cfg.lls["url"], cfg.lls["password"], cfg.lls["retries"], cfg.lls["timeout"],
+            cfg.lls["validate_certs"]) == ("https://lls001.example:7071", "secret", 5, 2.5, False)
+    assert [type(cfg.lls[k]) for k in ("url", "password", "retries", "timeout")] == [str, str, int, float]
+    assert cfg.secrets == ["secret"]
+    assert fleet.plain({"a": ("b", 1, None, True)}) == {"a": ["b", 1, None, True]}
 
 
 def test_report_files_are_private_and_warnings_name_an_open_store_and_unchecked_certificates(store, tmp_path):
