@@ -501,7 +501,7 @@ def test_host_variables_are_read_as_plain_python_values(tmp_path):
     inventory = InventoryManager(loader, sources=[str(tmp_path / "inventory.yml")])
     hostvars = HostVars(inventory, VariableManager(loader=loader, inventory=inventory), loader)
     names = fleet.plain([host.name for host in inventory.get_hosts()])
-    assert names == ["lls001"] and type(names[0]) is str
+    assert names == ["lls001"] and [type(n) for n in names] == [str]
     cfg = fleet.server_config(names[0], hostvars["lls001"])
     assert (cfg.lls["url"], cfg.lls["password"], cfg.lls["retries"], cfg.lls["timeout"],
             cfg.lls["validate_certs"]) == ("https://lls001.example:7071", "secret", 5, 2.5, False)
