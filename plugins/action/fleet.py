@@ -70,9 +70,8 @@ class ActionModule(ActionBase):
         del tmp
         _validation, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
         step = args["step"]
-        # plain names: every entry of the result carries one, and Ansible's tagged strings pickle slowly
-        names: List[str] = fleet.plain(task_vars.get("ansible_play_hosts") or [] if args["hosts"] is None
-                                       else args["hosts"])
+        names = args["hosts"] if args["hosts"] is not None else task_vars.get("ansible_play_hosts") or []
+        names = fleet.plain(names)  # every entry of the result carries one: Ansible's tagged strings pickle slowly
         every, invalid = self._configs(names, task_vars, "all")
         configs = [c for c in every if args["topology"] in ("all", c.topology)]
         problem = ("store must name a folder" if not str(args["store"]).strip() else
