@@ -27,9 +27,9 @@ def test_bench_harness_measures_every_contender(tmp_path):
             (sample,) = by[scenario]
             assert sample["wall_s"] > 0 and sample["cpu_s"] > 0 and sample["peak_mib"] > 10, (contender, sample)
     assert set(result["ratios"]) >= {"collection_vs_floor_full", "collection_quiet_vs_full",
-                                     "builtin_vs_collection_full", "summary_vs_floor_full", "summary_quiet_vs_full",
-                                     "summary_per_server_ms", "remote_vs_collection_full", "remote_per_server_ms",
-                                     "collection_vs_hostfloor_full"}
+                                     "builtin_vs_collection_full", "builtin_vs_summary_full", "summary_vs_floor_full",
+                                     "summary_quiet_vs_full", "summary_per_server_ms", "remote_vs_collection_full",
+                                     "remote_per_server_ms", "collection_vs_hostfloor_full"}
     assert "| 2 | collection |" in proc.stdout and "collection / floor" in proc.stdout
 
 
