@@ -334,7 +334,7 @@ class Http:
         self.via = f" through the proxy {conn.proxy}" if conn.proxy else ""  # for messages
         self.session.headers["User-Agent"] = "fne.offline_sync"
         self.session.headers["Accept-Encoding"] = "identity"  # the bytes as sent: sizes and caps mean what they say
-        self.idle_since = 0.0  # when the last answer was closed (its connection has waited in the pool since)
+        self.idle_since = 0.0  # when the last answer was read or closed (its connection has waited in the pool since)
 
     def fail(self, msg: str, url: str, cls: type = FneError, **kwargs: Any) -> FneError:
         return cls(scrub(msg, self.secrets), url=url, **kwargs)
@@ -484,6 +484,7 @@ class Http:
                                     LostResponseError)
                 deadline.allow(size)
                 yield chunk
+            self.idle_since = time.monotonic()  # read to its end: the connection is back in the pool
         except (rexc.RequestException, OSError) as exc:
             why = (f"no complete answer within {time.monotonic() - deadline.start:.0f}s (too slow, or sent a byte "
                    "at a time)" if deadline.expired else reason_of(exc))

@@ -103,6 +103,13 @@ def test_report_after_real_runs(lab_factory, browser, tmp_path):
     assert tail[-1] == f"report: {store / 'report.html'}", tail
     assert "Could not match supplied host pattern" not in first.out
     check_page(browser, store / "report.html", {"lls003", "lls006"}, "report-8-servers.png", tmp_path)
+    run_copy = next((store / "reports").glob("*.html"))  # the same page, its links read from the store (<base>)
+    browser.get(run_copy.as_uri())
+    browser.find_element("link text", "lls003").click()
+    assert browser.find_element("tag name", "h1").text == "lls003"
+    browser.get(run_copy.as_uri())
+    browser.find_element("link text", f"reports/{run_copy.name}").click()
+    assert browser.current_url == run_copy.as_uri()
 
     # status right after the failure: the failure and its time, never "up to date"; live asks without changing
     before, digest = lab_state(lab), tree_digest(store)
@@ -117,7 +124,10 @@ def test_report_after_real_runs(lab_factory, browser, tmp_path):
     check_metrics(store / "fne_sync.prom", json.loads((store / "report.json").read_text()))
 
     lab.activity(4, "lls001")
+    pages = store / "reports" / "servers"
+    quiet_page = (pages / "lls002.html").stat()
     second = sync(lab, store, "--limit", "lls001,lls002")
+    assert (pages / "lls002.html").stat().st_ino == quiet_page.st_ino, "a page with nothing new was written again"
     assert "one task for all api-topology servers: 2]" in second.out  # not "ok: [lls001 -> localhost]" alone
     report = json.loads((store / "report.json").read_text())
     assert set(report["servers"]) == set(hosts_of(lab)), "a --limit run shrank the fleet report"

@@ -298,7 +298,7 @@ def test_the_report_names_each_servers_bundles_in_transit_and_flags_old_ones(ins
     page = report_mod.render_html(late)
     assert re.search(r"<span class='late'[^>]*>fne-plant7-out-000001\.tar \(30\.0 d\)</span>", page)
     assert re.search(r"<span class=''[^>]*>fne-plant7-out-000002\.tar \(0\.0 d\)</span>", page)
-    server_page = report_mod.render_server_html(late, lls002)
+    server_page = report_mod.render_server_html(lls002)
     assert f"fne-plant7-out-000001.tar since {month_ago} (30.0 days, out too long)" in server_page
     prom = metrics.render(late)
     assert 'fne_sync_bundle_stale{server="lls001"} 1' in prom

@@ -157,6 +157,7 @@ def message(name: str, body: bytes = b"FNESYNC1 data", records: int = 3) -> tupl
 
 NOTHING = (204, {}, b"")
 SYNC = "/api/1.0/sync_message/offline"
+AUTHORIZE = "/api/1.0/instances/~/authorize"
 
 
 @pytest.mark.parametrize("url", ["http://h:7070", "http://h:7070/", "http://h:7070/api/1.0/sync_message/offline",
@@ -573,19 +574,23 @@ def test_a_tls_error_after_the_request_is_a_lost_response(tmp_path):
         httpd.server_close()
 
 
-def test_a_cycle_talks_to_each_license_server_over_one_connection(server, tmp_path):
+@pytest.mark.parametrize("secured", [False, True], ids=["open", "secured"])
+def test_a_cycle_talks_to_each_license_server_over_one_connection(server, tmp_path, secured):
     """The phases of one server's cycle share its client, and "nothing new" (204) hands its connection back: one
-    TCP (and TLS) handshake per license server per run, as a plain HTTP client would make, not one per phase."""
+    TCP (and TLS) handshake per license server per run, as a plain HTTP client would make, not one per phase; on a
+    secured server the authorization's connection carries the download that follows it."""
     server.on("POST", SYNC, message("20250101T000000.fnesync"), NOTHING)
     server.on("POST", "/deviceservices", (200, {"Content-Type": "application/octet-stream"}, b"ACK"))
     server.on("POST", "/api/1.0/sync_ack/offline", json_answer(200, {"lastSyncTime": "2025-01-01T00:00:05Z"}))
-    cfg = fleet.server_config("lls001", {"fne_lls_url": server.url,
+    server.on("POST", AUTHORIZE, json_answer(200, {"token": "t1"}))
+    credentials = {"fne_lls_username": "admin", "fne_lls_password": "pw"} if secured else {}
+    cfg = fleet.server_config("lls001", {"fne_lls_url": server.url, **credentials,
                                          "fne_backoffice_url": server.url + "/deviceservices"})
     entry = fleet.run_fleet("cycle", [cfg], fleet.Options(store=str(tmp_path / "store"), workers=1))["lls001"]
     assert not entry["failed"] and [e["step"] for e in entry["phases"]] == ["collect", "upload", "acknowledge"]
     lls = [(path.split("?")[0], peer) for (_m, path, _h, _n), peer in zip(server.requests, server.peers)
            if path.startswith("/api")]
-    assert [p for p, _peer in lls] == [SYNC, SYNC, "/api/1.0/sync_ack/offline"]
+    assert [p for p, _peer in lls] == [AUTHORIZE] * secured + [SYNC, SYNC, "/api/1.0/sync_ack/offline"]
     assert len({peer for _p, peer in lls}) == 1, lls
 
 
