@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fleet_cycle import BIN, env, timed
+from bench import BIN, env, measured
 
 
 def cycle(backend: str, args: argparse.Namespace, work: Path, base: str) -> dict:
@@ -42,8 +42,8 @@ def cycle(backend: str, args: argparse.Namespace, work: Path, base: str) -> dict
         sync = [str(BIN / "ansible-playbook"), "fne.offline_sync.sync", "-i", str(lab / "inventory.yml"),
                 "-e", f"fne_sync_store={work / f'store-{backend}'}", "-e", f"fne_sync_workers={args.workers}",
                 "-e", f"fne_sync_backend={backend}", "-e", f"fne_sync_tool_path={tools}"]
-        first = timed(sync, work / f"{backend}-1.log")
-        second = timed(sync, work / f"{backend}-2.log")
+        first = measured(sync, work / f"{backend}-1.log")["wall_s"]
+        second = measured(sync, work / f"{backend}-2.log")["wall_s"]
         verify = subprocess.run([fnelab, "verify", "--dir", str(lab), "--complete"], env=env(), capture_output=True,
                                 text=True, check=False)
         return {"first_run_s": round(first, 1), "second_run_s": round(second, 1),
