@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / ".venv" / "collections"))
+COLLECTIONS = str(Path(__file__).resolve().parents[2] / ".venv" / "collections")
+sys.path.insert(0, COLLECTIONS)
 
 from ansible_collections.fne.offline_sync.plugins.module_utils._errors import MismatchError  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import (  # noqa: E402
@@ -423,7 +424,8 @@ def test_a_killed_steps_journal_marks_only_the_downloads_it_left_open(tmp_path):
     is alive is left alone; one from another boot of the machine marks every server it names."""
     root = str(tmp_path / "store")
     stores = {name: ServerStore(root, name).ensure() for name in ("lls001", "lls002", "lls003")}
-    writer = subprocess.Popen([sys.executable, "-c", JOURNAL_WRITER, sys.path[0], root], stdout=subprocess.PIPE,
+    # the collections folder named, not sys.path[0]: other test modules put their own folders first
+    writer = subprocess.Popen([sys.executable, "-c", JOURNAL_WRITER, COLLECTIONS, root], stdout=subprocess.PIPE,
                               text=True)
     try:
         assert writer.stdout.readline().strip() == "ready"
