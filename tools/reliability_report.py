@@ -146,7 +146,9 @@ def render(summary: dict[str, dict], env: dict, unreadable: int = 0) -> str:
         out.append(f"{unreadable} recorded line(s) could not be read (torn by a killed worker?) and are not "
                    "counted.")
     out += ["", "`-` : the part does not measure that figure. Records checked, lost and duplicated are the lab's own "
-            "count (`fnelab verify`) after the case's reruns; examples are hypothesis examples run.", "",
+            "count (`fnelab verify`) after the case's reruns; a lab that serves case after case (crash, store_loss) "
+            "is judged whole each time, but its records count once, with the case that created them; examples "
+            "are hypothesis examples run.", "",
             "## How to rerun each part", "",
             "`make reliability` runs every part and rewrites this file. One part, with its figures:", "",
             "```sh", "export FNE_RELIABILITY_OUT=$PWD/reliability.jsonl; rm -f $FNE_RELIABILITY_OUT"]

@@ -13,11 +13,12 @@ PARTS = ("crash", "fault", "hostile", "bad_input", "secrets", "concurrency", "st
 
 def record(part: str, case: str, *, verified: dict | None = None, secrets_found: int = 0, **figures) -> None:
     """One checked case. `verified`: a `fnelab verify --json` report, whose per-server counts give the records
-    checked, lost and duplicated."""
+    checked, lost and duplicated; `case_records`: the records this case created, counted as its records checked
+    when its lab served earlier cases too (their records count with them, once)."""
     assert part in PARTS, part
     if verified is not None:
         servers = verified["servers"].values()
-        figures.update(records_checked=sum(s["created"] for s in servers),
+        figures.update(records_checked=figures.get("case_records", sum(s["created"] for s in servers)),
                        lost=sum(s["missing"] for s in servers),
                        duplicated=sum(s["duplicated"] for s in servers))
     path = os.environ.get("FNE_RELIABILITY_OUT")
