@@ -312,6 +312,11 @@ def says_empty(response: Any) -> bool:
     return response.status_code == 204 or header_int(response.headers.get("Content-Length")) == 0
 
 
+def _own_headers(request: Any) -> Any:
+    """The session's "authentication": the request as the client built it (see Http.__init__)."""
+    return request
+
+
 class Http:
     """A requests session with the retry policy, TLS settings, deadlines, size limits and the error mapping. Never
     follows a redirect: it could carry the password, a token or the records to another host."""
@@ -327,6 +332,9 @@ class Http:
         self.session = requests.Session()
         self.session.mount("http://", _Adapter())
         self.session.mount("https://", _Adapter())
+        # Credentials come from the settings alone: with no auth of its own, requests would take a ~/.netrc entry
+        # for the host and send it as Basic authorization, over the license server's token and to the back office
+        self.session.auth = _own_headers
         # Passed with every request: a session-level setting loses to REQUESTS_CA_BUNDLE in the environment.
         self.verify = (conn.ca_path or True) if conn.validate_certs else False
         # Passed with every request too: it then wins over the environment's proxies for this side only.

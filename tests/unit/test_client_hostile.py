@@ -221,3 +221,22 @@ def test_a_server_that_never_runs_dry_is_left_after_max_messages(server, tmp_pat
     result = client.LicenseServer(conn(server.url, max_pages=2), warnings.append).generate(str(tmp_path))
     assert [f["name"] for f in result["files"]] == ["20260101T000000.fnesync", "20260102T000000.fnesync"]
     assert server.count("POST", SYNC) == 2 and "Stopped after 2 messages" in warnings[0]
+
+
+def test_credentials_in_netrc_never_replace_the_collections_own(server, tmp_path, monkeypatch):
+    """A ~/.netrc naming the license server's host (left by another tool): requests would put its user and password
+    in a Basic Authorization header over the token, and send them to the back office too. Credentials come from the
+    collection's settings alone."""
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password netrc-secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    server.on("POST", "/api/1.0/instances/~/authorize", json_answer(200, {"token": "t1"}))
+    server.on("POST", SYNC, message("20250101T000000.fnesync"), NOTHING)
+    server.on("POST", "/deviceservices", (200, {"Content-Type": "application/octet-stream"}, b"ACK"))
+    lls = client.LicenseServer(conn(server.url, username="admin", password="pw"))
+    files = lls.generate(str(tmp_path / "out"))["files"]
+    client.BackOffice(conn(server.url + "/deviceservices")).upload_file(files[0]["path"])
+    sent = {path.split("?")[0]: headers.get("Authorization") for _m, path, headers, _n in server.requests}
+    assert sent == {"/api/1.0/instances/~/authorize": None, SYNC: "Bearer t1", "/deviceservices": None}, sent
+    assert all("netrc-secret" not in repr(headers) for _m, _p, headers, _n in server.requests)
