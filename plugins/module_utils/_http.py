@@ -312,11 +312,6 @@ def says_empty(response: Any) -> bool:
     return response.status_code == 204 or header_int(response.headers.get("Content-Length")) == 0
 
 
-def _own_headers(request: Any) -> Any:
-    """The session's "authentication": the request as the client built it (see Http.__init__)."""
-    return request
-
-
 class Http:
     """A requests session with the retry policy, TLS settings, deadlines, size limits and the error mapping. Never
     follows a redirect: it could carry the password, a token or the records to another host."""
@@ -332,13 +327,15 @@ class Http:
         self.session = requests.Session()
         self.session.mount("http://", _Adapter())
         self.session.mount("https://", _Adapter())
-        # Credentials come from the settings alone: with no auth of its own, requests would take a ~/.netrc entry
-        # for the host and send it as Basic authorization, over the license server's token and to the back office
-        self.session.auth = _own_headers
-        # Passed with every request: a session-level setting loses to REQUESTS_CA_BUNDLE in the environment.
-        self.verify = (conn.ca_path or True) if conn.validate_certs else False
-        # Passed with every request too: it then wins over the environment's proxies for this side only.
-        self.proxies = {"http": conn.proxy, "https": conn.proxy} if conn.proxy else None
+        # Every request goes to this one host: the environment (HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE) is read
+        # once, as requests reads it, and passed with every request (ca_path and proxy win over it, for this side
+        # only). Not for each request (a scan of the whole environment), and never ~/.netrc: requests would send its
+        # entry for the host as Basic authorization, over the license server's token and to the back office.
+        settings = self.session.merge_environment_settings(
+            conn.url, {"http": conn.proxy, "https": conn.proxy} if conn.proxy else {}, None,
+            (conn.ca_path or True) if conn.validate_certs else False, None)
+        self.session.trust_env = False
+        self.verify, self.proxies = settings["verify"], settings["proxies"]
         self.via = f" through the proxy {conn.proxy}" if conn.proxy else ""  # for messages
         self.session.headers["User-Agent"] = "fne.offline_sync"
         self.session.headers["Accept-Encoding"] = "identity"  # the bytes as sent: sizes and caps mean what they say

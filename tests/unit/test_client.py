@@ -218,7 +218,8 @@ def test_unreachable_is_retried_then_clear():
     assert len(warnings) == 2
 
 
-def test_tls_failure_hints_at_ca_path(tmp_path):
+def test_tls_failure_hints_at_ca_path(tmp_path, monkeypatch):
+    """... and the trust anchors come from ca_path, else from REQUESTS_CA_BUNDLE as requests reads it."""
     import ssl
 
     import trustme
@@ -238,6 +239,19 @@ def test_tls_failure_hints_at_ca_path(tmp_path):
         ca_file = tmp_path / "ca.pem"
         ca.cert_pem.write_to_path(str(ca_file))
         with pytest.raises(errors.FneError) as err:  # reachable with the CA; 404 is the fake server's answer
+            client.LicenseServer(conn(url, ca_path=str(ca_file))).health()
+        assert "404" in err.value.msg
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))
+        with pytest.raises(errors.FneError) as err:
+            client.LicenseServer(conn(url)).health()
+        assert "404" in err.value.msg
+        other = tmp_path / "other.pem"
+        trustme.CA().cert_pem.write_to_path(str(other))
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other))
+        with pytest.raises(errors.FneError) as err:
+            client.LicenseServer(conn(url)).health()
+        assert "TLS failure" in err.value.msg
+        with pytest.raises(errors.FneError) as err:  # ca_path wins over the environment
             client.LicenseServer(conn(url, ca_path=str(ca_file))).health()
         assert "404" in err.value.msg
     finally:

@@ -240,3 +240,21 @@ def test_credentials_in_netrc_never_replace_the_collections_own(server, tmp_path
     sent = {path.split("?")[0]: headers.get("Authorization") for _m, path, headers, _n in server.requests}
     assert sent == {"/api/1.0/instances/~/authorize": None, SYNC: "Bearer t1", "/deviceservices": None}, sent
     assert all("netrc-secret" not in repr(headers) for _m, _p, headers, _n in server.requests)
+
+
+def test_the_environments_proxy_is_taken_and_no_proxy_bypasses_it(server, tmp_path, monkeypatch):
+    """HTTP(S)_PROXY and NO_PROXY as requests reads them (once for each side, not for each request): nothing listens
+    at the target, so only the proxy (here the test server, answering the absolute-form request) can answer."""
+    target = "http://127.0.0.2:9"
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, server.url)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    server.on("POST", target + SYNC, NOTHING)
+    assert client.LicenseServer(conn(target, retries=0)).generate(str(tmp_path / "out"))["files"] == []
+    assert [path for _m, path, _h, _n in server.requests] == [target + SYNC]
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.2")
+    with pytest.raises(errors.FneError, match="Cannot reach the license server"):
+        client.LicenseServer(conn(target, retries=0)).generate(str(tmp_path / "out"))
+    assert len(server.requests) == 1
