@@ -157,7 +157,6 @@ def message(name: str, body: bytes = b"FNESYNC1 data", records: int = 3) -> tupl
 
 NOTHING = (204, {}, b"")
 SYNC = "/api/1.0/sync_message/offline"
-AUTHORIZE = "/api/1.0/instances/~/authorize"
 
 
 @pytest.mark.parametrize("url", ["http://h:7070", "http://h:7070/", "http://h:7070/api/1.0/sync_message/offline",
@@ -596,7 +595,7 @@ def test_a_cycle_talks_to_each_license_server_over_one_connection(server, tmp_pa
     server.on("POST", SYNC, message("20250101T000000.fnesync"), NOTHING)
     server.on("POST", "/deviceservices", (200, {"Content-Type": "application/octet-stream"}, b"ACK"))
     server.on("POST", "/api/1.0/sync_ack/offline", json_answer(200, {"lastSyncTime": "2025-01-01T00:00:05Z"}))
-    server.on("POST", AUTHORIZE, json_answer(200, {"token": "t1"}))
+    server.on("POST", AUTH, json_answer(200, {"token": "t1"}))
     credentials = {"fne_lls_username": "admin", "fne_lls_password": "pw"} if secured else {}
     cfg = fleet.server_config("lls001", {"fne_lls_url": server.url, **credentials,
                                          "fne_backoffice_url": server.url + "/deviceservices"})
@@ -604,7 +603,7 @@ def test_a_cycle_talks_to_each_license_server_over_one_connection(server, tmp_pa
     assert not entry["failed"] and [e["step"] for e in entry["phases"]] == ["collect", "upload", "acknowledge"]
     lls = [(path.split("?")[0], peer) for (_m, path, _h, _n), peer in zip(server.requests, server.peers)
            if path.startswith("/api")]
-    assert [p for p, _peer in lls] == [AUTHORIZE] * secured + [SYNC, SYNC, "/api/1.0/sync_ack/offline"]
+    assert [p for p, _peer in lls] == [AUTH] * secured + [SYNC, SYNC, "/api/1.0/sync_ack/offline"]
     assert len({peer for _p, peer in lls}) == 1, lls
 
 

@@ -231,14 +231,14 @@ def test_credentials_in_netrc_never_replace_the_collections_own(server, tmp_path
     netrc.write_text("machine 127.0.0.1 login someone password netrc-secret\n")
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
-    server.on("POST", "/api/1.0/instances/~/authorize", json_answer(200, {"token": "t1"}))
+    server.on("POST", AUTHORIZE, json_answer(200, {"token": "t1"}))
     server.on("POST", SYNC, message("20250101T000000.fnesync"), NOTHING)
-    server.on("POST", "/deviceservices", (200, {"Content-Type": "application/octet-stream"}, b"ACK"))
+    server.on("POST", UPLOAD, (200, {"Content-Type": "application/octet-stream"}, b"ACK"))
     lls = client.LicenseServer(conn(server.url, username="admin", password="pw"))
     files = lls.generate(str(tmp_path / "out"))["files"]
-    client.BackOffice(conn(server.url + "/deviceservices")).upload_file(files[0]["path"])
+    client.BackOffice(conn(server.url + UPLOAD)).upload_file(files[0]["path"])
     sent = {path.split("?")[0]: headers.get("Authorization") for _m, path, headers, _n in server.requests}
-    assert sent == {"/api/1.0/instances/~/authorize": None, SYNC: "Bearer t1", "/deviceservices": None}, sent
+    assert sent == {AUTHORIZE: None, SYNC: "Bearer t1", UPLOAD: None}, sent
     assert all("netrc-secret" not in repr(headers) for _m, _p, headers, _n in server.requests)
 
 
