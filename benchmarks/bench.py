@@ -15,7 +15,14 @@ and everything it waited for, the peak memory of its largest process, from os.wa
   floor       a thread pool making the same HTTP calls with requests, no Ansible: the cost no Ansible collection can
               go below;
   hostfloor   ansible-playbook over the same inventory with one static ansible.builtin.debug task per host and
-              nothing else: Ansible's own price of a result per host, below which no per-host mode can go.
+              nothing else: Ansible's own price of a result per host, below which no per-host mode can go;
+  tool        the collection with the tool backend (fne_sync_backend=tool: a JVM start per step and server, the
+              lab's stand-ins for the vendor's Java tools), per-host results, on the same store; only up to
+              --tool-max servers;
+  inprocess   one fne.offline_sync.server_info task per host, connection local: the action plugin runs the
+              client in the controller's worker (docs/design.md);
+  shipped     the same task with fne_offline_sync_in_process=false: an AnsiballZ module per host, as over any
+              other connection; inprocess and shipped only up to --modules-max.
 Scenarios: `full` (every server has --records new records: a whole cycle) and `quiet` (nothing new: the common
 nightly case). Runs are interleaved (contender after contender, repetition after repetition) because the machine
 is shared and noisy: read the ratios, not the seconds. Every full run is judged by `fnelab verify --complete`;
@@ -35,6 +42,8 @@ import json
 import os
 import platform
 import re
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -44,13 +53,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from modules_inprocess_vs_shipped import start_sshd
-
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DOC = REPO / "docs" / "performance.md"
 DOC_BEGIN, DOC_END = "<!-- bench:begin -->", "<!-- bench:end -->"
-CONTENDERS = ("collection", "summary", "remote", "builtin", "floor", "hostfloor")
+CONTENDERS = ("collection", "summary", "remote", "builtin", "floor", "hostfloor", "tool", "inprocess", "shipped")
 SCENARIOS = ("full", "quiet")
 
 # The builtin-only playbook: what a competent user writes without this collection (one page per server: the lab's
@@ -117,6 +124,19 @@ HOSTFLOOR_PLAYBOOK = """\
       ansible.builtin.debug: {msg: done}
 """
 
+# The per-host module path, in process or shipped (the server's state: reads, changes nothing)
+MODULE_PLAYBOOK = """\
+- hosts: license_servers
+  gather_facts: false
+  tasks:
+    - name: The server's state
+      fne.offline_sync.server_info:
+        url: "{{ fne_lls_url }}"
+        username: "{{ fne_lls_username | default(omit) }}"
+        password: "{{ fne_lls_password | default(omit) }}"
+        ca_path: "{{ fne_lls_ca_path | default(omit) }}"
+"""
+
 
 def env() -> dict:
     out = dict(os.environ)
@@ -160,6 +180,35 @@ class Lab:
             sys.exit(f"fnelab verify --complete found a violation:\n{proc.stdout[-5000:]}")
 
 
+def start_sshd(home: Path) -> tuple[subprocess.Popen, dict] | None:
+    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(sshd_bin):
+        return None
+    host_key, client_key = home / "host_ed25519", home / "client_ed25519"
+    for key in (host_key, client_key):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    shutil.copy(f"{client_key}.pub", home / "authorized_keys")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.makedirs("/run/sshd", exist_ok=True)
+    (home / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nAuthorizedKeysFile {home}/authorized_keys\n"
+        f"PidFile {home}/sshd.pid\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
+        "MaxStartups 100:30:200\nMaxSessions 100\n")
+    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(home / "sshd_config")],
+                            stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    return proc, {"port": port, "user": user, "key": str(client_key)}
+
+
 def remote_inventory(lab: Lab, work: Path, sshd: dict) -> Path:
     """The lab's inventory with every server in the remote topology: its host is this machine over SSH."""
     import yaml
@@ -181,18 +230,25 @@ def remote_inventory(lab: Lab, work: Path, sshd: dict) -> Path:
 def close_ssh(work: Path) -> None:
     """End the SSH master connections a remote run left (ControlPersist): the next run connects anew, as a
     nightly run does."""
-    for socket in (work / "cp").glob("*"):
-        subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "unused"], capture_output=True,
+    for control in (work / "cp").glob("*"):
+        subprocess.run(["ssh", "-o", f"ControlPath={control}", "-O", "exit", "unused"], capture_output=True,
                        check=False)
 
 
 def commands(contender: str, lab: Lab, work: Path, workers: int) -> list[str]:
-    if contender in ("collection", "summary", "remote"):
+    if contender in ("collection", "summary", "remote", "tool"):
         inventory = work / "remote.yml" if contender == "remote" else lab.inventory
         return [str(BIN / "ansible-playbook"), "fne.offline_sync.sync", "-i", str(inventory),
                 "-e", f"fne_sync_store={work / 'store'}", "-e", f"fne_sync_workers={workers}",
                 "-e", f"fne_sync_host_results={contender != 'summary'}",
-                *(["--forks", "20"] if contender == "remote" else [])]
+                *(["--forks", "20"] if contender == "remote" else []),
+                *(["-e", "fne_sync_backend=tool", "-e", f"fne_sync_tool_path={lab.cli('tools-path').strip()}"]
+                  if contender == "tool" else [])]
+    if contender in ("inprocess", "shipped"):
+        playbook = work / "module.yml"
+        playbook.write_text(MODULE_PLAYBOOK)
+        return [str(BIN / "ansible-playbook"), "-i", str(lab.inventory), "-c", "local", str(playbook),
+                *(["-e", "fne_offline_sync_in_process=false"] if contender == "shipped" else [])]
     if contender == "hostfloor":
         playbook = work / "hostfloor.yml"
         playbook.write_text(HOSTFLOOR_PLAYBOOK)
@@ -209,8 +265,9 @@ def commands(contender: str, lab: Lab, work: Path, workers: int) -> list[str]:
 def bench_size(servers: int, args: argparse.Namespace, index: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"fne-bench-{servers}-"))
     lab = Lab(work, servers, args.records, f"127.{args.address_octet + index}.0.0")
-    contenders = [c for c in args.contenders if (c != "builtin" or servers <= args.builtin_max)
-                  and (c != "remote" or servers <= args.remote_max)]
+    largest = {"builtin": args.builtin_max, "remote": args.remote_max, "tool": args.tool_max,
+               "inprocess": args.modules_max, "shipped": args.modules_max}
+    contenders = [c for c in args.contenders if servers <= largest.get(c, servers)]
     samples: dict = {c: {s: [] for s in SCENARIOS} for c in contenders}
     sshd = None
     try:
@@ -226,7 +283,8 @@ def bench_size(servers: int, args: argparse.Namespace, index: int) -> dict:
         for rep in range(args.reps):
             for contender in contenders:
                 cmd = commands(contender, lab, work, args.workers)
-                syncs = contender != "hostfloor"  # which talks to no server: nothing to create, nothing to judge
+                # hostfloor talks to no server, server_info syncs nothing: nothing to create, nothing to judge
+                syncs = contender not in ("hostfloor", "inprocess", "shipped")
                 if syncs:
                     lab.cli("activity", "--records", str(args.records))
                 samples[contender]["full"].append(measured(cmd, work / f"{contender}-full-{rep}.log"))
@@ -259,6 +317,11 @@ def bench_size(servers: int, args: argparse.Namespace, index: int) -> dict:
         ratios["remote_vs_collection_full"] = wall["remote"]["full"] / wall["collection"]["full"]
     if "hostfloor" in wall and "collection" in wall:
         ratios["collection_vs_hostfloor_full"] = wall["collection"]["full"] / wall["hostfloor"]["full"]
+    if "tool" in wall and "collection" in wall:  # both with per-host results
+        ratios["tool_vs_collection_full"] = wall["tool"]["full"] / wall["collection"]["full"]
+        ratios["tool_vs_collection_quiet"] = wall["tool"]["quiet"] / wall["collection"]["quiet"]
+    if "inprocess" in wall and "shipped" in wall:
+        ratios["shipped_vs_inprocess"] = wall["shipped"]["full"] / wall["inprocess"]["full"]
     for contender in ("collection", "summary"):  # the issue's 40x goal, with and without per-host results
         if "builtin" in wall and contender in wall:
             ratios[f"builtin_vs_{contender}_full"] = wall["builtin"]["full"] / wall[contender]["full"]
@@ -293,6 +356,9 @@ RATIO_COLUMNS = (("collection_vs_floor_full", "collection / floor, full", "{:.1f
                  ("builtin_vs_collection_full", "builtin / collection", "{:.1f}×"),
                  ("builtin_vs_summary_full", "builtin / summary", "{:.1f}×"),
                  ("remote_vs_collection_full", "remote / api topology, full", "{:.1f}×"),
+                 ("tool_vs_collection_full", "tool / http backend, full", "{:.1f}×"),
+                 ("tool_vs_collection_quiet", "tool / http backend, quiet", "{:.1f}×"),
+                 ("shipped_vs_inprocess", "module: shipped / in process", "{:.1f}×"),
                  ("collection_per_server_ms", "collection per server", "{:.0f} ms"),
                  ("summary_per_server_ms", "summary per server", "{:.0f} ms"))
 
@@ -368,6 +434,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--builtin-max", type=int, default=200, help="largest fleet the builtin playbook runs on")
     parser.add_argument("--remote-max", type=int, default=200, help="largest fleet the remote topology runs on")
+    parser.add_argument("--tool-max", type=int, default=10, help="largest fleet the tool backend runs on")
+    parser.add_argument("--modules-max", type=int, default=100,
+                        help="largest fleet the inprocess and shipped module tasks run on")
     parser.add_argument("--contenders", type=lambda text: [c for c in CONTENDERS if c in text.split(",")],
                         default=list(CONTENDERS), help="comma separated, of " + ", ".join(CONTENDERS))
     parser.add_argument("--out", type=Path, default=REPO / ".venv" / "bench" / "last.json")
