@@ -33,6 +33,7 @@ UNKNOWN = {"records_synchronized": 0, "files_uploaded": 0, "last_sync": None, "r
 _SUMMARY_FIELDS = ("records_synchronized", "files_uploaded", "last_sync", "recoveries", "errors", "last_error",
                    "last_error_time", "history")
 HISTORY_KEEP = 60  # runs of history per server in the cache and the pages (the ledger keeps every one)
+ACCEPTED_KEEP = 100  # accepted files whose records the cache remembers (a run's figures need its own files')
 KEEP_RUN_REPORTS = 100  # STORE/reports/<run>.{json,html}: the newest ones
 SUMMARY_PROBLEMS = 12  # play output: at most this many problem servers by name, then "and N more"
 # a server's status, most urgent first: the attention list and the default order of the table
@@ -44,9 +45,14 @@ def _fold(state: dict, entry: dict) -> None:
     event = entry.get("event")
     if event == "fetched":
         state["records_by_file"][entry.get("file")] = int(entry.get("records") or 0)
-    elif event == "uploaded":
+    elif event == "uploaded":  # the file's records move from downloaded to accepted
+        name = entry.get("file")
+        records = state["records_by_file"].pop(name, None)
+        if records is None:
+            records = state["records_accepted"].pop(name, 0)
+        state["records_accepted"][name] = records
         state["files_uploaded"] += 1
-        state["records_synchronized"] += state["records_by_file"].get(entry.get("file"), 0)
+        state["records_synchronized"] += records
     elif event == "processed":
         state["last_sync"] = entry.get("time")
     elif event == "recovered":
@@ -71,8 +77,9 @@ def _age(last_sync: Optional[str], now: Optional[_dt.datetime]) -> Optional[floa
 
 
 def _fresh() -> dict:
-    return {"offset": 0, "records_by_file": {}, "records_synchronized": 0, "files_uploaded": 0, "last_sync": None,
-            "recoveries": 0, "errors": 0, "last_error": None, "last_error_time": None, "history": []}
+    return {"offset": 0, "records_by_file": {}, "records_accepted": {}, "records_synchronized": 0,
+            "files_uploaded": 0, "last_sync": None, "recoveries": 0, "errors": 0, "last_error": None,
+            "last_error_time": None, "history": []}
 
 
 def _ledger_state(store: ServerStore, state: Optional[dict] = None) -> dict:
@@ -107,11 +114,13 @@ def _ledger_state(store: ServerStore, state: Optional[dict] = None) -> dict:
 
 def _save_state(store: ServerStore, state: dict) -> None:
     """Remember the figures (a real run only: never in check mode or by status). Only a cache, rebuilt from the
-    ledger when lost: replaced without an fsync."""
+    ledger when lost: replaced without an fsync. Of the accepted files it keeps the newest (``records_by_file``
+    holds the downloaded ones not accepted yet), so it stays small however old the store."""
     if store.exists() and state["offset"] != state.get("_read_from"):
+        cached = {k: v for k, v in state.items() if k != "_read_from"}
+        cached["records_accepted"] = dict(list(state["records_accepted"].items())[-ACCEPTED_KEEP:])
         with contextlib.suppress(OSError):
-            _write_view(os.path.join(store.dir, ".summary.json"),
-                        json.dumps({k: v for k, v in state.items() if k != "_read_from"}, sort_keys=True))
+            _write_view(os.path.join(store.dir, ".summary.json"), json.dumps(cached, sort_keys=True))
 
 
 def summarize(store: ServerStore, now: Optional[_dt.datetime] = None, update_cache: bool = False,
@@ -140,13 +149,13 @@ def store_servers(store_root: str) -> List[str]:
 
 
 # ---- the report --------------------------------------------------------------------------------------------------
-def _run_figures(entries: List[Dict[str, Any]], records_by_file: Dict[str, int]) -> Dict[str, Any]:
+def _run_figures(entries: List[Dict[str, Any]], state: Dict[str, Any]) -> Dict[str, Any]:
     """This run of one server. Records and files count what the back office accepted, once: a forced download
     repeats records already downloaded this run, and only the file the back office took counts."""
     uploaded = sorted({f for e in entries for f in e.get("uploaded") or []})
     failed = [e for e in entries if e.get("failed")]
     return {
-        "records": sum(records_by_file.get(f, 0) for f in uploaded),
+        "records": sum(state["records_accepted"].get(f, 0) for f in uploaded),
         "files_uploaded": len(uploaded),
         "files_downloaded": len({f for e in entries for f in e.get("fetched") or []}),
         "acks_processed": sum(len(e.get("processed") or []) for e in entries),
@@ -252,7 +261,7 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
     in_run = set(hosts)
     for name in sorted(in_run | set(store_servers(store_root))):
         entries = [r["hosts"][name] for r in results if isinstance(r, dict) and name in (r.get("hosts") or {})]
-        state: Dict[str, Any] = {"records_by_file": {}}
+        state = _fresh()
         try:
             store = ServerStore(store_root, name, (secrets or {}).get(name, ()))
             state = _ledger_state(store)
@@ -268,7 +277,7 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
         if name in in_run:
             if name in (failed_hosts or []) and not any(e.get("failed") for e in entries):
                 entries.append({"failed": True, "msg": f"{name}: failed earlier in this run (see its tasks above)"})
-            run = _last_run(info) if last_run else _run_figures(entries, state["records_by_file"])
+            run = _last_run(info) if last_run else _run_figures(entries, state)
             # a run that found nothing to do leaves the server's store as it was (no line)
             if update_cache and store is not None and not last_run and (run["changed"] or run["failed"]):
                 info.update(_log_run(store, state, run, run_id, now))

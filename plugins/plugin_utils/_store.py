@@ -189,29 +189,39 @@ class ServerStore:
         """Append one event to the ledger (fsynced: it is the audit trail). A line torn by a crash is ended first,
         so it never swallows this one; a ledger that cannot be written fails the step (StoreError), never silently.
         ``durable=False`` skips the fsync: for the report's ``run`` line, written for every server of a run."""
+        entry = self._entry(event, **fields)
+        self._append([entry], durable)
+        return entry
+
+    def _entry(self, event: str, **fields: Any) -> dict:
         entry = {"time": utcnow(), "event": event}
         if event in BACKEND_EVENTS and self.backend:
             entry["backend"] = self.backend
         entry.update({k: scrub(v, self.secrets) if isinstance(v, str) else v for k, v in fields.items()
                       if v is not None})
-        line = (json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
+        return entry
+
+    def _append(self, entries: List[dict], durable: bool = True) -> None:
+        """Append ``entries`` in one write (and one fsync): events that happen together are recorded together."""
+        data = b"".join((json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
+                        for e in entries)
         try:
             fd = os.open(self.ledger_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":
-                    line = b"\n" + line
-                written = os.write(fd, line)
-                if written != len(line):
+                    data = b"\n" + data
+                written = os.write(fd, data)
+                if written != len(data):
                     raise OSError(errno.ENOSPC, "short write")
                 if durable:
                     os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
+            events = " and ".join(f"the {e['event']} event of {e.get('file') or 'this step'}" for e in entries)
             raise StoreError(f"{self.name}: cannot write the ledger {self.ledger_path} ({exc.strerror or exc}); "
-                             f"the {event} event of {fields.get('file') or 'this step'} is not recorded") from None
-        return entry
+                             f"{events} {'is' if len(entries) == 1 else 'are'} not recorded") from None
 
     def _move(self, src: str, folder: str) -> str:
         """Rename into ``folder`` (same file system), never overwriting: a clash gets a numbered name."""
@@ -261,9 +271,9 @@ class ServerStore:
             raise StoreError(f"{self.name}: the back office accepted {os.path.basename(sync_file)} but its "
                              f"acknowledgment could not be written to {ack_path} ({exc.strerror or exc}); "
                              f"{where}, then run again") from None
-        self.log("uploaded", file=os.path.basename(sync_file), sha256=sha256, detail=detail)
-        self.log("acknowledged", file=os.path.basename(ack_path), sha256=hashlib.sha256(ack).hexdigest(),
-                 last_sync_time=last_sync_time)
+        self._append([self._entry("uploaded", file=os.path.basename(sync_file), sha256=sha256, detail=detail),
+                      self._entry("acknowledged", file=os.path.basename(ack_path),
+                                  sha256=hashlib.sha256(ack).hexdigest(), last_sync_time=last_sync_time)])
         if os.path.exists(sync_file):
             self._move(sync_file, self.sent)
         return ack_path

@@ -24,7 +24,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._files import (  
     write_atomic,
 )
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _fleet as fleet  # noqa: E402
-from ansible_collections.fne.offline_sync.plugins.plugin_utils._report import summarize  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._report import ACCEPTED_KEEP, summarize  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import (  # noqa: E402
     InFlight,
     LockedError,
@@ -248,6 +248,25 @@ def test_summary_cache_reads_only_new_lines(store, tmp_path):
     assert summarize(store)["files_uploaded"] == 2
 
 
+def test_the_summary_cache_stays_small_however_many_files_were_accepted(store, tmp_path):
+    """A nightly site accepts a file a night for years: the cache keeps the records of the newest accepted files
+    and of those downloaded but not accepted yet, and its figures stay those of the whole ledger."""
+    accepted = ACCEPTED_KEEP + 20
+    for i in range(accepted):
+        stamp = f"20260101T{i // 3600:02d}{i // 60 % 60:02d}{i % 60:02d}"
+        store.record_ack(store.admit(put(str(tmp_path), f"{stamp}.fnesync", stamp.encode()), records=2), b"A")
+    waiting = store.admit(put(str(tmp_path), "20260102T000000.fnesync", b"w"), records=5)
+    assert summarize(store, update_cache=True)["records_synchronized"] == 2 * accepted
+    cache = Path(store.dir) / ".summary.json"
+    cached = json.loads(cache.read_text())
+    assert len(cached["records_accepted"]) == ACCEPTED_KEEP
+    assert cached["records_by_file"] == {"20260102T000000.fnesync": 5}
+    store.record_ack(waiting, b"A")  # accepted after the cache was written: its records still count
+    assert summarize(store, update_cache=True)["records_synchronized"] == 2 * accepted + 5
+    cache.unlink()
+    assert summarize(store)["records_synchronized"] == 2 * accepted + 5  # the same, rebuilt from the ledger
+
+
 def test_check_mode_upload_does_not_resume(store):
     """A dead run's accepted file (ack written, file still in the outbox): check mode only plans the move."""
     path = put(store.outbox, "20260101T000000.fnesync")
@@ -350,6 +369,19 @@ def test_a_torn_ledger_line_never_swallows_the_next_event(store):
         handle.write('{"event": "uploaded", "fi')  # a crash in the middle of a line
     store.log("processed", file="a.ack")
     assert [e["event"] for e in store.ledger()] == ["fetched", "processed"]
+
+
+def test_an_accepted_files_two_events_are_one_durable_write_after_a_torn_line(store, monkeypatch):
+    """uploaded and acknowledged happen together: one write, one fsync of the ledger (not two), and a line torn
+    by a crash before them swallows neither."""
+    path = put(store.outbox, "20260101T000000.fnesync")
+    with open(store.ledger_path, "a", encoding="utf-8") as handle:
+        handle.write('{"event": "fetched", "fi')
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    store.record_ack(path, b"ACK")
+    assert synced.count(store.ledger_path) == 1
+    assert [e["event"] for e in store.ledger()] == ["uploaded", "acknowledged"]
 
 
 def test_a_ledger_that_cannot_be_written_fails_loudly(store):
