@@ -265,15 +265,13 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
         try:
             store = ServerStore(store_root, name, (secrets or {}).get(name, ()))
             state = _ledger_state(store)
-            if update_cache and name not in in_run:
-                _save_state(store, state)
             info = summarize(store, now, state=state)
         except (StoreError, OSError) as exc:  # one unreadable store must not hide the others
             info = dict(UNKNOWN, last_error=getattr(exc, "msg", None) or os_error_text(exc),
                         last_error_time=None)
             entries.append({"failed": True, "msg": f"{name}: cannot read its store: {info['last_error']}"})
             store = None
-        run = None
+        run, logged = None, False
         if name in in_run:
             if name in (failed_hosts or []) and not any(e.get("failed") for e in entries):
                 entries.append({"failed": True, "msg": f"{name}: failed earlier in this run (see its tasks above)"})
@@ -281,6 +279,9 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
             # a run that found nothing to do leaves the server's store as it was (no line)
             if update_cache and store is not None and not last_run and (run["changed"] or run["failed"]):
                 info.update(_log_run(store, state, run, run_id, now))
+                logged = True  # and the figures remembered with its line
+        if update_cache and store is not None and not logged:
+            _save_state(store, state)  # only when it read new lines
         info.update(name=name, topology=topologies.get(name, "api" if name in in_run else "unknown"),
                     backend=(backends or {}).get(name), run=run)
         info["stale"] = info["age_days"] is None or info["age_days"] > stale_days

@@ -3,6 +3,7 @@ covers the whole store, the summary stays short, a requested resynchronization i
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -70,3 +71,19 @@ def test_a_requested_resynchronization_is_no_error(tmp_path):
     store = ServerStore(str(tmp_path), "lls001")
     assert [e["event"] for e in store.ledger()] == ["recovery_started"]
     assert report_mod.summarize(store)["errors"] == 0
+
+
+def test_a_quiet_run_remembers_the_figures_it_read(tmp_path):
+    """A server with nothing to do in this run writes no line, but the figures read from its ledger are
+    remembered (the next report reads only new lines), for a server of the run as for one outside it."""
+    for name in ("lls001", "lls002"):
+        store = ServerStore(str(tmp_path), name).ensure()
+        store.record_ack(fetched(store, "20260101T000000.fnesync", 7), b"ACK")
+    results = [{"hosts": {"lls001": {"step": "cycle", "changed": False, "idle": True, "msg": "lls001: idle"}}}]
+    report = report_mod.build_report(str(tmp_path), ["lls001"], {}, results, 7.0, update_cache=True)
+    assert report["servers"]["lls001"]["run"]["changed"] is False
+    for name in ("lls001", "lls002"):
+        store = ServerStore(str(tmp_path), name)
+        cached = json.loads((Path(store.dir) / ".summary.json").read_text())
+        assert cached["offset"] == Path(store.ledger_path).stat().st_size and cached["records_synchronized"] == 7
+        assert [e["event"] for e in store.ledger()] == ["fetched", "uploaded", "acknowledged"]  # no run line
