@@ -181,6 +181,7 @@ class Lab:
 
 
 def start_sshd(home: Path) -> tuple[subprocess.Popen, dict] | None:
+    """A private sshd on 127.0.0.1 for the remote contender, its keys in ``home``; None without an sshd."""
     sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
     if not os.path.exists(sshd_bin):
         return None
