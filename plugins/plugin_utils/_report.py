@@ -149,13 +149,13 @@ def store_servers(store_root: str) -> List[str]:
 
 
 # ---- the report --------------------------------------------------------------------------------------------------
-def _run_figures(entries: List[Dict[str, Any]], state: Dict[str, Any]) -> Dict[str, Any]:
+def _run_figures(entries: List[Dict[str, Any]], records_accepted: Dict[str, int]) -> Dict[str, Any]:
     """This run of one server. Records and files count what the back office accepted, once: a forced download
     repeats records already downloaded this run, and only the file the back office took counts."""
     uploaded = sorted({f for e in entries for f in e.get("uploaded") or []})
     failed = [e for e in entries if e.get("failed")]
     return {
-        "records": sum(state["records_accepted"].get(f, 0) for f in uploaded),
+        "records": sum(records_accepted.get(f, 0) for f in uploaded),
         "files_uploaded": len(uploaded),
         "files_downloaded": len({f for e in entries for f in e.get("fetched") or []}),
         "acks_processed": sum(len(e.get("processed") or []) for e in entries),
@@ -271,16 +271,16 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
                         last_error_time=None)
             entries.append({"failed": True, "msg": f"{name}: cannot read its store: {info['last_error']}"})
             store = None
-        run, logged = None, False
+        run = None
         if name in in_run:
             if name in (failed_hosts or []) and not any(e.get("failed") for e in entries):
                 entries.append({"failed": True, "msg": f"{name}: failed earlier in this run (see its tasks above)"})
-            run = _last_run(info) if last_run else _run_figures(entries, state)
+            run = _last_run(info) if last_run else _run_figures(entries, state["records_accepted"])
             # a run that found nothing to do leaves the server's store as it was (no line)
             if update_cache and store is not None and not last_run and (run["changed"] or run["failed"]):
-                info.update(_log_run(store, state, run, run_id, now))
-                logged = True  # and the figures remembered with its line
-        if update_cache and store is not None and not logged:
+                state = _log_run(store, state, run, run_id, now)
+                info.update(_ledger_figures(state, now))
+        if update_cache and store is not None:
             _save_state(store, state)  # only when it read new lines
         info.update(name=name, topology=topologies.get(name, "api" if name in in_run else "unknown"),
                     backend=(backends or {}).get(name), run=run)
@@ -311,19 +311,17 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
 
 
 def _log_run(store: ServerStore, state: dict, run: Dict[str, Any], run_id: str, now: _dt.datetime) -> dict:
-    """One ``run`` line in this server's ledger (the history's source), then its ledger's figures with that line
-    (none when nothing was written; a line changes no folder)."""
+    """One ``run`` line in this server's ledger (the history's source), then its ledger's state with that line
+    (``state`` as it was when nothing was written; a line changes no folder)."""
     if not os.path.isdir(store.dir):  # a server no step touched (its variables are invalid, say) keeps no trace
-        return {}
+        return state
     try:
         store.log("run", durable=False, time=now.strftime("%Y-%m-%dT%H:%M:%SZ"), run=run_id, records=run["records"],
                   files=run["files_uploaded"],
                   failed=run["failed"], detail="; ".join(_without_host(store.name, m) for m in run["errors"]) or None)
     except StoreError:  # the history misses this run; the report and the results still stand
-        return {}
-    state = _ledger_state(store, state)
-    _save_state(store, state)
-    return _ledger_figures(state, now)
+        return state
+    return _ledger_state(store, state)
 
 
 def _last_run(info: Dict[str, Any]) -> Optional[Dict[str, Any]]:
