@@ -16,6 +16,10 @@ and everything it waited for, the peak memory of its largest process, from os.wa
               go below;
   hostfloor   ansible-playbook over the same inventory with one static ansible.builtin.debug task per host and
               nothing else: Ansible's own price of a result per host, below which no per-host mode can go;
+  sshfloor    ansible-playbook over the remote contender's inventory with one ansible.builtin.ping task per host
+              and nothing else: Ansible's own price of one module run on each host over SSH, which a quiet night
+              in the remote topology needs once (generate) and a full one twice (and process); only up to
+              --remote-max servers;
   tool        the collection with the tool backend (fne_sync_backend=tool: a JVM start per step and server, the
               lab's stand-ins for the vendor's Java tools), per-host results, on the same store; only up to
               --tool-max servers;
@@ -57,7 +61,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DOC = REPO / "docs" / "performance.md"
 DOC_BEGIN, DOC_END = "<!-- bench:begin -->", "<!-- bench:end -->"
-CONTENDERS = ("collection", "summary", "remote", "builtin", "floor", "hostfloor", "tool", "inprocess", "shipped")
+CONTENDERS = ("collection", "summary", "remote", "builtin", "floor", "hostfloor", "sshfloor", "tool", "inprocess",
+              "shipped")
 SCENARIOS = ("full", "quiet")
 
 # The builtin-only playbook: what a competent user writes without this collection (one page per server: the lab's
@@ -122,6 +127,15 @@ HOSTFLOOR_PLAYBOOK = """\
   tasks:
     - name: One result per host
       ansible.builtin.debug: {msg: done}
+"""
+
+# Ansible's own price of one module run on each host over SSH: the cheapest module there is
+SSHFLOOR_PLAYBOOK = """\
+- hosts: license_servers
+  gather_facts: false
+  tasks:
+    - name: One module run on each host
+      ansible.builtin.ping:
 """
 
 # The per-host module path, in process or shipped (the server's state: reads, changes nothing)
@@ -254,6 +268,10 @@ def commands(contender: str, lab: Lab, work: Path, workers: int) -> list[str]:
         playbook = work / "hostfloor.yml"
         playbook.write_text(HOSTFLOOR_PLAYBOOK)
         return [str(BIN / "ansible-playbook"), "-i", str(lab.inventory), str(playbook)]
+    if contender == "sshfloor":
+        playbook = work / "sshfloor.yml"
+        playbook.write_text(SSHFLOOR_PLAYBOOK)
+        return [str(BIN / "ansible-playbook"), "-i", str(work / "remote.yml"), "--forks", "20", str(playbook)]
     if contender == "builtin":
         playbook = work / "builtin.yml"
         playbook.write_text(BUILTIN_PLAYBOOK)
@@ -266,13 +284,13 @@ def commands(contender: str, lab: Lab, work: Path, workers: int) -> list[str]:
 def bench_size(servers: int, args: argparse.Namespace, index: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"fne-bench-{servers}-"))
     lab = Lab(work, servers, args.records, f"127.{args.address_octet + index}.0.0")
-    largest = {"builtin": args.builtin_max, "remote": args.remote_max, "tool": args.tool_max,
-               "inprocess": args.modules_max, "shipped": args.modules_max}
+    largest = {"builtin": args.builtin_max, "remote": args.remote_max, "sshfloor": args.remote_max,
+               "tool": args.tool_max, "inprocess": args.modules_max, "shipped": args.modules_max}
     contenders = [c for c in args.contenders if servers <= largest.get(c, servers)]
     samples: dict = {c: {s: [] for s in SCENARIOS} for c in contenders}
     sshd = None
     try:
-        if "remote" in contenders:
+        if {"remote", "sshfloor"} & set(contenders):
             (work / "sshd").mkdir()
             sshd = start_sshd(work / "sshd")
             if sshd is None:
@@ -284,8 +302,8 @@ def bench_size(servers: int, args: argparse.Namespace, index: int) -> dict:
         for rep in range(args.reps):
             for contender in contenders:
                 cmd = commands(contender, lab, work, args.workers)
-                # hostfloor talks to no server, server_info syncs nothing: nothing to create, nothing to judge
-                syncs = contender not in ("hostfloor", "inprocess", "shipped")
+                # the host floors talk to no server, server_info syncs nothing: nothing to create, nothing to judge
+                syncs = contender not in ("hostfloor", "sshfloor", "inprocess", "shipped")
                 if syncs:
                     lab.cli("activity", "--records", str(args.records))
                 samples[contender]["full"].append(measured(cmd, work / f"{contender}-full-{rep}.log"))
@@ -316,6 +334,9 @@ def bench_size(servers: int, args: argparse.Namespace, index: int) -> dict:
             ratios[f"{contender}_per_server_ms"] = 1000 * wall[contender]["full"] / servers
     if "remote" in wall and "collection" in wall:  # both with per-host results
         ratios["remote_vs_collection_full"] = wall["remote"]["full"] / wall["collection"]["full"]
+    if "remote" in wall and "sshfloor" in wall:
+        ratios["remote_vs_sshfloor_full"] = wall["remote"]["full"] / wall["sshfloor"]["full"]
+        ratios["remote_vs_sshfloor_quiet"] = wall["remote"]["quiet"] / wall["sshfloor"]["quiet"]
     if "hostfloor" in wall and "collection" in wall:
         ratios["collection_vs_hostfloor_full"] = wall["collection"]["full"] / wall["hostfloor"]["full"]
     if "tool" in wall and "collection" in wall:  # both with per-host results
@@ -357,6 +378,8 @@ RATIO_COLUMNS = (("collection_vs_floor_full", "collection / floor, full", "{:.1f
                  ("builtin_vs_collection_full", "builtin / collection", "{:.1f}×"),
                  ("builtin_vs_summary_full", "builtin / summary", "{:.1f}×"),
                  ("remote_vs_collection_full", "remote / api topology, full", "{:.1f}×"),
+                 ("remote_vs_sshfloor_full", "remote / sshfloor, full", "{:.1f}×"),
+                 ("remote_vs_sshfloor_quiet", "remote / sshfloor, quiet", "{:.1f}×"),
                  ("tool_vs_collection_full", "tool / http backend, full", "{:.1f}×"),
                  ("tool_vs_collection_quiet", "tool / http backend, quiet", "{:.1f}×"),
                  ("shipped_vs_inprocess", "module: shipped / in process", "{:.1f}×"),
@@ -434,7 +457,8 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=20, help="new records per server in a full run")
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--builtin-max", type=int, default=200, help="largest fleet the builtin playbook runs on")
-    parser.add_argument("--remote-max", type=int, default=200, help="largest fleet the remote topology runs on")
+    parser.add_argument("--remote-max", type=int, default=200,
+                        help="largest fleet the remote topology and sshfloor run on")
     parser.add_argument("--tool-max", type=int, default=10, help="largest fleet the tool backend runs on")
     parser.add_argument("--modules-max", type=int, default=100,
                         help="largest fleet the inprocess and shipped module tasks run on")

@@ -100,7 +100,7 @@ options:
     description:
       - For C(admit), the fetched files, each C({src, name, sha256, records}), and the files generate returned with
         their bytes, each C({path, sha256, content}) (C(content) base64-encoded, written to the store before the
-        check).
+        check); a file the store holds already (in C(outbox/), C(sent/) or C(superseded/)) is left alone.
       - For C(prepare_ack), the files waiting on the license server host (RV(fne.offline_sync.generate#module:waiting)),
         each C({path, sha256}); the result's C(new_files) are those the store does not hold yet, each with C(inline)
         true when the entry carried its bytes (C(content)), so no fetch is needed.

@@ -21,8 +21,8 @@ def test_bench_harness_measures_every_contender(tmp_path):
     report = json.loads(out.read_text())
     (result,) = report["results"]
     assert result["servers"] == 2
-    assert set(result["samples"]) == {"collection", "summary", "remote", "builtin", "floor", "hostfloor", "tool",
-                                      "inprocess", "shipped"}
+    assert set(result["samples"]) == {"collection", "summary", "remote", "builtin", "floor", "hostfloor", "sshfloor",
+                                      "tool", "inprocess", "shipped"}
     for contender, by in result["samples"].items():
         for scenario in ("full", "quiet"):
             (sample,) = by[scenario]
@@ -30,8 +30,8 @@ def test_bench_harness_measures_every_contender(tmp_path):
     assert set(result["ratios"]) >= {"collection_vs_floor_full", "collection_quiet_vs_full",
                                      "builtin_vs_collection_full", "builtin_vs_summary_full", "summary_vs_floor_full",
                                      "summary_quiet_vs_full", "summary_per_server_ms", "remote_vs_collection_full",
-                                     "remote_per_server_ms", "collection_vs_hostfloor_full", "tool_vs_collection_full",
-                                     "shipped_vs_inprocess"}
+                                     "remote_per_server_ms", "remote_vs_sshfloor_full", "remote_vs_sshfloor_quiet",
+                                     "collection_vs_hostfloor_full", "tool_vs_collection_full", "shipped_vs_inprocess"}
     assert "| 2 | collection |" in proc.stdout and "collection / floor" in proc.stdout
 
 
