@@ -46,8 +46,6 @@ import json
 import os
 import platform
 import re
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,6 +54,8 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from fnelab.sshd import start_sshd  # the lab's sshd: the tests' remote-topology hosts too
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -194,36 +194,6 @@ class Lab:
             sys.exit(f"fnelab verify --complete found a violation:\n{proc.stdout[-5000:]}")
 
 
-def start_sshd(home: Path) -> tuple[subprocess.Popen, dict] | None:
-    """A private sshd on 127.0.0.1 for the remote contender, its keys in ``home``; None without an sshd."""
-    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not os.path.exists(sshd_bin):
-        return None
-    host_key, client_key = home / "host_ed25519", home / "client_ed25519"
-    for key in (host_key, client_key):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    shutil.copy(f"{client_key}.pub", home / "authorized_keys")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.makedirs("/run/sshd", exist_ok=True)
-    (home / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nAuthorizedKeysFile {home}/authorized_keys\n"
-        f"PidFile {home}/sshd.pid\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
-        "MaxStartups 100:30:200\nMaxSessions 100\n")
-    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(home / "sshd_config")],
-                            stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
-    return proc, {"port": port, "user": user, "key": str(client_key)}
-
-
 def remote_inventory(lab: Lab, work: Path, sshd: dict) -> Path:
     """The lab's inventory with every server in the remote topology: its host is this machine over SSH."""
     import yaml
@@ -232,7 +202,7 @@ def remote_inventory(lab: Lab, work: Path, sshd: dict) -> Path:
     for name, host in inventory["all"]["children"]["license_servers"]["hosts"].items():
         # one SSH master connection per server, as with hosts of their own (they all share one address here)
         host.update(fne_sync_topology="remote", fne_sync_remote_path=str(work / "hosts" / name),
-                    ansible_host="127.0.0.1", ansible_port=sshd["port"], ansible_user=sshd["user"],
+                    ansible_host=sshd["host"], ansible_port=sshd["port"], ansible_user=sshd["user"],
                     ansible_ssh_private_key_file=sshd["key"], ansible_python_interpreter=sys.executable,
                     ansible_ssh_common_args="-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
                     ansible_control_path_dir=str(work / "cp"), ansible_control_path=f"%(directory)s/{name}",
@@ -292,9 +262,10 @@ def bench_size(servers: int, args: argparse.Namespace, index: int) -> dict:
     try:
         if {"remote", "sshfloor"} & set(contenders):
             (work / "sshd").mkdir()
-            sshd = start_sshd(work / "sshd")
-            if sshd is None:
-                sys.exit("the remote contender needs sshd: run `make system-deps` (openssh-server)")
+            try:
+                sshd = start_sshd(work / "sshd")
+            except RuntimeError as exc:
+                sys.exit(f"the remote and sshfloor contenders need sshd: {exc}")
             remote_inventory(lab, work, sshd[1])
         # the collection's first contact with a server downloads everything since its last acknowledged sync
         # (the store was empty): once, before measuring, as a site's first run

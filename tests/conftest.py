@@ -7,11 +7,10 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
-import time
 
 import pytest
+from fnelab.sshd import start_sshd
 from fnetest import FNELAB, Lab
 
 
@@ -63,48 +62,13 @@ def lab_factory(tmp_path):
         lab.down()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory):
     """A real OpenSSH server on 127.0.0.1 for this test session, accepting one generated key."""
-    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not os.path.exists(sshd_bin):
-        pytest.fail("sshd is not installed: run `make system-deps` (openssh-server)")
-    home = tmp_path_factory.mktemp("sshd")
-    os.chmod(home, 0o700)
-    host_key, client_key = home / "host_ed25519", home / "client_ed25519"
-    for key in (host_key, client_key):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    authorized = home / "authorized_keys"
-    shutil.copy(f"{client_key}.pub", authorized)
-    authorized.chmod(0o600)
-    os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory sshd insists on
-    port = _free_port()
-    config = home / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nAuthorizedKeysFile {authorized}\n"
-        f"PidFile {home}/sshd.pid\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
-        f"MaxStartups 100:30:200\nMaxSessions 100\nSubsystem sftp internal-sftp\n"
-        "AcceptEnv FNE_*\n")  # a license server host's own settings (ssh -o SetEnv=FNE_LLS_URL=...)
-    with open(home / "sshd.log", "w") as log:
-        proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(config)], stderr=log)
-    for _attempt in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail(f"sshd did not start: {(home / 'sshd.log').read_text()}")
-    user = os.environ.get("USER") or subprocess.run(
-        ["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
-    yield {"host": "127.0.0.1", "port": port, "user": user, "key": str(client_key), "log": home / "sshd.log"}
+    try:
+        proc, login = start_sshd(tmp_path_factory.mktemp("sshd"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield login
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=10)

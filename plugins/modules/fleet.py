@@ -123,7 +123,10 @@ options:
         C(sent/), newer ones stay pending. Unset, the newest pending acknowledgment.
     type: str
   reason:
-    description: For C(mark_force), why a forced download is needed (written to C(needs_force) and the ledger).
+    description:
+      - For C(mark_force), why a forced download is needed (written to C(needs_force) and the ledger).
+      - For C(complete_ack), the mismatch the process step reported, recorded the same way after the
+        acknowledgment moves to sent/.
     type: str
   generated:
     description: For C(admit), the C(files) that M(fne.offline_sync.generate) returned on the host (records, sha256).

@@ -678,6 +678,8 @@ class RemoteStoreWork(ServerWork):
             self.store.complete_acks(acks[-1], self.last_sync_time)
             self.processed.append(os.path.basename(acks[-1]))
             self.changed = True
+        if self.opts.reason:  # the mismatch the process step reported: the documented recovery is needed
+            self.mark_force()
 
     def mark_force(self) -> None:
         if not self.opts.check_mode:

@@ -340,6 +340,18 @@ def test_complete_ack_records_the_last_sync_time(store):
     assert store.ledger()[-1]["detail"] == "lastSyncTime 2026-01-01T00:00:00Z"
 
 
+def test_complete_ack_records_a_mismatch_at_the_process_step_after_moving_the_acknowledgment(store):
+    """The server processed the acknowledgment up to the mismatch: it moves to sent/, then the store says the
+    documented recovery is needed (one step, not two)."""
+    Path(store.acks, "20260101T000000.ack").write_bytes(b"ACK")
+    opts = fleet.Options(store=store.root, ack="20260101T000000.ack", reason="back office mismatch: test")
+    remote = fleet.server_config("lls001", {"fne_sync_topology": "remote"})
+    entry = fleet.run_fleet("complete_ack", [remote], opts)["lls001"]
+    assert not entry["failed"] and entry["processed"] == ["20260101T000000.ack"] and entry["needs_force"]
+    assert store.pending_acks() == [] and store.needs_force() == "back office mismatch: test"
+    assert store.ledger()[-1]["detail"] == "back office mismatch: test"
+
+
 def test_a_typo_in_a_host_variable_fails_that_host_with_the_validators_words():
     """`fne_lls_validate_certs: ture` must never turn certificate checks off."""
     with pytest.raises(StoreError, match="fne_lls_validate_certs.*ture"):
