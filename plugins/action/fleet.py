@@ -76,9 +76,12 @@ class ActionModule(ActionBase):
         configs = [c for c in every if args["topology"] in ("all", c.topology)]
         problem = ("store must name a folder" if not str(args["store"]).strip() else
                    "workers must be at least 1" if args["workers"] < 1 else
+                   "processes must be 0 or more" if args["processes"] < 0 else
                    "lock_timeout must be 0 or more" if args["lock_timeout"] < 0 else None)
-        if problem:  # fne_sync_store, fne_sync_workers, fne_sync_lock_timeout
-            return dict(result, failed=True, msg=f"fleet: {problem} (fne_sync_{problem.split()[0]})")
+        if problem:  # the role's fne_sync_store, fne_sync_workers, fne_sync_lock_timeout; processes is the module's
+            option = problem.split()[0]
+            role_var = "" if option == "processes" else f" (fne_sync_{option})"
+            return dict(result, failed=True, msg=f"fleet: {problem}{role_var}")
         check_mode = bool(self._task.check_mode)
         store = os.path.abspath(os.path.expanduser(args["store"]))
         for warning in _setting_warnings(store, configs, step):
@@ -98,6 +101,7 @@ class ActionModule(ActionBase):
 
         opts = fleet.Options(store=store, check_mode=check_mode, auto_recover=args["auto_recover"],
                              lock_timeout=args["lock_timeout"], workers=args["workers"],
+                             processes=args["processes"],
                              remote_files=_remote_files(args["files"], args["generated"]), forced=args["forced"],
                              reason=args["reason"], ack=args["ack"], last_sync_time=args["last_sync_time"],
                              keep_days=args["keep_days"], phases=args["phases"])

@@ -222,6 +222,8 @@ class _Watchdog:
 
 
 WATCHDOG = _Watchdog()
+if hasattr(os, "register_at_fork"):  # a forked child (the fleet's processes) has no watchdog thread: a fresh one
+    os.register_at_fork(after_in_child=WATCHDOG.__init__)
 _CURRENT = threading.local()  # .deadline: the request this thread is sending now
 
 

@@ -85,9 +85,20 @@ options:
     type: path
     required: true
   workers:
-    description: Servers worked at the same time.
+    description: Servers worked at the same time (threads, spread over O(processes)).
     type: int
     default: 16
+  processes:
+    description:
+      - Controller processes that share the servers and the O(workers) threads of the step. The threads of one
+        process take turns on one interpreter lock, so a step over hundreds of servers is bound by one CPU; more
+        processes use more of the controller's CPUs.
+      - V(0) picks for you, one process per CPU the controller lets this task use, each with at least 200 servers
+        (one process below 400 servers).
+      - Each process keeps its own count of unreachable back office uploads (O(step=upload)), so with several
+        processes a back office that is down is tried up to three times in each before its servers stop trying.
+    type: int
+    default: 0
   auto_recover:
     description: Run the documented recovery automatically on a mismatch or a recorded gap.
     type: bool

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -630,3 +631,60 @@ def test_retention_prunes_only_old_acknowledged_files(store, tmp_path):
     # a pending acknowledgment older than the limit keeps everything from its time on
     store.record_ack(store.admit(put(str(tmp_path), "20250101T000000.fnesync", b"old"), records=1), b"A")
     assert store.prune_sent(1, now=now) == []
+
+
+def _with_pid(step, cfg, opts):
+    return dict(fleet.work_one(step, cfg, opts), pid=os.getpid())
+
+
+def test_a_fleet_step_in_two_processes_syncs_every_server_once(lab_factory, tmp_path):
+    """processes=2: the servers are shared between this process and a forked one (their entries come back in input
+    order), each talks to its servers over real HTTP and TLS, and the lab finds every record delivered once."""
+    import yaml
+
+    lab = lab_factory(6, "--security", "0.5", "--https", "0.5", "--records", "7")
+    group = yaml.safe_load(lab.inventory.read_text())["all"]["children"]["license_servers"]
+    configs = [fleet.server_config(name, {**group["vars"], **host}) for name, host in group["hosts"].items()]
+    opts = fleet.Options(store=str(tmp_path / "store"), workers=4, processes=2)
+    results = fleet.run_fleet("cycle", configs, opts, worker=_with_pid)
+    assert list(results) == [c.name for c in configs]
+    assert not [e["msg"] for e in results.values() if e["failed"]]
+    pids = [results[c.name]["pid"] for c in configs]
+    assert set(pids[0::2]) == {os.getpid()} and len(set(pids[1::2]) - {os.getpid()}) == 1, pids
+    lab.verify(complete=True)
+    assert os.listdir(tmp_path / "store" / InFlight.FOLDER) == []
+
+
+def _dies_in_the_child(parent, step, cfg, opts):
+    if os.getpid() != parent:
+        opts.in_flight.begin(cfg.name)  # a download had begun when the process died
+        os._exit(3)
+    return fleet.work_one(step, cfg, opts)
+
+
+def test_a_process_that_dies_fails_its_servers_alone_and_leaves_them_needs_force(tmp_path, monkeypatch):
+    """The forked process dies in a download: its servers fail with how it ended and, from the step's journal
+    (written by both processes), need a forced download; the servers of this process are worked as usual."""
+    root = str(tmp_path / "store")
+    monkeypatch.setattr(fleet.ServerWork, "lls", property(lambda self: _FakeLls()))
+    configs = [fleet.server_config(f"lls00{n}", {}) for n in (1, 2, 3, 4)]
+    for cfg in configs:
+        ServerStore(root, cfg.name).ensure()
+    results = fleet.run_fleet("collect", configs, fleet.Options(store=root, workers=2, processes=2),
+                              worker=functools.partial(_dies_in_the_child, os.getpid()))
+    mine, theirs = configs[0::2], configs[1::2]
+    assert not [results[c.name]["msg"] for c in mine if results[c.name]["failed"]]
+    for cfg in theirs:
+        assert results[cfg.name]["failed"] and "the process working this server exited 3" in results[cfg.name]["msg"]
+    assert [c.name for c in configs if ServerStore(root, c.name).needs_force()] == ["lls002"], \
+        "the child began one download before it died"
+    assert os.listdir(os.path.join(root, InFlight.FOLDER)) == []
+
+
+@pytest.mark.parametrize("requested, servers, workers, cpus, expected", [
+    (0, 1000, 16, 2, 2), (0, 399, 16, 8, 1), (0, 400, 16, 8, 2), (0, 5000, 16, 8, 8), (0, 5000, 4, 8, 4),
+    (3, 2, 16, 1, 2), (3, 100, 16, 1, 3), (1, 1000, 16, 8, 1)])
+def test_process_count(monkeypatch, requested, servers, workers, cpus, expected):
+    """0: one process per CPU, each with at least 200 servers; never more processes than servers or threads."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cpus)))
+    assert fleet.process_count(requested, servers, workers) == expected
