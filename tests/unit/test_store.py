@@ -688,3 +688,25 @@ def test_process_count(monkeypatch, requested, servers, workers, cpus, expected)
     """0: one process per CPU, each with at least 200 servers; never more processes than servers or threads."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cpus)))
     assert fleet.process_count(requested, servers, workers) == expected
+
+
+def test_each_process_counts_unreachable_back_office_uploads_on_its_own(tmp_path):
+    """The back office breaker is per process: with two processes of one thread each and a back office no one
+    answers, each tries three uploads, then its other servers' files wait without a try."""
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}/deviceservices"
+    root = str(tmp_path / "store")
+    configs = [fleet.server_config(f"lls{n:03d}", {"fne_backoffice_url": closed, "fne_sync_retries": 0})
+               for n in range(1, 11)]
+    for cfg in configs:
+        store = ServerStore(root, cfg.name).ensure()
+        store.log("fetched", file="x")  # not a first contact
+        store.admit(put(str(tmp_path), "20260101T000000.fnesync"))
+    results = fleet.run_fleet("upload", configs, fleet.Options(store=root, workers=2, processes=2))
+    assert all(e["failed"] for e in results.values())
+    tried = [c.name for c in configs if "upload not tried" not in results[c.name]["msg"]]
+    assert tried == ["lls001", "lls002", "lls003", "lls004", "lls005", "lls006"], results
+    assert all(ServerStore(root, c.name).outbox_files() for c in configs), "every file waits in the outbox"
