@@ -1,10 +1,11 @@
 # Copyright: fne.offline_sync contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The fleet cycle: the offline synchronization steps for many license servers in one controller process.
+"""The fleet cycle: the offline synchronization steps for many license servers in one controller task.
 
 Used by the ``fne.offline_sync.fleet`` action plugin. Each server is worked by one thread of a bounded pool,
-under its store lock, with the backend its settings name (module_utils/_backend.py). A server's failure is recorded
-in its own entry and never stops the others.
+under its store lock, with the backend its settings name (module_utils/_backend.py); a large step shares its
+servers between processes (``run_fleet``). A server's failure is recorded in its own entry and never stops the
+others.
 
 Cycle steps (``ServerWork``): ``collect`` (finish a dead run, process pending acknowledgments, download new
 messages), ``upload`` (outbox to the back office, oldest first), ``acknowledge`` (process the newest
