@@ -101,7 +101,7 @@ class ActionModule(ActionBase):
 
         opts = fleet.Options(store=store, check_mode=check_mode, auto_recover=args["auto_recover"],
                              lock_timeout=args["lock_timeout"], workers=args["workers"],
-                             processes=args["processes"],
+                             processes=fleet.process_count(args["processes"], len(configs), args["workers"]),
                              remote_files=_remote_files(args["files"], args["generated"]), forced=args["forced"],
                              reason=args["reason"], ack=args["ack"], last_sync_time=args["last_sync_time"],
                              keep_days=args["keep_days"], phases=args["phases"])
@@ -117,6 +117,7 @@ class ActionModule(ActionBase):
             changed=any(entry["changed"] for entry in results.values()),
             hosts=results,
             failed_hosts=failed,
+            processes=opts.processes,
             step=step,
             msg=f"{step}: {len(results)} server(s), {len(failed)} failed",
         )

@@ -292,6 +292,11 @@ failed_hosts:
   returned: always except for I(step=report)
   type: list
   elements: str
+processes:
+  description: How many processes worked the servers of the step (see O(processes)).
+  returned: always except for I(step=report)
+  type: int
+  sample: 2
 ansible_stats:
   description:
     - For I(step=report) with I(stats), what Ansible publishes as custom stats - C(data.fne_sync_report), this

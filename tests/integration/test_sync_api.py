@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from fnetest import BIN, ansible_env, run
 from test_sync_support import hosts_of, lab_state, ledger, sync, tree_digest
 
 
@@ -139,3 +140,36 @@ def test_status_changes_nothing(lab_factory, tmp_path):
     assert lab_state(lab) == before and tree_digest(store) == digest
     assert {h: s["requests"] for h, s in lab.state()["servers"].items()} == counters, "status talked to a server"
     assert "fleet: 3 server(s)" in status.out
+
+
+FLEET_IN_PROCESSES = """\
+- hosts: license_servers
+  gather_facts: false
+  tasks:
+    - fne.offline_sync.fleet:
+        step: cycle
+        store: "{{ store }}"
+        workers: 4
+        processes: 2
+      run_once: true
+      delegate_to: localhost
+      register: cycle
+"""
+
+
+def test_a_fleet_step_in_two_processes_inside_ansible(lab_factory, tmp_path):
+    """The fleet module with processes=2 in Ansible's worker, which has printed a warning (its result queue's
+    thread runs) when it forks: the step reports two processes, every server is synchronized once."""
+    lab = lab_factory(6, "--security", "0.5", "--https", "0.5", "--records", "5")
+    store = tmp_path / "store"
+    store.mkdir()
+    store.chmod(0o777)  # the store warning, printed before the fork
+    play = tmp_path / "play.yml"
+    play.write_text(FLEET_IN_PROCESSES)
+    proc = run([str(BIN / "ansible-playbook"), "-i", str(lab.inventory), str(play), "-e", f"store={store}", "-v"],
+               check=False, env=ansible_env(), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
+    assert "can be written by other users" in proc.stdout + proc.stderr
+    assert '"processes": 2' in proc.stdout and '"failed_hosts": []' in proc.stdout, proc.stdout[-5000:]
+    lab.verify(complete=True)
+    assert sorted(p.name for p in store.iterdir() if p.name.startswith("lls")) == hosts_of(lab)
