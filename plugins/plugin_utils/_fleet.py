@@ -20,10 +20,8 @@ import base64
 import concurrent.futures
 import contextlib
 import os
-import pickle
 import threading
 import traceback
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
@@ -61,6 +59,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._tool import (
     tool_command,
 )
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._action import run_command
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._processes import in_processes, process_count
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import (
     ACK_SUFFIX,
     SYNC_SUFFIX,
@@ -218,6 +217,8 @@ def _error_text(exc: BaseException) -> str:
 
 
 _THREAD = threading.local()  # .work: the ServerWork this worker thread runs now
+if hasattr(os, "register_at_fork"):  # a keep-alive connection of a thread's back office client is never shared
+    os.register_at_fork(after_in_child=_THREAD.__dict__.clear)
 
 
 def _warn_current_server(text: str) -> None:
@@ -865,7 +866,12 @@ def run_fleet(step: str, configs: List[ServerConfig], opts: Options,
         threads = max(1, int(opts.workers) // processes)
         if processes == 1:
             return _in_threads(step, configs, opts, worker, threads)
-        results = _in_processes(step, [configs[i::processes] for i in range(processes)], opts, worker, threads)
+
+        def lost(share: List[ServerConfig], how: str) -> Dict[str, Dict[str, Any]]:
+            return {cfg.name: _failed_entry(cfg, step, f"the process working this server {how} (had it begun a "
+                                                       "download, the next run downloads again with force)")
+                    for cfg in share}
+        results = in_processes(configs, processes, lambda share: _in_threads(step, share, opts, worker, threads), lost)
         return {cfg.name: results[cfg.name] for cfg in configs}
     finally:
         if journal and opts.in_flight is not None:
@@ -873,19 +879,6 @@ def run_fleet(step: str, configs: List[ServerConfig], opts: Options,
             with contextlib.suppress(OSError):
                 opts.in_flight.close()
             opts.in_flight = None
-
-
-SERVERS_PER_PROCESS = 200  # a smaller share is worked within seconds by one process: not worth a fork
-
-
-def process_count(requested: int, servers: int, workers: int) -> int:
-    """How many processes work a fleet step: ``requested``, or for 0 one per CPU this process may use, each with
-    at least SERVERS_PER_PROCESS servers; never more than the servers or the threads. One process's threads share
-    one interpreter lock: on a large fleet they queue for it, and the step is bound by one CPU."""
-    if requested == 0:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        requested = min(cpus, servers // SERVERS_PER_PROCESS)
-    return max(1, min(int(requested), servers, int(workers)))
 
 
 def _in_threads(step: str, configs: List[ServerConfig], opts: Options,
@@ -896,49 +889,3 @@ def _in_threads(step: str, configs: List[ServerConfig], opts: Options,
     with concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fne-fleet") as pool:
         futures = {cfg.name: pool.submit(worker, step, cfg, opts) for cfg in configs}
         return {cfg.name: futures[cfg.name].result() for cfg in configs}
-
-
-def _in_processes(step: str, shards: List[List[ServerConfig]], opts: Options,
-                  worker: Worker, threads: int) -> Dict[str, Dict[str, Any]]:
-    """The first shard in this process, each other in a forked child (before this process starts a thread) whose
-    entries come back pickled through a pipe. The children write the step's journal of downloads in flight too: a
-    child that dies fails its servers alone, and those it was downloading from need a forced download."""
-    children, results = [], {}
-    try:
-        for shard in shards[1:]:
-            read_end, write_end = os.pipe()
-            with warnings.catch_warnings():
-                # "multi-threaded, use of fork() may lead to deadlocks": no thread of ours is working yet, and what
-                # one left (the deadline watchdog, this thread's back office client) the child starts afresh
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
-            if pid == 0:  # the child: work its shard, hand the entries over, end without running any exit handler
-                status = 70
-                try:
-                    os.close(read_end)
-                    _THREAD.__dict__.clear()  # a keep-alive connection is the parent's, never shared
-                    data = pickle.dumps(_in_threads(step, shard, opts, worker, threads))
-                    with os.fdopen(write_end, "wb") as out:
-                        out.write(data)
-                    status = 0
-                except BaseException:  # its servers fail with the exit status; the reason goes to stderr
-                    traceback.print_exc()
-                finally:
-                    os._exit(status)
-            os.close(write_end)
-            children.append((pid, read_end, shard))
-        results.update(_in_threads(step, shards[0], opts, worker, threads))
-    finally:
-        for pid, read_end, shard in children:
-            with os.fdopen(read_end, "rb") as answer:  # read before waiting: a large answer fills the pipe
-                data = answer.read()
-            status = os.waitpid(pid, 0)[1]
-            entries = pickle.loads(data) if status == 0 and data else None
-            if entries is None:
-                code = os.waitstatus_to_exitcode(status)
-                how = f"was killed by signal {-code}" if code < 0 else f"exited {code}"
-                entries = {cfg.name: _failed_entry(cfg, step, f"the process working this server {how} (had it begun a "
-                                                              "download, the next run downloads again with force)")
-                           for cfg in shard}
-            results.update(entries)
-    return results

@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from ansible_collections.fne.offline_sync.plugins.module_utils._files import parse_time, write_atomic
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._bundle import in_transit
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._processes import in_processes, process_count
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import ServerStore, StoreError, os_error_text
 
 UNKNOWN = {"records_synchronized": 0, "files_uploaded": 0, "last_sync": None, "recoveries": 0, "errors": 1,
@@ -256,21 +257,23 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
     now = now or _dt.datetime.now(_dt.timezone.utc)
     run_id = now.strftime("%Y%m%dT%H%M%SZ")
     transit, bundle_problems = in_transit(store_root, stale_days, now)
-    servers: Dict[str, Dict[str, Any]] = {}
-    host_results: Dict[str, Dict[str, Any]] = {}
     in_run = set(hosts)
-    for name in sorted(in_run | set(store_servers(store_root))):
+
+    def view(name: str, problem: Optional[str] = None) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+        """One server's figures, and its result in this run (None: not in this run); ``problem``: why its store
+        was not read."""
         entries = [r["hosts"][name] for r in results if isinstance(r, dict) and name in (r.get("hosts") or {})]
-        state = _fresh()
-        try:
-            store = ServerStore(store_root, name, (secrets or {}).get(name, ()))
-            state = _ledger_state(store)
-            info = summarize(store, now, state=state)
-        except (StoreError, OSError) as exc:  # one unreadable store must not hide the others
-            info = dict(UNKNOWN, last_error=getattr(exc, "msg", None) or os_error_text(exc),
-                        last_error_time=None)
-            entries.append({"failed": True, "msg": f"{name}: cannot read its store: {info['last_error']}"})
-            store = None
+        state, store = _fresh(), None
+        if problem is None:
+            try:
+                store = ServerStore(store_root, name, (secrets or {}).get(name, ()))
+                state = _ledger_state(store)
+                info = summarize(store, now, state=state)
+            except (StoreError, OSError) as exc:  # one unreadable store must not hide the others
+                store, problem = None, getattr(exc, "msg", None) or os_error_text(exc)
+        if problem is not None:
+            info = dict(UNKNOWN, last_error=problem, last_error_time=None)
+            entries.append({"failed": True, "msg": f"{name}: cannot read its store: {problem}"})
         run = None
         if name in in_run:
             if name in (failed_hosts or []) and not any(e.get("failed") for e in entries):
@@ -290,12 +293,18 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
         info["status"] = status_of(info)
         if live and name in live:
             info["live"] = live[name]
-        servers[name] = info
         if last_run and name in in_run:
-            host_results[name] = {"changed": False, "failed": False, "msg": _status_msg(name, info)}
-        elif run is not None:
-            host_results[name] = {"changed": run["changed"], "failed": run["failed"],
-                                  "msg": _host_msg(name, info, entries)}
+            return info, {"changed": False, "failed": False, "msg": _status_msg(name, info)}
+        if run is not None:
+            return info, {"changed": run["changed"], "failed": run["failed"], "msg": _host_msg(name, info, entries)}
+        return info, None
+
+    names = sorted(in_run | set(store_servers(store_root)))
+    views = in_processes(names, process_count(0, len(names), len(names)),
+                         lambda share: {name: view(name) for name in share},
+                         lambda share, how: {name: view(name, f"the process reading it {how}") for name in share})
+    servers = {name: views[name][0] for name in names}
+    host_results = {name: views[name][1] for name in names if views[name][1] is not None}
     servers = {name: servers[name] for name in _order(servers)}
     return {
         "generated_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -736,8 +745,19 @@ def write_report(report: Dict[str, Any]) -> Dict[str, str]:
     run_json = os.path.join(reports, f"{report['run']}.json")
     write_atomic(run_json, [data])
     write_atomic(os.path.join(reports, f"{report['run']}.html"), [run_copy(page).encode("utf-8")])
-    for server in report["servers"].values():
-        _write_view(os.path.join(pages, f"{server['name']}.html"), render_server_html(server))
+
+    def write_pages(share: List[Dict[str, Any]]) -> Dict[str, bool]:
+        for server in share:
+            _write_view(os.path.join(pages, f"{server['name']}.html"), render_server_html(server))
+        return {server["name"]: True for server in share}
+
+    servers = list(report["servers"].values())
+    written = in_processes(servers, process_count(0, len(servers), len(servers)), write_pages,
+                           lambda share, how: {server["name"]: how for server in share})
+    missed = sorted(name for name, done in written.items() if done is not True)
+    if missed:  # their pages stay those of the run before; the next run writes them
+        raise OSError(f"the process writing the history pages of {len(missed)} server(s) ({', '.join(missed[:5])}"
+                      f"{' ...' if len(missed) > 5 else ''}) {written[missed[0]]}")
     for old in sorted(glob.glob(os.path.join(glob.escape(reports), "*.json")))[:-KEEP_RUN_REPORTS]:
         for path in (old, old[:-5] + ".html"):
             with contextlib.suppress(FileNotFoundError):

@@ -87,3 +87,72 @@ def test_a_quiet_run_remembers_the_figures_it_read(tmp_path):
         cached = json.loads((Path(store.dir) / ".summary.json").read_text())
         assert cached["offset"] == Path(store.ledger_path).stat().st_size and cached["records_synchronized"] == 7
         assert [e["event"] for e in store.ledger()] == ["fetched", "uploaded", "acknowledged"]  # no run line
+
+
+def _fleet_store(root: Path, count: int) -> list:
+    names = [f"lls{i:03d}" for i in range(1, count + 1)]
+    for number, name in enumerate(names, 1):
+        store = ServerStore(str(root), name).ensure()
+        store.record_ack(fetched(store, f"20260101T00000{number % 10}.fnesync", number), b"ACK")
+    return names
+
+
+def test_the_report_is_the_same_read_in_two_processes(tmp_path, monkeypatch):
+    """Above a few hundred servers the report reads the stores and writes the history pages in one process per
+    CPU: the same report, every page written."""
+    names = _fleet_store(tmp_path, 6)
+    results = [{"hosts": {n: {"step": "collect", "changed": False, "msg": f"{n}: nothing"} for n in names}}]
+    now = report_mod._dt.datetime(2026, 1, 2, tzinfo=report_mod._dt.timezone.utc)
+    one = report_mod.build_report(str(tmp_path), names, {}, results, 7.0, now=now)
+    monkeypatch.setattr(report_mod, "process_count", lambda *_args: 2)
+    two = report_mod.build_report(str(tmp_path), names, {}, results, 7.0, now=now)
+    assert two == one and list(two["servers"]) == list(one["servers"])
+    report_mod.write_report(two)
+    assert sorted(p.stem for p in (tmp_path / "reports" / "servers").glob("*.html")) == names
+
+
+def test_a_report_process_that_dies_leaves_its_servers_unread(tmp_path, monkeypatch):
+    """The forked process dies reading its share of the stores: those servers show why and fail; the others are
+    read as usual, and nothing was written for the lost ones."""
+    import os
+
+    names = _fleet_store(tmp_path, 4)
+    parent, summarize = os.getpid(), report_mod.summarize
+
+    def dies_in_the_child(*args, **kwargs):
+        if os.getpid() != parent:
+            os._exit(5)
+        return summarize(*args, **kwargs)
+    monkeypatch.setattr(report_mod, "summarize", dies_in_the_child)
+    monkeypatch.setattr(report_mod, "process_count", lambda *_args: 2)
+    report = report_mod.build_report(str(tmp_path), names, {}, [], 7.0, update_cache=True)
+    lost = ["lls002", "lls004"]  # the second share: every other server
+    for name in names:
+        server, host = report["servers"][name], report["hosts"][name]
+        if name in lost:
+            assert server["last_error"] == "the process reading it exited 5" and host["failed"], (server, host)
+        else:
+            assert server["records_synchronized"] == int(name[-1]) and not host["failed"], (server, host)
+    assert report["totals"]["failed"] == 2
+
+
+def test_history_pages_a_dead_process_could_not_write_are_named(tmp_path, monkeypatch):
+    import os
+
+    names = _fleet_store(tmp_path, 4)
+    report = report_mod.build_report(str(tmp_path), names, {}, [], 7.0)
+    parent, render = os.getpid(), report_mod.render_server_html
+
+    def dies_in_the_child(server):
+        if os.getpid() != parent:
+            os._exit(6)
+        return render(server)
+    monkeypatch.setattr(report_mod, "render_server_html", dies_in_the_child)
+    monkeypatch.setattr(report_mod, "process_count", lambda *_args: 2)
+    try:
+        report_mod.write_report(report)
+    except OSError as exc:
+        assert "history pages of 2 server(s) (lls002, lls004) exited 6" in str(exc), exc
+    else:
+        raise AssertionError("a page that was not written must be told")
+    assert sorted(p.stem for p in (tmp_path / "reports" / "servers").glob("*.html")) == ["lls001", "lls003"]
