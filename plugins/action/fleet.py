@@ -22,6 +22,7 @@ from ansible_collections.fne.offline_sync.plugins.modules import fleet as fleet_
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _fleet as fleet
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _metrics as metrics
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _report as report_mod
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._processes import process_count
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import StoreError
 
 display = Display()
@@ -101,7 +102,7 @@ class ActionModule(ActionBase):
 
         opts = fleet.Options(store=store, check_mode=check_mode, auto_recover=args["auto_recover"],
                              lock_timeout=args["lock_timeout"], workers=args["workers"],
-                             processes=fleet.process_count(args["processes"], len(configs), args["workers"]),
+                             processes=process_count(args["processes"], len(configs), args["workers"]),
                              remote_files=_remote_files(args["files"], args["generated"]), forced=args["forced"],
                              reason=args["reason"], ack=args["ack"], last_sync_time=args["last_sync_time"],
                              keep_days=args["keep_days"], phases=args["phases"])

@@ -864,8 +864,6 @@ def run_fleet(step: str, configs: List[ServerConfig], opts: Options,
     try:
         processes = process_count(opts.processes, len(configs), opts.workers)
         threads = max(1, int(opts.workers) // processes)
-        if processes == 1:
-            return _in_threads(step, configs, opts, worker, threads)
 
         def lost(share: List[ServerConfig], how: str) -> Dict[str, Dict[str, Any]]:
             return {cfg.name: _failed_entry(cfg, step, f"the process working this server {how} (had it begun a "

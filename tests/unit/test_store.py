@@ -25,6 +25,7 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._files import (  
     write_atomic,
 )
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _fleet as fleet  # noqa: E402
+from ansible_collections.fne.offline_sync.plugins.plugin_utils._processes import process_count  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._report import ACCEPTED_KEEP, summarize  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import (  # noqa: E402
     InFlight,
@@ -687,7 +688,7 @@ def test_a_process_that_dies_fails_its_servers_alone_and_leaves_them_needs_force
 def test_process_count(monkeypatch, requested, servers, workers, cpus, expected):
     """0: one process per CPU, each with at least 200 servers; never more processes than servers or threads."""
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cpus)))
-    assert fleet.process_count(requested, servers, workers) == expected
+    assert process_count(requested, servers, workers) == expected
 
 
 def test_each_process_counts_unreachable_back_office_uploads_on_its_own(tmp_path):
