@@ -9,19 +9,19 @@ import os
 import pickle
 import traceback
 import warnings
-from typing import Any, Callable, Dict, List, TypeVar
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 Item = TypeVar("Item")
 SERVERS_PER_PROCESS = 200  # a smaller share is worked within seconds by one process: not worth a fork
 
 
-def process_count(requested: int, servers: int, workers: int) -> int:
+def process_count(requested: int, servers: int, workers: Optional[int] = None) -> int:
     """How many processes share the work: ``requested``, or for 0 one per CPU this process may use, each with at
-    least SERVERS_PER_PROCESS servers; never more than the servers or the threads (``workers``)."""
+    least SERVERS_PER_PROCESS servers; never more than the servers or the threads (``workers``, if any)."""
     if requested == 0:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         requested = min(cpus, servers // SERVERS_PER_PROCESS)
-    return max(1, min(int(requested), servers, int(workers)))
+    return max(1, min(int(requested), servers, servers if workers is None else int(workers)))
 
 
 def in_processes(items: List[Item], processes: int, work: Callable[[List[Item]], Dict[str, Any]],

@@ -300,7 +300,7 @@ def build_report(store_root: str, hosts: List[str], topologies: Dict[str, str], 
         return info, None
 
     names = sorted(in_run | set(store_servers(store_root)))
-    views = in_processes(names, process_count(0, len(names), len(names)),
+    views = in_processes(names, process_count(0, len(names)),
                          lambda share: {name: view(name) for name in share},
                          lambda share, how: {name: view(name, f"the process reading it {how}") for name in share})
     servers = {name: views[name][0] for name in names}
@@ -752,7 +752,7 @@ def write_report(report: Dict[str, Any]) -> Dict[str, str]:
         return {server["name"]: True for server in share}
 
     servers = list(report["servers"].values())
-    written = in_processes(servers, process_count(0, len(servers), len(servers)), write_pages,
+    written = in_processes(servers, process_count(0, len(servers)), write_pages,
                            lambda share, how: {server["name"]: how for server in share})
     missed = sorted(name for name, done in written.items() if done is not True)
     if missed:  # their pages stay those of the run before; the next run writes them
