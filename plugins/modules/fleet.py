@@ -94,7 +94,8 @@ options:
         process take turns on one interpreter lock, so a step over hundreds of servers is bound by one CPU; more
         processes use more of the controller's CPUs.
       - V(0) picks for you, one process per CPU the controller lets this task use, each with at least 200 servers
-        (one process below 400 servers).
+        (one process below 400 servers). The CPUs it may use are its affinity mask's, and no more than its cgroup's
+        CPU quota rounded up (a container's CPU limit, as an AWX or Automation Platform job's pod has).
       - Each process keeps its own count of unreachable back office uploads (O(step=upload)), so with several
         processes a back office that is down is tried up to three times in each before its servers stop trying.
     type: int

@@ -5,8 +5,10 @@ report over hundreds of servers is bound by one CPU (docs/performance.md, "One p
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
+import re
 import traceback
 import warnings
 from typing import Any, Callable, Dict, List, Optional, TypeVar
@@ -19,9 +21,70 @@ def process_count(requested: int, servers: int, workers: Optional[int] = None) -
     """How many processes share the work: ``requested``, or for 0 one per CPU this process may use, each with at
     least SERVERS_PER_PROCESS servers; never more than the servers or the threads (``workers``, if any)."""
     if requested == 0:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        requested = min(cpus, servers // SERVERS_PER_PROCESS)
+        requested = min(usable_cpus(), servers // SERVERS_PER_PROCESS)
     return max(1, min(int(requested), servers, servers if workers is None else int(workers)))
+
+
+def usable_cpus(proc: str = "/proc/self") -> int:
+    """The CPUs this process may use: its affinity mask, and its cgroup's CPU quota rounded up (a container's CPU
+    limit, as in an AWX or Kubernetes pod, which the affinity mask does not show)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_quota(proc)
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def cgroup_cpu_quota(proc: str = "/proc/self") -> Optional[float]:
+    """The smallest CPU quota, in CPUs, of the process's cgroup and of those above it (cgroup v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``); None when none is set or the files cannot be read."""
+    try:
+        with open(os.path.join(proc, "cgroup"), encoding="utf-8") as handle:
+            groups = [line.rstrip("\n").split(":", 2) for line in handle if line.count(":") >= 2]
+        with open(os.path.join(proc, "mountinfo"), encoding="utf-8") as handle:
+            mounts = [line.split() for line in handle if " - " in line]
+    except OSError:  # not Linux, or no /proc
+        return None
+    quotas = []
+    for fields in mounts:
+        fstype, options = fields[fields.index("-") + 1], fields[-1].split(",")
+        if fstype == "cgroup2":
+            path = next((p for hierarchy, _controllers, p in groups if hierarchy == "0"), None)
+        elif fstype == "cgroup" and "cpu" in options:
+            path = next((p for _hierarchy, controllers, p in groups if "cpu" in controllers.split(",")), None)
+        else:
+            continue
+        root, mount_point = _unescape(fields[3]), _unescape(fields[4])
+        if path is None or not (path + "/").startswith(root.rstrip("/") + "/"):
+            continue  # this mount does not show the process's cgroup
+        folder = os.path.normpath(mount_point + "/" + path[len(root.rstrip("/")):])
+        while True:  # a limit on any cgroup above applies too
+            quota = _read_quota(folder, fstype == "cgroup2")
+            if quota:
+                quotas.append(quota)
+            if folder == os.path.normpath(mount_point):
+                break
+            folder = os.path.dirname(folder)
+    return min(quotas) if quotas else None
+
+
+def _read_quota(folder: str, v2: bool) -> Optional[float]:
+    """One cgroup's CPU quota in CPUs, None when it has none ("max", -1) or no such file."""
+    try:
+        if v2:
+            with open(os.path.join(folder, "cpu.max"), encoding="ascii") as handle:
+                quota, period = (handle.read().split() + ["100000"])[:2]
+        else:
+            with open(os.path.join(folder, "cpu.cfs_quota_us"), encoding="ascii") as handle:
+                quota = handle.read().strip()
+            with open(os.path.join(folder, "cpu.cfs_period_us"), encoding="ascii") as handle:
+                period = handle.read().strip()
+        return int(quota) / int(period) if quota != "max" and int(quota) > 0 and int(period) > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: a space, tab, newline or backslash in it is written as an octal escape."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def in_processes(items: List[Item], processes: int, work: Callable[[List[Item]], Dict[str, Any]],

@@ -25,7 +25,6 @@ from ansible_collections.fne.offline_sync.plugins.module_utils._files import (  
     write_atomic,
 )
 from ansible_collections.fne.offline_sync.plugins.plugin_utils import _fleet as fleet  # noqa: E402
-from ansible_collections.fne.offline_sync.plugins.plugin_utils._processes import process_count  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._report import ACCEPTED_KEEP, summarize  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._store import (  # noqa: E402
     InFlight,
@@ -680,15 +679,6 @@ def test_a_process_that_dies_fails_its_servers_alone_and_leaves_them_needs_force
     assert [c.name for c in configs if ServerStore(root, c.name).needs_force()] == ["lls002"], \
         "the child began one download before it died"
     assert os.listdir(os.path.join(root, InFlight.FOLDER)) == []
-
-
-@pytest.mark.parametrize("requested, servers, workers, cpus, expected", [
-    (0, 1000, 16, 2, 2), (0, 399, 16, 8, 1), (0, 400, 16, 8, 2), (0, 5000, 16, 8, 8), (0, 5000, 4, 8, 4),
-    (3, 2, 16, 1, 2), (3, 100, 16, 1, 3), (1, 1000, 16, 8, 1)])
-def test_process_count(monkeypatch, requested, servers, workers, cpus, expected):
-    """0: one process per CPU, each with at least 200 servers; never more processes than servers or threads."""
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cpus)))
-    assert process_count(requested, servers, workers) == expected
 
 
 def test_each_process_counts_unreachable_back_office_uploads_on_its_own(tmp_path):
