@@ -55,14 +55,13 @@ def cgroup_cpu_quota(proc: str = "/proc/self") -> Optional[float]:
         root, mount_point = _unescape(fields[3]), _unescape(fields[4])
         if path is None or not (path + "/").startswith(root.rstrip("/") + "/"):
             continue  # this mount does not show the process's cgroup
-        folder = os.path.normpath(mount_point + "/" + path[len(root.rstrip("/")):])
-        while True:  # a limit on any cgroup above applies too
+        top = os.path.normpath(mount_point)
+        folder = os.path.normpath(top + "/" + path[len(root.rstrip("/")):])
+        while folder.startswith(top):  # a limit on any cgroup above, up to the mount's, applies too
             quota = _read_quota(folder, fstype == "cgroup2")
             if quota:
                 quotas.append(quota)
-            if folder == os.path.normpath(mount_point):
-                break
-            folder = os.path.dirname(folder)
+            folder = os.path.dirname(folder) if folder != top else ""
     return min(quotas) if quotas else None
 
 
