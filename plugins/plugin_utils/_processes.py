@@ -37,27 +37,29 @@ def cgroup_cpu_quota(proc: str = "/proc/self") -> Optional[float]:
     """The smallest CPU quota, in CPUs, of the process's cgroup and of those above it (cgroup v2 ``cpu.max``, v1
     ``cpu.cfs_quota_us`` over ``cpu.cfs_period_us``); None when none is set or the files cannot be read."""
     try:
-        with open(os.path.join(proc, "cgroup"), encoding="utf-8") as handle:
+        with open(os.path.join(proc, "cgroup"), encoding="utf-8", errors="surrogateescape") as handle:
             groups = [line.rstrip("\n").split(":", 2) for line in handle if line.count(":") >= 2]
-        with open(os.path.join(proc, "mountinfo"), encoding="utf-8") as handle:
-            mounts = [line.split() for line in handle if " - " in line]
+        with open(os.path.join(proc, "mountinfo"), encoding="utf-8", errors="surrogateescape") as handle:
+            lines = [line.split() for line in handle]
     except OSError:  # not Linux, or no /proc
         return None
+    # id, parent, device, root, mount point, options, optional fields, "-", type, source, super options; of two
+    # mounts on one mount point the later hides the earlier
+    mounts = {fields[4]: fields for fields in lines if len(fields) >= 10 and "-" in fields[6:-2]}.values()
     quotas = []
     for fields in mounts:
-        fstype, options = fields[fields.index("-") + 1], fields[-1].split(",")
+        fstype = fields[fields.index("-", 6) + 1]
         if fstype == "cgroup2":
             path = next((p for hierarchy, _controllers, p in groups if hierarchy == "0"), None)
-        elif fstype == "cgroup" and "cpu" in options:
+        elif fstype == "cgroup" and "cpu" in fields[-1].split(","):
             path = next((p for _hierarchy, controllers, p in groups if "cpu" in controllers.split(",")), None)
         else:
             continue
-        root, mount_point = _unescape(fields[3]), _unescape(fields[4])
-        if path is None or not (path + "/").startswith(root.rstrip("/") + "/"):
-            continue  # this mount does not show the process's cgroup
-        top = os.path.normpath(mount_point)
-        folder = os.path.normpath(top + "/" + path[len(root.rstrip("/")):])
-        while folder.startswith(top):  # a limit on any cgroup above, up to the mount's, applies too
+        root, top = _unescape(fields[3]).rstrip("/"), os.path.normpath(_unescape(fields[4]))
+        if path is None or ".." in path.split("/") or not (path + "/").startswith(root + "/"):
+            continue  # this mount does not show the process's cgroup (another cgroup namespace's, say)
+        folder = os.path.normpath(top + "/" + path[len(root):])
+        while folder == top or folder.startswith(top.rstrip("/") + "/"):  # a limit above, up to the mount's, applies
             quota = _read_quota(folder, fstype == "cgroup2")
             if quota:
                 quotas.append(quota)
@@ -77,7 +79,7 @@ def _read_quota(folder: str, v2: bool) -> Optional[float]:
             with open(os.path.join(folder, "cpu.cfs_period_us"), encoding="ascii") as handle:
                 period = handle.read().strip()
         return int(quota) / int(period) if quota != "max" and int(quota) > 0 and int(period) > 0 else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, OverflowError):  # UnicodeDecodeError is a ValueError
         return None
 
 

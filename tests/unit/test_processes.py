@@ -13,11 +13,14 @@ import pytest
 COLLECTIONS = str(Path(__file__).resolve().parents[2] / ".venv" / "collections")
 sys.path.insert(0, COLLECTIONS)
 
+from ansible_collections.fne.offline_sync.plugins.plugin_utils import _processes  # noqa: E402
 from ansible_collections.fne.offline_sync.plugins.plugin_utils._processes import (  # noqa: E402
     cgroup_cpu_quota,
     process_count,
     usable_cpus,
 )
+
+AFFINITY = len(os.sched_getaffinity(0))
 
 
 @pytest.mark.parametrize("requested, servers, workers, cpus, expected", [
@@ -25,19 +28,20 @@ from ansible_collections.fne.offline_sync.plugins.plugin_utils._processes import
     (3, 2, 16, 1, 2), (3, 100, 16, 1, 3), (1, 1000, 16, 8, 1)])
 def test_process_count(monkeypatch, requested, servers, workers, cpus, expected):
     """0: one process per CPU, each with at least 200 servers; never more processes than servers or threads."""
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cpus)))
+    monkeypatch.setattr(_processes, "usable_cpus", lambda: cpus)  # whatever this machine's cgroup allows
     assert process_count(requested, servers, workers) == expected
 
 
-def _proc(tmp_path, cgroup: str, mounts: list) -> str:
+def _proc(tmp_path, cgroup: str, mounts: list, optional: str = "shared:7") -> str:
     """A /proc/self of the process's cgroup lines and the mountinfo lines of `mounts` (root, mount point,
-    fstype, super options), as the kernel writes them."""
+    fstype, super options) with `optional` fields, as the kernel writes them; a tmpfs at /sys/fs/cgroup first."""
     proc = tmp_path / "proc"
     proc.mkdir()
     (proc / "cgroup").write_text(cgroup)
+    mounts = [("/", "/sys/fs/cgroup", "tmpfs", "rw,mode=755")] + mounts
     (proc / "mountinfo").write_text("".join(
-        f"{30 + n} 23 0:{28 + n} {root} {point} rw,relatime shared:{n} - {fstype} {fstype} {options}\n"
-        for n, (root, point, fstype, options) in enumerate(mounts)))
+        " ".join(f"{30 + n} 23 0:{28 + n} {root} {point} rw,relatime {optional} - {fstype} {fstype} {options}".split())
+        + "\n" for n, (root, point, fstype, options) in enumerate(mounts)))
     return str(proc)
 
 
@@ -56,7 +60,54 @@ def test_cgroup_v2_quota_of_the_pod_above_the_container_counts(tmp_path):
     proc = _proc(tmp_path, "0::/kubepods/pod1/ctr\n",
                  [("/", str(mount).replace(" ", "\\040"), "cgroup2", "rw,nsdelegate")])
     assert cgroup_cpu_quota(proc) == 1.5
-    assert usable_cpus(proc) == min(len(os.sched_getaffinity(0)), 2)  # rounded up
+    assert usable_cpus(proc) == min(AFFINITY, 2)  # rounded up
+
+
+@pytest.mark.parametrize("optional", ["", "shared:7 master:3"])
+def test_cgroup_v2_in_its_own_namespace(tmp_path, optional):
+    """cgroup v2 with a cgroup namespace (Docker's and Kubernetes' default there): "0::/", the container's own cgroup
+    at the mount point; mountinfo lines with no or several optional fields. A limit above the CPUs the affinity mask
+    gives changes nothing."""
+    mount = tmp_path / "cgroup"
+    _cgroup(mount, cpu_max="200000 100000")
+    proc = _proc(tmp_path, "0::/\n", [("/", str(mount), "cgroup2", "rw")], optional)
+    assert cgroup_cpu_quota(proc) == 2.0
+    _cgroup(mount, cpu_max=f"{(AFFINITY + 6) * 100000} 100000")
+    assert usable_cpus(proc) == AFFINITY
+
+
+def test_hybrid_host_reads_the_v1_cpu_hierarchy(tmp_path):
+    """A hybrid host: the v1 cpu limit counts; the v2 hierarchy, which has no cpu controller (no cpu.max), and a
+    cpuacct hierarchy of its own add nothing; the controllers may come in either order."""
+    cpu, acct, unified = tmp_path / "cpu", tmp_path / "cpuacct", tmp_path / "unified"
+    _cgroup(cpu / "user.slice", cpu_cfs_quota_us="150000", cpu_cfs_period_us="100000")
+    _cgroup(acct / "user.slice", cpu_cfs_quota_us="10000", cpu_cfs_period_us="100000")
+    _cgroup(unified / "user.slice")
+    proc = _proc(tmp_path, "3:cpuacct:/user.slice\n2:cpuset,cpu:/user.slice\n0::/user.slice\n",
+                 [("/", str(acct), "cgroup", "rw,cpuacct"), ("/", str(cpu), "cgroup", "rw,cpuset,cpu"),
+                  ("/", str(unified), "cgroup2", "rw")])
+    assert cgroup_cpu_quota(proc) == 1.5
+
+
+@pytest.mark.parametrize("root, cgroup", [("/", "0::/../cgroupX\n"), ("/kubepods/pod1", "0::/elsewhere\n")])
+def test_a_cgroup_the_mount_does_not_show_is_not_read(tmp_path, root, cgroup):
+    """Outside this cgroup namespace ("/.."), or not under the mount's root: nothing is read, not a neighbour's
+    whose name begins with the mount point's."""
+    mount = tmp_path / "cgroup"
+    _cgroup(mount / "elsewhere", cpu_max="50000 100000")
+    _cgroup(tmp_path / "cgroupX", cpu_max="50000 100000")
+    proc = _proc(tmp_path, cgroup, [(root, str(mount), "cgroup2", "rw")])
+    assert cgroup_cpu_quota(proc) is None
+
+
+def test_a_mount_hidden_by_a_later_one_on_the_same_mount_point_is_not_read(tmp_path):
+    """The host's cgroup tree mounted, then the container's own cgroup mounted over it (as some container runtimes
+    do): the mount point shows the later one only, so the earlier one's paths are not looked up in it."""
+    mount = tmp_path / "cgroup"
+    _cgroup(mount, cpu_max="max 100000")
+    _cgroup(mount / "ctr", cpu_max="50000 100000")  # under the later mount: a child of the container's cgroup
+    proc = _proc(tmp_path, "0::/ctr\n", [("/", str(mount), "cgroup2", "rw"), ("/ctr", str(mount), "cgroup2", "rw")])
+    assert cgroup_cpu_quota(proc) is None
 
 
 def test_cgroup_v1_quota_through_a_mount_of_the_containers_own_cgroup(tmp_path):
@@ -77,8 +128,19 @@ def test_no_or_unreadable_cgroup_quota_leaves_the_affinity_mask(tmp_path, quota,
     _cgroup(tmp_path / "cpu", cpu_cfs_quota_us=quota, cpu_cfs_period_us=period)
     proc = _proc(tmp_path, "1:cpu:/\n", [("/", str(tmp_path / "cpu"), "cgroup", "rw,cpu")])
     assert cgroup_cpu_quota(proc) is None
-    assert usable_cpus(proc) == len(os.sched_getaffinity(0))
+    assert usable_cpus(proc) == AFFINITY
     assert cgroup_cpu_quota(str(tmp_path / "no-proc")) is None
+
+
+def test_odd_mountinfo_lines_and_names_never_raise(tmp_path):
+    """A mount point that is not UTF-8, a cut-off line, a huge quota: no answer, or the right one, never an
+    exception (the fleet step would fail on it)."""
+    mount = tmp_path / "cgroup"
+    _cgroup(mount, cpu_max="9" * 400 + " 1")
+    proc = _proc(tmp_path, "0::/\n", [("/", str(mount), "cgroup2", "rw")])
+    with open(os.path.join(proc, "mountinfo"), "ab") as handle:
+        handle.write(b"99 23 0:99 / /mnt/caf\xe9 rw - cgroup2 cgroup2 rw\n41 23 0:41 /\n")
+    assert cgroup_cpu_quota(proc) is None
 
 
 def _writable_cpu_cgroup() -> Path:
